@@ -1,0 +1,134 @@
+"""Tiny, fully local stand-ins for the real model: a small random config, a small XLM-R-style Unigram
+tokenizer trained on the repository's multilingual demo captions, and the processor around both.
+
+Shapes are small but keep every structural feature of the real model (several heads, RoPE, SwiGLU with
+an intermediate width that is not a multiple of the hidden size, image sizes other than 224).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from modeling import JinaCLIPConfig, JinaCLIPModel  # noqa: E402
+
+CAPTIONS = ROOT / "data" / "tuxpaint" / "captions.jsonl"
+ORACLE_DIR = ROOT / ".oracle"
+
+
+def tiny_config(image_size: int = 56, vocab_size: int = 1000, **overrides) -> JinaCLIPConfig:
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    vision = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=85,  # int(32 * 2.6667), as the real 2730 = int(1024 * 2.6667)
+        image_size=image_size,
+        patch_size=14,
+        patch_dropout=0.0,
+    )
+    text.update(overrides.pop("text", {}))
+    vision.update(overrides.pop("vision", {}))
+    kwargs = dict(text_config=text, vision_config=vision, projection_dim=32, matryoshka_dimensions=[8, 16, 32])
+    kwargs.update(overrides)
+    return JinaCLIPConfig(**kwargs)
+
+
+def tiny_model(seed: int = 0, **config_overrides) -> JinaCLIPModel:
+    torch.manual_seed(seed)
+    model = JinaCLIPModel(tiny_config(**config_overrides)).eval()
+    # Fresh init leaves q/v biases, LayerNorms and cls/pos at trivial values; randomise every parameter so
+    # a wrong wiring (swapped gates, missing bias, wrong eps) cannot hide behind zeros and ones.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model
+
+
+def caption_corpus() -> list[str]:
+    with open(CAPTIONS, encoding="utf-8") as handle:
+        return [text for line in handle for text in json.loads(line)["captions"].values()]
+
+
+def build_tokenizer(vocab_size: int = 1000):
+    """An XLM-R-layout tokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3, Unigram) trained on the demo captions."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import XLMRobertaTokenizerFast
+
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(
+        caption_corpus(),
+        vocab_size=vocab_size - 1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        show_progress=False,
+    )
+    unigram.add_special_tokens(["<mask>"])
+    unigram.post_processor = TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tokenizer = XLMRobertaTokenizerFast(tokenizer_object=unigram._tokenizer, model_max_length=512)
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    return tokenizer
+
+
+def build_processor(tokenizer, image_size: int = 56):
+    from transformers import CLIPProcessor
+
+    from modeling.processing_jina_clip import JinaCLIPImageProcessor
+
+    image_processor = JinaCLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def import_timm():
+    """timm, the independent EVA02 oracle. On CPU-only machines it lives in .oracle/ (see the Makefile):
+    its torchvision dependency ships only CUDA builds on PyPI, whose op library fails to load next to a
+    CPU torch; its Python parts (all timm needs) import once the two op schemas it registers fakes for
+    exist. The shim is applied only when that library did not load."""
+    try:
+        import timm  # noqa: F401
+
+        return timm
+    except ImportError:
+        pass
+    if not ORACLE_DIR.is_dir():
+        import pytest
+
+        pytest.skip("timm is not installed (run `make setup`)")
+    if str(ORACLE_DIR) not in sys.path:
+        sys.path.append(str(ORACLE_DIR))
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as err:
+        if "torchvision::nms" not in str(err):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        library = torch.library.Library("torchvision", "FRAGMENT")  # noqa: F841 (kept alive below)
+        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _KEEP.append(library)
+    import timm
+
+    return timm
+
+
+_KEEP: list = []
