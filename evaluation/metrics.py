@@ -91,6 +91,8 @@ def _check_ks(ks: Iterable[int]) -> list[int]:
 
 def _prepare_block(x: torch.Tensor, device: torch.device, normalize: bool) -> torch.Tensor:
     block = x.to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(block).all()):
+        raise ValueError("embeddings contain NaN or inf")
     if normalize:
         block = F.normalize(block, p=2.0, dim=1)
     return block
@@ -105,21 +107,39 @@ def _score_block(queries: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
     return queries @ corpus.T
 
 
-def _encode_keys(scores: torch.Tensor, first_index: int) -> torch.Tensor:
+def _encode_keys(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Pack (fp32 score, corpus index) into int64 keys whose order is (score desc, index asc).
 
     The high 32 bits hold the float's bit pattern remapped so that signed-integer order equals
     float order; the low 32 bits hold ``2**32 - 1 - index`` so that among equal scores the lower
     index has the larger key. Keys are unique, so ``torch.topk`` on them is exact and its result
-    does not depend on how the corpus was chunked.
+    does not depend on how the corpus was chunked. ``index`` broadcasts against ``scores``.
     """
-    if torch.isnan(scores).any():
-        raise ValueError("similarity scores contain NaN (NaN or inf in the embeddings?)")
     scores = scores + 0.0  # -0.0 -> +0.0 so that the two zeros tie, as they compare equal
     bits = scores.view(torch.int32)
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
-    index = torch.arange(first_index, first_index + scores.shape[1], device=scores.device, dtype=torch.int64)
     return ordered * _SHIFT + (_LOW32 - index)
+
+
+def _block_topk_keys(scores: torch.Tensor, first_index: int, k: int) -> torch.Tensor:
+    """Keys of the exact top-``min(k, n)`` of one ``(rows, n)`` score block (unsorted).
+
+    Fast path: a float ``torch.topk`` of ``k + 1`` picks the right *set* of ``k`` unless the k-th
+    and (k+1)-th values tie (a run of equal scores straddles the cutoff, and topk keeps an
+    arbitrary part of it); only those rows are redone with the unique int64 keys of every entry.
+    """
+    n = scores.shape[1]
+    kk = min(k, n)
+    values, index = torch.topk(scores, min(kk + 1, n), dim=1)
+    if bool(torch.isnan(values[:, 0]).any()):  # topk ranks NaN above everything
+        raise ValueError("similarity scores contain NaN")
+    straddling = values[:, kk] == values[:, kk - 1] if kk < n else None
+    keys = _encode_keys(values[:, :kk], index[:, :kk] + first_index)
+    if straddling is not None and bool(straddling.any()):
+        rows = straddling.nonzero().squeeze(1)
+        all_index = torch.arange(first_index, first_index + n, device=scores.device, dtype=torch.int64)
+        keys[rows] = torch.topk(_encode_keys(scores[rows], all_index), kk, dim=1).values
+    return keys
 
 
 def _decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +170,9 @@ def chunked_topk(
     ``O(query_chunk * (corpus_chunk + k))`` and a 100k x 100k search never holds 10^10 scores.
 
     Ties are broken deterministically: equal scores rank the lower corpus index first (+0.0 and
-    -0.0 tie), so the result is identical for every chunking. NaN scores raise ``ValueError``.
+    -0.0 tie), so the result is identical for every chunking. NaN/inf embeddings raise
+    ``ValueError``. Cost per block: one matmul, one ``topk(k + 1)``, and a key-based re-selection
+    only for rows where a tie straddles the k-th place.
 
     Args:
         queries: ``(n_queries, dim)`` torch tensor, numpy array or nested sequence.
@@ -188,8 +210,7 @@ def chunked_topk(
             best: torch.Tensor | None = None  # (q_chunk, <=k) int64 keys of the running top-k
             for c_start in range(0, n_corpus, ccs):
                 c_block = _prepare_block(c_all[c_start : c_start + ccs], device, normalize)
-                keys = _encode_keys(_score_block(q_block, c_block).float(), c_start)
-                keys = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=False).values
+                keys = _block_topk_keys(_score_block(q_block, c_block).float(), c_start, k)
                 if best is not None:
                     keys = torch.cat([best, keys], dim=1)
                     keys = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=False).values

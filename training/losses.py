@@ -42,6 +42,21 @@ from torch.nn.parallel import DistributedDataParallel
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+__all__ = [
+    "MATRYOSHKA_DIMS",
+    "JointLoss",
+    "LearnableTemperature",
+    "TaskLoss",
+    "average_gradients",
+    "contrastive_loss",
+    "gather_with_grad",
+    "grad_cache_step",
+    "info_nce",
+    "info_nce_plus",
+    "joint_loss",
+    "split_batch",
+]
+
 MATRYOSHKA_DIMS: tuple[int, ...] = (64, 128, 256, 512, 768, 1024)
 """Section 3.4: every loss is evaluated on these prefixes of the 1024-d embeddings and summed."""
 
@@ -86,9 +101,9 @@ class LearnableTemperature(nn.Module):
         return f"temperature={self().item():.4g}, max_scale={math.exp(self.max_log_scale):g}"
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Eq. 1 and eq. 2 at one embedding width
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def info_nce(
@@ -236,9 +251,9 @@ def _check_temperature(temperature: Temperature) -> None:
         raise ValueError(f"temperature must be positive, got {temperature}")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Matryoshka sums (section 3.4) and the joint loss (eq. 3)
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -374,9 +389,9 @@ def _check_dims(dims: Sequence[int] | None, width: int) -> tuple[int, ...]:
     return dims
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Distributed: global in-batch negatives
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _world_size() -> int:
@@ -441,9 +456,9 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
             parameter.grad.div_(world_size)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Gradient caching (Gao et al., 2021)
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 Encode = Callable[[Any], Tensor]
 EmbeddingGroup = tuple[Encode, Sequence[Any]]
@@ -517,7 +532,8 @@ def grad_cache_step(
         model: the DDP-wrapped module (via ``accelerator.no_sync`` if an accelerator is given). All
             chunk backwards but the last then skip the gradient all-reduce, so it happens once. If the
             last chunk leaves parameters unused (an image chunk never touches the text tower), DDP
-            must be built with ``find_unused_parameters=True``.
+            must be built with ``find_unused_parameters=True``. Every rank must encode the same
+            number of chunks, since DDP forwards can be collectives (buffer broadcast).
 
     Returns:
         ``loss_fn``'s output, detached.
@@ -546,14 +562,13 @@ def grad_cache_step(
         loss.backward()
 
     # 3. Re-encode chunk by chunk and push the cached gradients into the encoders.
-    replays = [
-        (encode, chunk, state, grad)
-        for (encode, chunks), records, embedding in zip(groups, chunk_records, embeddings)
-        if embedding.grad is not None  # a group the loss ignores has nothing to backpropagate
-        for chunk, (state, _), grad in zip(
-            chunks, records, embedding.grad.split([rows for _, rows in records])
-        )
-    ]
+    replays: list[tuple[Encode, Any, _RngState, Tensor]] = []
+    for (encode, chunks), records, embedding in zip(groups, chunk_records, embeddings):
+        if embedding.grad is None:  # the loss ignores this group: nothing to backpropagate
+            continue
+        grads = embedding.grad.split([rows for _, rows in records])
+        for chunk, (state, _), grad in zip(chunks, records, grads):
+            replays.append((encode, chunk, state, grad))
     for index, (encode, chunk, state, grad) in enumerate(replays):
         is_last = index == len(replays) - 1
         with nullcontext() if is_last else _no_sync(accelerator, model):
