@@ -1,0 +1,742 @@
+"""The data side of the trainer: streamed, interleaved, sharded, shuffled, resumable batches for the four
+dataset kinds of the paper (section 3.1).
+
+Kinds and their column schemas (after per-source renaming with ``SourceConfig.columns``, which maps OUR
+column name -> the source's column name; a dotted name such as ``"json.caption"`` reads a field of a
+dict/JSON column):
+
+``text_pairs`` (D^txt;p)
+    ``query`` (str), ``document`` (str).
+``text_triplets`` (D^txt;t)
+    ``query`` (str), ``positive`` (str), ``negatives`` (list of ``num_negatives`` = 7 str; extra ones are
+    dropped, an example with fewer is skipped and counted).
+``image_text_short`` (D^mm;s) and ``image_text_long`` (D^mm;l)
+    ``image`` (PIL image, encoded bytes, ``{"bytes", "path"}`` dict as datasets stores images, or a
+    path; a relative path is resolved against ``SourceConfig.image_root``, by default the source's local
+    folder), ``caption`` (str). Short and long captions share the schema; the only difference is the
+    ``max_length`` the stage gives them (77 in stage 1, 512 later): long captions keep up to
+    ``max_length`` tokens.
+    Webdataset shards: the image is the sample's ``jpg``/``jpeg``/``png``/``webp`` member, the caption
+    its ``txt`` member or the ``caption``/``text`` field of its ``json`` member. datasets' webdataset
+    builder takes the member names from the first samples of the first shard and reads later members
+    under other names as missing (counted as skipped), so all shards of one source must share a layout;
+    put differently laid out shards in separate sources.
+
+Without an explicit mapping a column is looked up under its own name and a few common aliases
+(``_CANDIDATES``).
+
+Batches (``TaskStream.__next__``), all tensors on CPU:
+
+* ``text_pairs``: ``{"query": BatchEncoding, "document": BatchEncoding}``
+* ``text_triplets``: ``{"query", "document" (the positive), "negatives": BatchEncoding of B*K rows,
+  row-major (query i's negatives are rows i*K .. i*K+K-1), "num_negatives": K}``
+* ``image_text_*``: ``{"pixel_values": FloatTensor (B, 3, S, S), "caption": BatchEncoding}``
+
+Each ``BatchEncoding`` holds ``input_ids`` and ``attention_mask``, truncated to ``max_length`` and padded
+to the longest row of the batch. With ``keep_raw=True`` a batch also carries ``"raw"``: the examples'
+texts and source index (for debugging and tests).
+
+Pipeline (every source is a streaming ``datasets.IterableDataset``)::
+
+    load_dataset(..., streaming=True)          # Hub id, local folder (Hub layout or plain), file, glob
+      .decode(False)                           # images stay bytes/paths until a batch needs them
+      .map(rename + normalise, features=...)   # common schema, so sources can be interleaved
+    interleave_datasets(probabilities=normalised weights, seed, stopping_strategy="all_exhausted")
+      .shuffle(seed, buffer_size)              # train only
+    split_dataset_by_node(rank, world_size)    # disjoint shards (or 1-in-world_size examples) per rank
+      .set_epoch(epoch)                        # new shard order, interleaving and buffer seeds each epoch
+
+Images are decoded in the main process after the stream: RGB, transparency composited onto white; at
+train time the release's augmentation, ``RandomResizedCrop(image_size, scale=(0.9, 1.0),
+ratio=(3/4, 4/3), bicubic)`` (as torchvision's, reimplemented with PIL and a ``random.Random`` seeded from
+(seed, rank, epoch, example index) so that a resumed run draws the same crops), then the processor's
+rescale and CLIP mean/std normalisation; at eval time the processor's own resize + centre crop. An image
+that fails to decode is skipped (the batch is filled with the next example) and counted in
+``TaskStream.skipped``, with a logged warning.
+
+Resume. ``IterableDataset.state_dict()`` is exact for a stream without a shuffle buffer, but not with
+one: datasets saves the position of the buffer's *input* and drops the buffer content, so a resumed
+stream refills the buffer with new data and yields different examples (datasets documents this, and
+``tests/test_data.py`` checks it: after a shuffled resume the next examples differ). Exact resume is
+therefore done by deterministic replay: the state records ``(epoch, examples consumed in that epoch on
+this rank)``; loading it rebuilds the same seeded pipeline, sets the epoch and skips that many raw
+examples. Skipping reads but does not decode images or tokenise, and never costs more than one epoch of
+this rank's shard. ``exact_resume=False`` uses datasets' own state instead (instant, but the shuffle
+buffer's content is lost as described); the state always carries datasets' state dict as well.
+
+Costs to know: examples are read, decoded and tokenised in the calling process (``num_threads`` decodes
+a batch's images in a thread pool); datasets sleeps 5 s (``datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN``,
+a workaround for apache/arrow#45214) whenever an interleaved or shuffled iterator over parquet ends or
+is dropped, i.e. once per epoch and once per resume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from glob import glob
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("text_pairs", "text_triplets", "image_text_short", "image_text_long")
+IMAGE_KINDS = ("image_text_short", "image_text_long")
+FORMATS = ("parquet", "json", "webdataset")
+_FORMAT_ALIASES = {"jsonl": "json", "ndjson": "json", "tar": "webdataset", "wds": "webdataset", "pq": "parquet"}
+_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".tar": "webdataset"}
+
+# The release's training transform: open_clip-style RandomResizedCrop with scale (0.9, 1.0), bicubic.
+CROP_SCALE = (0.9, 1.0)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+KIND_COLUMNS = {
+    "text_pairs": ("query", "document"),
+    "text_triplets": ("query", "positive", "negatives"),
+    "image_text_short": ("image", "caption"),
+    "image_text_long": ("image", "caption"),
+}
+_CANDIDATES = {
+    "query": ("query", "anchor", "question"),
+    "document": ("document", "positive", "pos", "answer"),
+    "positive": ("positive", "document", "pos"),
+    "negatives": ("negatives", "negative", "neg"),
+    "image": ("image", "jpg", "jpeg", "png", "webp", "img"),
+    "caption": ("caption", "txt", "text", "json.caption", "json.text"),
+}
+_MISSING = object()
+
+
+@dataclass
+class SourceConfig:
+    """One dataset source."""
+
+    path: str  # Hub dataset id, or local folder / file / glob
+    format: str | None = None  # "parquet" | "json" (jsonl) | "webdataset" | None (inferred)
+    weight: float = 1.0  # sampling weight when several sources are interleaved
+    split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)  # our column name -> the source's column name
+    data_files: str | list[str] | None = None
+    name: str | None = None  # dataset config name
+    image_root: str | None = None  # base of relative image paths (default: the local source's folder)
+
+
+@dataclass
+class TaskDataConfig:
+    kind: str
+    sources: list[SourceConfig]
+    batch_size: int  # per process (local) batch size
+    max_length: int = 77  # tokens
+    image_size: int | None = None  # for image kinds (None: the processor's crop size)
+    num_negatives: int = 7  # triplets
+    shuffle_buffer: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown data kind {self.kind!r}; expected one of {KINDS}")
+        self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
+        if not self.sources:
+            raise ValueError("a task needs at least one source")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading and normalising one source
+
+
+def _features(kind: str):
+    from datasets import Features, List, Value
+    from datasets import Image as HFImage
+
+    cols: dict[str, Any] = {}
+    if kind == "text_pairs":
+        cols = {"query": Value("string"), "document": Value("string")}
+    elif kind == "text_triplets":
+        cols = {"query": Value("string"), "positive": Value("string"), "negatives": List(Value("string"))}
+    else:
+        cols = {"image": HFImage(decode=False), "caption": Value("string")}
+    cols["_source"] = Value("int32")
+    return Features(cols)
+
+
+def _normalise_format(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    fmt = _FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown source format {fmt!r}; expected one of {FORMATS} or None")
+    return fmt
+
+
+def _local_files(path: str) -> list[str] | None:
+    """The files a local file path or glob names; None when it is no local file (a folder or a Hub id)."""
+    if os.path.isfile(path):
+        return [path]
+    if any(char in path for char in "*?["):
+        files = sorted(f for f in glob(path, recursive=True) if os.path.isfile(f))
+        if files:
+            return files
+    return None
+
+
+def _infer_format(files: list[str]) -> str:
+    for f in files:
+        for ext, fmt in _EXTENSIONS.items():
+            if f.endswith(ext) or f.endswith(ext + ".gz") or f.endswith(ext + ".zst"):
+                return fmt
+    raise ValueError(f"cannot infer the format of {files[:3]}; set SourceConfig.format")
+
+
+def load_source(src: SourceConfig, kind: str, index: int = 0):
+    """One source as a streaming IterableDataset in the kind's common schema (images undecoded)."""
+    from datasets import load_dataset
+
+    fmt = _normalise_format(src.format)
+    files = _local_files(src.path)
+    image_root = src.image_root
+    if files is not None:
+        fmt = fmt or _infer_format(files)
+        ds = load_dataset(fmt, data_files={src.split: files}, split=src.split, streaming=True)
+        image_root = image_root or os.path.dirname(os.path.abspath(files[0]))
+    elif os.path.isdir(src.path):
+        image_root = image_root or os.path.abspath(src.path)
+        if fmt is None:  # a folder laid out like a Hub dataset repo (README configs, data/ files), or plain
+            ds = load_dataset(src.path, name=src.name, data_files=src.data_files, split=src.split, streaming=True)
+        else:
+            ds = load_dataset(fmt, data_dir=src.path, data_files=src.data_files, split=src.split, streaming=True)
+    else:  # a Hub dataset id; datasets infers the builder from the repo's files (format is for defaults)
+        ds = load_dataset(src.path, name=src.name, data_files=src.data_files, split=src.split, streaming=True)
+    try:
+        ds = ds.decode(False)
+    except Exception:  # pragma: no cover - features unknown and nothing decodable
+        pass
+    features = _features(kind)
+    fn = partial(_normalise_example, kind=kind, columns=dict(src.columns), index=index, image_root=image_root)
+    return ds.map(fn, features=features).select_columns(list(features))
+
+
+def _lookup(example: dict, name: str) -> Any:
+    if name in example:
+        return example[name]
+    head, dot, rest = name.partition(".")
+    if dot and head in example:
+        value = example[head]
+        if isinstance(value, (str, bytes)):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return _MISSING
+        if isinstance(value, dict):
+            return _lookup(value, rest)
+    return _MISSING
+
+
+def _column(example: dict, column: str, columns: dict[str, str]) -> Any:
+    """The value of one of our columns: the mapped source column, else the first alias present and not
+    null; None when present but null everywhere (the example is skipped later); KeyError when absent."""
+    names = (columns[column],) if column in columns else _CANDIDATES[column]
+    present = False
+    for name in names:
+        value = _lookup(example, name)
+        if value is _MISSING:
+            continue
+        present = True
+        if value is not None:
+            return value
+    if present:
+        return None
+    found = sorted(k for k in example if not k.startswith("__"))
+    raise KeyError(
+        f"column {column!r} not found (looked for {list(names)}; the source has {found}); "
+        "map it with SourceConfig.columns"
+    )
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _as_image_record(value: Any, image_root: str | None) -> dict | None:
+    """Anything an image column may hold -> datasets' undecoded {"bytes", "path"} form."""
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(value), "path": None}
+    if isinstance(value, str):
+        value = {"bytes": None, "path": value}
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data is None and path and image_root and not os.path.isabs(path) and "://" not in path:
+            path = os.path.join(image_root, path)
+        return {"bytes": data, "path": path}
+    raise TypeError(f"unsupported image value of type {type(value).__name__}")
+
+
+def _normalise_example(example: dict, *, kind: str, columns: dict, index: int, image_root: str | None) -> dict:
+    out: dict[str, Any] = {"_source": index}
+    if kind in IMAGE_KINDS:
+        out["image"] = _as_image_record(_column(example, "image", columns), image_root)
+        out["caption"] = _as_text(_column(example, "caption", columns))
+        return out
+    for column in KIND_COLUMNS[kind]:
+        value = _column(example, column, columns)
+        if column == "negatives":
+            if isinstance(value, str):
+                value = json.loads(value)
+            out[column] = None if value is None else [_as_text(v) for v in value]
+        else:
+            out[column] = _as_text(value)
+    return out
+
+
+def build_dataset(cfg: TaskDataConfig, *, rank: int = 0, world_size: int = 1, train: bool = True):
+    """The task's full streaming pipeline (see the module docstring) for one rank."""
+    from datasets import interleave_datasets
+    from datasets.distributed import split_dataset_by_node
+
+    sources = [load_source(src, cfg.kind, i) for i, src in enumerate(cfg.sources)]
+    if len(sources) == 1:
+        ds = sources[0]
+    else:
+        weights = [float(s.weight) for s in cfg.sources]
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"source weights must be >= 0 with a positive sum, got {weights}")
+        ds = interleave_datasets(
+            sources,
+            probabilities=[w / sum(weights) for w in weights],
+            seed=cfg.seed,
+            stopping_strategy="all_exhausted",
+        )
+    if train and cfg.shuffle_buffer and cfg.shuffle_buffer > 1:
+        # The buffer is fed from up to 10 shards at once (better mixing); with a single shard that feeding
+        # layer only adds a thread hand-off per example (and, for parquet, a 5 s sleep per epoch): skip it.
+        input_shards = min(10, max(1, ds.num_shards))
+        ds = ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer, max_buffer_input_shards=input_shards)
+    if world_size > 1:
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    return ds
+
+
+# --------------------------------------------------------------------------------------------------------
+# Images
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white."""
+    if image.mode == "RGB":
+        return image
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(value: Any, image_root: str | None = None) -> Image.Image:
+    """Decode a PIL image / bytes / {"bytes", "path"} dict / path into a fully loaded RGB image."""
+    if isinstance(value, Image.Image):
+        image = value
+    else:
+        record = _as_image_record(value, image_root)
+        if record is None or (record["bytes"] is None and not record["path"]):
+            raise ValueError("missing image")
+        if record["bytes"] is not None:
+            image = Image.open(io.BytesIO(record["bytes"]))
+        else:
+            with open(record["path"], "rb") as handle:
+                image = Image.open(io.BytesIO(handle.read()))
+    image.load()  # decode now: a truncated or corrupt file fails here, not in the collate
+    return to_rgb(image)
+
+
+def random_resized_crop_box(
+    width: int, height: int, rng: random.Random, scale=CROP_SCALE, ratio=CROP_RATIO
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params (top, left, h, w), drawing from a python Random."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = rng.randint(0, height - h)
+            left = rng.randint(0, width - w)
+            return top, left, h, w
+    in_ratio = width / height  # fallback: the central crop with the aspect clamped into `ratio`
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: Image.Image, size: int, rng: random.Random, scale=CROP_SCALE, ratio=CROP_RATIO):
+    top, left, h, w = random_resized_crop_box(image.width, image.height, rng, scale, ratio)
+    return image.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
+
+
+def normalise_images(images: list[Image.Image], image_processor) -> torch.Tensor:
+    """(B, 3, H, W) float32 from same-size RGB images: rescale (1/255), then the processor's mean/std
+    (CLIP's), computed on the whole batch at once."""
+    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images])).float()
+    pixels.mul_(float(getattr(image_processor, "rescale_factor", 1 / 255)))  # (B, H, W, 3), in place
+    pixels.sub_(torch.tensor(image_processor.image_mean, dtype=torch.float32))
+    pixels.div_(torch.tensor(image_processor.image_std, dtype=torch.float32))
+    return pixels.permute(0, 3, 1, 2).contiguous()
+
+
+def _default_image_size(image_processor) -> int:
+    crop = getattr(image_processor, "crop_size", None)
+    if crop is not None:
+        height = crop["height"] if isinstance(crop, dict) else getattr(crop, "height", None)
+        if height:
+            return int(height)
+    size = image_processor.size
+    return int(size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stream
+
+
+class TaskStream:
+    """An iterator of collated batches over one task's sources: infinite by default (each epoch ends when
+    every source is exhausted and the next starts with new shuffle seeds), and resumable exactly."""
+
+    def __init__(
+        self,
+        cfg: TaskDataConfig,
+        processor,
+        dataset,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        train: bool = True,
+        epochs: int | None = None,
+        exact_resume: bool = True,
+        keep_raw: bool = False,
+        num_threads: int = 0,
+    ):
+        self.cfg = cfg
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.image_processor = getattr(processor, "image_processor", None)
+        self.dataset = dataset
+        self.rank, self.world_size, self.train = rank, world_size, train
+        self.epochs = epochs if epochs is not None else (None if train else 1)
+        self.exact_resume = exact_resume
+        self.keep_raw = keep_raw
+        self.num_threads = num_threads
+        self.max_length = cfg.max_length
+        self.image_size = cfg.image_size
+        if cfg.kind in IMAGE_KINDS:
+            if self.image_processor is None:
+                raise ValueError("image kinds need a processor with an image_processor")
+            if self.image_size is None:
+                self.image_size = _default_image_size(self.image_processor)
+        self.epoch = 0
+        self.consumed = 0  # raw examples this rank has read in the current epoch
+        self.examples_seen = 0  # raw examples read in all epochs (bookkeeping)
+        self.skipped: Counter = Counter()
+        self._iterator: Iterator | None = None
+        self._native_state: dict | None = None
+        self._finished = False
+        self._pool = ThreadPoolExecutor(num_threads) if num_threads > 0 else None
+
+    # -- iteration --------------------------------------------------------------------------------------
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        examples: list[dict] = []
+        while len(examples) < self.cfg.batch_size:
+            raws = []
+            while len(raws) < self.cfg.batch_size - len(examples):
+                raw = self._next_raw()
+                if raw is None:
+                    break
+                raws.append(raw)
+            if not raws:
+                break
+            if self._pool is not None and self.cfg.kind in IMAGE_KINDS:
+                prepared = list(self._pool.map(self._prepare, raws))
+            else:
+                prepared = [self._prepare(raw) for raw in raws]
+            for item in prepared:
+                if isinstance(item, tuple):
+                    self._skip(*item)
+                else:
+                    examples.append(item)
+        if not examples:
+            raise StopIteration
+        return self._collate(examples)
+
+    def _start_epoch(self) -> None:
+        self.dataset.set_epoch(self.epoch)
+        skip = self.consumed
+        if self._native_state is not None:
+            if self._native_state.get("epoch") == self.epoch:
+                self.dataset.load_state_dict(self._native_state)
+                skip = 0
+            self._native_state = None
+        iterator = iter(self.dataset)
+        for done in range(skip):  # deterministic replay: same seeds, same order, nothing decoded
+            if next(iterator, _MISSING) is _MISSING:
+                raise RuntimeError(
+                    f"cannot resume the {self.cfg.kind} data at epoch {self.epoch}, example {skip}: this rank's "
+                    f"stream now ends after {done} examples (did the sources or world size change?)"
+                )
+        self._iterator = iterator
+
+    def _next_raw(self) -> tuple[int, int, dict] | None:
+        """The next raw example as (epoch, index in epoch, example); None once `epochs` are done."""
+        if self._finished:
+            return None
+        if self._iterator is None:
+            self._start_epoch()
+        try:
+            example = next(self._iterator)
+        except StopIteration:
+            if self.consumed == 0:
+                raise RuntimeError(
+                    f"data for {self.cfg.kind} yielded no examples on rank {self.rank}/{self.world_size}"
+                ) from None
+            self.epoch += 1
+            self.consumed = 0
+            self._iterator = None
+            if self.epochs is not None and self.epoch >= self.epochs:
+                self._finished = True
+                return None
+            return self._next_raw()
+        index = self.consumed
+        self.consumed += 1
+        self.examples_seen += 1
+        return self.epoch, index, example
+
+    def _skip(self, reason: str, detail: str = "") -> None:
+        """Count (and log, sparingly) an example dropped for bad data; the batch is filled from the next."""
+        self.skipped[reason] += 1
+        count = self.skipped[reason]
+        if count <= 10 or count % 1000 == 0:
+            logger.warning("skipping an example (%s, %d so far)%s", reason, count, f": {detail}" if detail else "")
+
+    def _prepare(self, raw: tuple[int, int, dict]) -> dict | tuple[str, str]:
+        """Decode/augment/validate one raw example (thread-safe); (reason, detail) when it is skipped."""
+        epoch, index, example = raw
+        kind = self.cfg.kind
+        if kind in IMAGE_KINDS:
+            caption = example.get("caption")
+            if not caption:
+                return ("empty_text", "")
+            if example.get("image") is None:
+                return ("missing_image", "")
+            try:
+                image = load_image(example.get("image"))
+                if self.train:
+                    rng = random.Random(f"{self.cfg.seed}:{self.rank}:{epoch}:{index}")
+                    image = random_resized_crop(image, self.image_size, rng)
+            except Exception as err:  # noqa: BLE001 - any undecodable image is data corruption
+                return ("corrupt_image", f"{type(err).__name__}: {err}")
+            return {"image": image, "caption": caption, "_source": example.get("_source")}
+        texts = [example.get(c) for c in KIND_COLUMNS[kind] if c != "negatives"]
+        if not all(texts):
+            return ("empty_text", "")
+        if kind == "text_triplets":
+            negatives = [n for n in (example.get("negatives") or []) if n]
+            if len(negatives) < self.cfg.num_negatives:
+                return ("too_few_negatives", f"{len(negatives)} < {self.cfg.num_negatives}")
+            example = dict(example, negatives=negatives[: self.cfg.num_negatives])
+        return example
+
+    def _tokenize(self, texts: list[str]):
+        encoding = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding="longest",
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        for key in [k for k in encoding if k not in ("input_ids", "attention_mask")]:
+            del encoding[key]
+        return encoding
+
+    def _collate(self, examples: list[dict]) -> dict:
+        kind = self.cfg.kind
+        if kind in IMAGE_KINDS:
+            images = [e["image"] for e in examples]
+            if self.train:
+                pixels = normalise_images(images, self.image_processor)
+            else:
+                size = self.image_size
+                pixels = self.image_processor(
+                    images=images,
+                    size={"shortest_edge": size},
+                    crop_size={"height": size, "width": size},
+                    return_tensors="pt",
+                )["pixel_values"]
+            batch = {"pixel_values": pixels.float(), "caption": self._tokenize([e["caption"] for e in examples])}
+            raw_columns = ("caption", "_source")
+        elif kind == "text_pairs":
+            batch = {
+                "query": self._tokenize([e["query"] for e in examples]),
+                "document": self._tokenize([e["document"] for e in examples]),
+            }
+            raw_columns = ("query", "document", "_source")
+        else:
+            k = self.cfg.num_negatives
+            batch = {
+                "query": self._tokenize([e["query"] for e in examples]),
+                "document": self._tokenize([e["positive"] for e in examples]),
+                "negatives": self._tokenize([n for e in examples for n in e["negatives"]]),
+                "num_negatives": k,
+            }
+            raw_columns = ("query", "positive", "negatives", "_source")
+        if self.keep_raw:
+            batch["raw"] = [{c: e.get(c) for c in raw_columns} for e in examples]
+        return batch
+
+    def close(self) -> None:
+        """Drop the open dataset iterator and the decoding threads (a later batch reopens the iterator at
+        the same position and decodes in the main thread)."""
+        self._iterator = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- switches ---------------------------------------------------------------------------------------
+    def set_image_size(self, size: int) -> None:
+        """Resolution of the following batches (stage 1 ends at 384; stage 3 trains at 512)."""
+        self.image_size = int(size)
+
+    def set_max_length(self, n: int) -> None:
+        self.max_length = int(n)
+
+    # -- checkpointing ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "version": 1,
+            "kind": self.cfg.kind,
+            "seed": self.cfg.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "examples_seen": self.examples_seen,
+            "finished": self._finished,
+            "image_size": self.image_size,
+            "max_length": self.max_length,
+            "skipped": dict(self.skipped),
+            "resume": "replay" if self.exact_resume else "datasets",
+        }
+        if self._iterator is not None:
+            try:
+                native = self.dataset.state_dict()
+                json.dumps(native)
+                state["datasets_state"] = native
+            except Exception:  # noqa: BLE001 - optional extra
+                pass
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in (("kind", self.cfg.kind), ("world_size", self.world_size), ("rank", self.rank)):
+            if key in state and state[key] != mine:
+                raise ValueError(f"data state is for {key}={state[key]!r}, this stream has {key}={mine!r}")
+        if state.get("seed", self.cfg.seed) != self.cfg.seed:
+            logger.warning("data state was saved with seed %s, this stream uses %s", state["seed"], self.cfg.seed)
+        self.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed"])
+        self.examples_seen = int(state.get("examples_seen", 0))
+        self._finished = bool(state.get("finished", False))
+        if state.get("image_size") is not None:
+            self.image_size = int(state["image_size"])
+        if state.get("max_length") is not None:
+            self.max_length = int(state["max_length"])
+        self.skipped = Counter(state.get("skipped", {}))
+        self._iterator = None
+        self._native_state = None
+        if not self.exact_resume and state.get("datasets_state") is not None:
+            self._native_state = state["datasets_state"]
+
+
+def build_task_stream(
+    cfg: TaskDataConfig,
+    processor,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    train: bool = True,
+    epochs: int | None = None,
+    exact_resume: bool = True,
+    keep_raw: bool = False,
+    num_threads: int = 0,
+) -> TaskStream:
+    """The batch stream of one task for one process.
+
+    ``train=False`` skips the shuffle buffer and uses the processor's eval resize/centre crop; ``epochs``
+    bounds the stream (default: infinite when training, one pass otherwise; a last partial batch is then
+    yielded). ``exact_resume=False`` resumes with datasets' own state dict (fast; loses the shuffle
+    buffer's content). ``num_threads`` decodes/crops a batch's images in a thread pool (order is kept).
+    """
+    if not isinstance(cfg, TaskDataConfig):
+        cfg = TaskDataConfig(**cfg)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    dataset = build_dataset(cfg, rank=rank, world_size=world_size, train=train)
+    return TaskStream(
+        cfg,
+        processor,
+        dataset,
+        rank=rank,
+        world_size=world_size,
+        train=train,
+        epochs=epochs,
+        exact_resume=exact_resume,
+        keep_raw=keep_raw,
+        num_threads=num_threads,
+    )
+
+
+__all__ = [
+    "KINDS",
+    "SourceConfig",
+    "TaskDataConfig",
+    "TaskStream",
+    "build_dataset",
+    "build_task_stream",
+    "load_image",
+    "load_source",
+    "normalise_images",
+    "random_resized_crop",
+    "random_resized_crop_box",
+    "to_rgb",
+]
