@@ -3,14 +3,19 @@ exported folder; this package wrapper only registers them for auto-class use and
 
 from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig, release_config_to_kwargs
 from .modeling_jina_clip import JinaCLIPModel, JinaCLIPOutput, JinaCLIPPreTrainedModel, JinaCLIPVisionModel, load_image
+from .processing_jina_clip import JinaCLIPImageProcessor
 
 # save_pretrained then writes `auto_map` and copies the modeling files, so folders load with
 # AutoModel.from_pretrained(..., trust_remote_code=True) on machines without this package.
 JinaCLIPConfig.register_for_auto_class()
 JinaCLIPModel.register_for_auto_class("AutoModel")
+# The image processor is custom (release crop rounding), so processor folders must carry its code too:
+# CLIPProcessor.save_pretrained then copies processing_jina_clip.py and writes the image processor's auto_map.
+JinaCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "JinaCLIPConfig",
+    "JinaCLIPImageProcessor",
     "JinaCLIPVisionConfig",
     "JinaCLIPModel",
     "JinaCLIPOutput",

@@ -294,7 +294,10 @@ class JinaCLIPVisionModel(JinaCLIPPreTrainedModel):
         self.patch_embed = JinaCLIPPatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_positions, config.hidden_size))
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # Stochastic depth rises linearly over the blocks (0 ... drop_path_rate). Plain Python, not
+        # torch.linspace: a tensor would follow a `torch.device("meta")` context and then have no values.
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList([JinaCLIPVisionBlock(config, rate) for rate in rates])
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
@@ -354,7 +357,12 @@ def _as_list(inputs, kind: str) -> tuple[list, bool]:
         raise ValueError(f"{kind} must not be None")
     single = isinstance(inputs, (str, bytes)) or not isinstance(inputs, (list, tuple, np.ndarray, torch.Tensor))
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        single = kind == "texts" or inputs.ndim == 3  # one HxWxC array vs a batch of them
+        if kind == "texts":
+            single = inputs.ndim == 0  # a 1-D array of strings is a batch
+        else:
+            # An array is one image (HxW, HxWxC or CxHxW) unless it has a leading batch axis (4-D);
+            # iterating a 2-D greyscale image would yield its rows.
+            single = inputs.ndim in (2, 3)
     items = [inputs] if single else list(inputs)
     if not items:
         raise ValueError(f"{kind} must not be empty")
@@ -406,7 +414,8 @@ def load_image(image) -> "PIL.Image.Image":  # noqa: F821
             if ";base64" not in header:
                 raise ValueError("data: image URIs must be base64-encoded (data:image/<type>;base64,...)")
             try:
-                data = base64.b64decode(payload, validate=True)
+                # Whitespace (line-wrapped base64) is allowed; any other non-alphabet character is an error.
+                data = base64.b64decode("".join(payload.split()), validate=True)
             except (binascii.Error, ValueError) as err:
                 raise ValueError(f"invalid base64 in data URI: {err}") from err
             img = decode(data, "data URI")
@@ -443,20 +452,20 @@ def _to_rgb(img: "PIL.Image.Image") -> "PIL.Image.Image":  # noqa: F821
 
 
 def _download(url: str) -> bytes:
-    import requests
+    # The standard library, not requests: this file runs as Hub remote code where transformers (whose own
+    # dependencies no longer include requests) may be all that is installed.
+    import urllib.error
+    import urllib.request
 
+    request = urllib.request.Request(url, headers={"User-Agent": "jina-clip-v2 (transformers remote code)"})
     try:
-        with requests.get(url, timeout=IMAGE_URL_TIMEOUT_S, stream=True) as response:
-            response.raise_for_status()
-            chunks, size = [], 0
-            for chunk in response.iter_content(chunk_size=1 << 16):
-                size += len(chunk)
-                if size > IMAGE_MAX_BYTES:
-                    raise ValueError(f"image at {url} is larger than {IMAGE_MAX_BYTES} bytes")
-                chunks.append(chunk)
-    except requests.RequestException as err:
+        with urllib.request.urlopen(request, timeout=IMAGE_URL_TIMEOUT_S) as response:
+            data = response.read(IMAGE_MAX_BYTES + 1)  # never more than the cap in memory
+    except (urllib.error.URLError, OSError, ValueError) as err:  # HTTP errors, refused, timeouts, bad URLs
         raise ValueError(f"cannot fetch image {url}: {err}") from err
-    return b"".join(chunks)
+    if len(data) > IMAGE_MAX_BYTES:
+        raise ValueError(f"image at {url} is larger than {IMAGE_MAX_BYTES} bytes")
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -491,7 +500,10 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """As `PreTrainedModel.from_pretrained`; a `config` whose `vision_config.image_size` differs from the
         checkpoint's loads the weights at their own size, then resamples the position table."""
-        if isinstance(config, JinaCLIPConfig) and pretrained_model_name_or_path is not None:
+        # Duck-typed, not isinstance: a config built from this package and a model class loaded as remote code
+        # (transformers_modules.*) are different classes of the same thing.
+        vision_config = getattr(config, "vision_config", None)
+        if getattr(vision_config, "image_size", None) is not None and pretrained_model_name_or_path is not None:
             hub_kwargs = {
                 k: kwargs[k]
                 for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
@@ -500,7 +512,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             stored = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
             target = config.vision_config.image_size
             if stored.vision_config.image_size != target:
-                config = config.__class__.from_dict(config.to_dict())
+                config = cls.config_class.from_dict(config.to_dict())  # a copy, of the model's own class
                 config.vision_config.image_size = stored.vision_config.image_size
                 model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
                 model.set_image_size(target)
@@ -612,9 +624,16 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             if not source:
                 raise ValueError(
                     "this model has no processor: load it with from_pretrained from a folder that holds one, "
-                    "or assign `model.processor = JinaCLIPProcessor(...)`"
+                    "or assign one: `model.processor = CLIPProcessor(image_processor=JinaCLIPImageProcessor(...), "
+                    "tokenizer=XLMRobertaTokenizerFast(...))`"
                 )
-            self._processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+            try:
+                self._processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"cannot load the processor (tokenizer + image processor) of {source!r}: {err}. Save one next "
+                    "to the weights with `processor.save_pretrained(folder)` or assign `model.processor`."
+                ) from err
             _set_processor_image_size(self._processor, self.config.vision_config.image_size)
         return self._processor
 
@@ -624,10 +643,18 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
 
     def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
         truncate_dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        if truncate_dim is None:
+            return None
         dims = self.config.matryoshka_dimensions
-        if truncate_dim is not None and (isinstance(truncate_dim, bool) or truncate_dim not in dims):
+        # Only the trained Matryoshka prefixes; bool and float are refused although True == 1 and 8.0 == 8
+        # (a float cannot slice, and True is a mistake, not a width).
+        if (
+            isinstance(truncate_dim, bool)
+            or not isinstance(truncate_dim, (int, np.integer))
+            or int(truncate_dim) not in dims
+        ):
             raise ValueError(f"truncate_dim={truncate_dim!r} is not supported; valid values: {dims}")
-        return truncate_dim
+        return int(truncate_dim)
 
     def _finish(
         self,
@@ -687,20 +714,16 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         tokenizer = self.processor.tokenizer
-        max_length = max_length or self.config.max_text_length
-        # Longest first: batches of similar length waste little padding; the order is restored at the end.
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        # The release's defaults, each overridable (padding="max_length", truncation=False, ...).
+        settings = {"padding": True, "truncation": True, **tokenizer_kwargs}
+        settings["max_length"] = max_length or self.config.max_text_length
+        settings["return_tensors"] = "pt"
+        # Longest first (by characters, as the release: no second tokenisation pass): batches of similar
+        # length waste little padding; the caller's order is restored at the end.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         return self._encode_batches(
             order,
-            lambda idx: tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-                **tokenizer_kwargs,
-            ),
+            lambda idx: tokenizer([texts[i] for i in idx], **settings),
             lambda batch: self.get_text_features(batch["input_ids"], attention_mask=batch["attention_mask"]),
             single, batch_size, show_progress_bar, device, truncate_dim, normalize_embeddings,
             convert_to_numpy, convert_to_tensor, "Encoding texts",

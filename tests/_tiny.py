@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from modeling import JinaCLIPConfig, JinaCLIPModel  # noqa: E402
+# `modeling` (and with it transformers) is imported inside the functions that need it: the timm oracle
+# subprocesses import this file only for `import_timm` and should not pay for importing transformers.
 
 CAPTIONS = ROOT / "data" / "tuxpaint" / "captions.jsonl"
 ORACLE_DIR = ROOT / ".oracle"
 
 
 def tiny_config(image_size: int = 56, vocab_size: int = 1000, **overrides) -> JinaCLIPConfig:
+    from modeling import JinaCLIPConfig
+
     text = dict(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -49,6 +52,8 @@ def tiny_config(image_size: int = 56, vocab_size: int = 1000, **overrides) -> Ji
 
 
 def tiny_model(seed: int = 0, **config_overrides) -> JinaCLIPModel:
+    from modeling import JinaCLIPModel
+
     torch.manual_seed(seed)
     model = JinaCLIPModel(tiny_config(**config_overrides)).eval()
     # Fresh init leaves q/v biases, LayerNorms and cls/pos at trivial values; randomise every parameter so
@@ -70,9 +75,14 @@ def build_tokenizer(vocab_size: int = 1000):
     from tokenizers.processors import TemplateProcessing
     from transformers import XLMRobertaTokenizerFast
 
+    # Unigram training needs every character of its corpus in the vocabulary, and the captions hold ~3000
+    # distinct characters (77 languages): train on a spread-out sample (a few seconds -> under one) reduced
+    # to its most frequent characters; the rest encode as <unk>, as unseen characters do in any vocabulary.
+    corpus = caption_corpus()[::16]
+    alphabet = {char for char, _ in Counter("".join(corpus)).most_common(vocab_size * 2 // 5)}
     unigram = SentencePieceUnigramTokenizer()
     unigram.train_from_iterator(
-        caption_corpus(),
+        ["".join(char for char in text if char in alphabet) for text in corpus],
         vocab_size=vocab_size - 1,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         unk_token="<unk>",
