@@ -500,6 +500,10 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """As `PreTrainedModel.from_pretrained`; a `config` whose `vision_config.image_size` differs from the
         checkpoint's loads the weights at their own size, then resamples the position table."""
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            # As the release: bf16 where CUDA is available (the towers were trained in bf16, Table 6), fp32 on
+            # CPU, where bf16 matmuls are slow and lose digits. An explicit dtype always wins.
+            kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         # Duck-typed, not isinstance: a config built from this package and a model class loaded as remote code
         # (transformers_modules.*) are different classes of the same thing.
         vision_config = getattr(config, "vision_config", None)
@@ -518,6 +522,13 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 model.set_image_size(target)
                 return model
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    def compile_towers(self, **compile_kwargs) -> "JinaCLIPModel":
+        """`torch.compile` both towers in place (kwargs go to `torch.compile`, e.g. mode="max-autotune").
+        Opt-in: compilation costs minutes at real size and pays off on long encoding or training runs."""
+        self.text_model.compile(**compile_kwargs)
+        self.vision_model.compile(**compile_kwargs)
+        return self
 
     def set_image_size(self, image_size: int) -> None:
         """Change the input resolution in place: resample the position table (RoPE follows the grid) and
@@ -545,14 +556,24 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        unpadded: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Text embeddings: masked mean of the last hidden states over every non-pad token (<s> and </s>
-        included), no projection. `pooler_output` holds the raw (un-normalised) embedding."""
+        included), no projection. `pooler_output` holds the raw (un-normalised) embedding.
+
+        `unpadded` packs the batch's real tokens into one row (RoPE positions restart per text, attention stays
+        inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
+        FlashAttention backend, whose variable-length kernels make it free; eager/sdpa then need a (T, T)
+        block mask, correct but only worth it for very uneven batches.
+        """
         if attention_mask is None:
             # The release derives the mask from the ids (pad id 1), so callers may pass input_ids alone.
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
         kwargs.pop("token_type_ids", None)  # one token type (type_vocab_size=1): the tower adds row 0 itself
+        flash = "flash" in (self.config.text_config._attn_implementation or "")
+        if unpadded if unpadded is not None else flash:
+            return self._get_text_features_unpadded(input_ids, attention_mask, flash, **kwargs)
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = outputs.last_hidden_state
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
@@ -564,6 +585,39 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             pooler_output=pooled,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+        )
+
+    def _get_text_features_unpadded(self, input_ids, attention_mask, flash: bool, **kwargs):
+        keep = attention_mask.bool()
+        lengths = keep.sum(1)
+        if bool((lengths == 0).any()):
+            raise ValueError("every text needs at least one non-pad token")
+        # Real tokens of every row, in order, as one sequence; positions restart at 0 for each text, which is
+        # what the padded path gives a right-padded row.
+        packed_ids = input_ids[keep][None]
+        segment = torch.repeat_interleave(torch.arange(len(lengths), device=input_ids.device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        position_ids = (torch.arange(packed_ids.shape[1], device=input_ids.device) - starts[segment])[None]
+        if flash:
+            # transformers' FlashAttention integration runs the varlen kernel from these (cu_seqlens).
+            cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+            longest = int(lengths.max())
+            kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest, max_length_k=longest)
+            mask = None
+        else:
+            same_text = (segment[:, None] == segment[None, :])[None, None]  # (1, 1, T, T) block diagonal
+            if self.config.text_config._attn_implementation == "sdpa":
+                mask = same_text
+            else:
+                dtype = self.text_model.embeddings.word_embeddings.weight.dtype
+                mask = torch.zeros(same_text.shape, dtype=dtype, device=input_ids.device)
+                mask.masked_fill_(~same_text, torch.finfo(dtype).min)
+        outputs = self.text_model(input_ids=packed_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
+        hidden = outputs.last_hidden_state[0]
+        sums = torch.zeros(len(lengths), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+        pooled = sums.index_add_(0, segment, hidden.float()) / lengths[:, None].float()
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, pooler_output=self.text_projection(pooled.to(hidden.dtype))
         )
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
@@ -693,6 +747,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         normalize_embeddings: bool = True,
         truncate_dim: int | None = None,
         max_length: int | None = None,
+        max_tokens_per_batch: int | None = None,
         **tokenizer_kwargs,
     ):
         """Embed texts. Returns a (n, dim) float32 array by default (a vector for a single string).
@@ -701,6 +756,8 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             task: "retrieval.query" prepends the release's query instruction; None adds nothing.
             truncate_dim: keep the first k dims (one of `config.matryoshka_dimensions`), then L2-normalise.
             max_length: tokens per text (default `config.max_text_length`, 512 as in the release).
+            max_tokens_per_batch: token budget per batch (texts x longest text) instead of a fixed number of
+                texts; `batch_size` still caps the count. Useful for corpora of very uneven lengths.
         """
         texts, single = _as_list(sentences, "texts")
         for index, text in enumerate(texts):
@@ -718,16 +775,40 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         settings = {"padding": True, "truncation": True, **tokenizer_kwargs}
         settings["max_length"] = max_length or self.config.max_text_length
         settings["return_tensors"] = "pt"
-        # Longest first (by characters, as the release: no second tokenisation pass): batches of similar
-        # length waste little padding; the caller's order is restored at the end.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        if max_tokens_per_batch is None:
+            # Longest first (by characters, as the release: no second tokenisation pass): batches of similar
+            # length waste little padding; the caller's order is restored at the end.
+            order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+            batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        else:
+            batches = self._token_budget_batches(texts, tokenizer, settings, batch_size, max_tokens_per_batch)
         return self._encode_batches(
-            order,
+            batches,
             lambda idx: tokenizer([texts[i] for i in idx], **settings),
             lambda batch: self.get_text_features(batch["input_ids"], attention_mask=batch["attention_mask"]),
-            single, batch_size, show_progress_bar, device, truncate_dim, normalize_embeddings,
+            single, show_progress_bar, device, truncate_dim, normalize_embeddings,
             convert_to_numpy, convert_to_tensor, "Encoding texts",
         )
+
+    @staticmethod
+    def _token_budget_batches(texts, tokenizer, settings, batch_size, max_tokens_per_batch) -> list[list[int]]:
+        """Group texts, longest first, so that each padded batch holds at most `max_tokens_per_batch` tokens
+        (texts x longest): short texts go in large batches, long ones in small, and memory stays flat."""
+        if max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
+        lengths = [
+            len(ids)
+            for ids in tokenizer(texts, truncation=settings["truncation"], max_length=settings["max_length"])["input_ids"]
+        ]
+        batches: list[list[int]] = []
+        for index in sorted(range(len(texts)), key=lambda i: -lengths[i]):
+            current = batches[-1] if batches else None
+            # The batch's longest text is its first (descending order), so padding is len(batch) x that.
+            if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= max_tokens_per_batch:
+                current.append(index)
+            else:
+                batches.append([index])
+        return batches
 
     @torch.inference_mode()
     def encode_image(
@@ -749,15 +830,15 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         image_processor = self.processor.image_processor
         return self._encode_batches(
-            list(range(len(items))),
+            [list(range(start, min(start + batch_size, len(items)))) for start in range(0, len(items), batch_size)],
             lambda idx: image_processor([load_image(items[i]) for i in idx], return_tensors="pt"),
             lambda batch: self.get_image_features(batch["pixel_values"]),
-            single, batch_size, show_progress_bar, device, truncate_dim, normalize_embeddings,
+            single, show_progress_bar, device, truncate_dim, normalize_embeddings,
             convert_to_numpy, convert_to_tensor, "Encoding images",
         )
 
     def _encode_batches(
-        self, order, prepare, embed, single, batch_size, show_progress_bar, device, truncate_dim,
+        self, batches, prepare, embed, single, show_progress_bar, device, truncate_dim,
         normalize_embeddings, convert_to_numpy, convert_to_tensor, description,
     ):
         from tqdm.auto import tqdm
@@ -770,12 +851,12 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         self.eval()
         try:
             chunks = []
-            starts = range(0, len(order), batch_size)
-            for start in tqdm(starts, desc=description, disable=not show_progress_bar):
-                batch = prepare(order[start : start + batch_size]).to(self.device)
+            for indices in tqdm(batches, desc=description, disable=not show_progress_bar):
+                batch = prepare(indices).to(self.device)
                 chunks.append(embed(batch).pooler_output)
         finally:
             self.train(was_training)
+        order = [index for indices in batches for index in indices]
         return self._finish(
             chunks, order, single, truncate_dim, normalize_embeddings, convert_to_numpy, convert_to_tensor
         )
