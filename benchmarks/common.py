@@ -1,0 +1,447 @@
+"""Shared plumbing of the benchmark scripts: configs and models, devices and dtypes, timing, peak memory,
+out-of-memory handling, environment capture, targets, and the JSON / markdown writers."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/encode.py` as well as `python -m benchmarks.encode`
+    sys.path.insert(0, str(ROOT))
+
+SCHEMA_VERSION = 1
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configs and models
+# ----------------------------------------------------------------------------------------------------
+
+
+def tiny_config_kwargs(image_size: int = 56) -> dict:
+    """The tests' tiny geometry (tests/_tiny.py): a few layers and small widths with every structural feature of
+    the real model (several heads, RoPE, SwiGLU width not a multiple of the hidden size)."""
+    return dict(
+        text_config=dict(
+            vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=85,
+            image_size=image_size, patch_size=14, patch_dropout=0.0,
+        ),
+        projection_dim=32,
+        matryoshka_dimensions=[8, 16, 32],
+    )
+
+
+def build_config(tiny: bool = False, model_path: str | None = None):
+    from modeling import JinaCLIPConfig
+
+    if model_path:
+        return JinaCLIPConfig.from_pretrained(model_path)
+    return JinaCLIPConfig(**tiny_config_kwargs()) if tiny else JinaCLIPConfig()
+
+
+def build_model(config, device: torch.device, model_path: str | None = None, seed: int = 0):
+    """A JinaCLIPModel in fp32 on ``device``: random weights (initialised directly on the device, which is much
+    faster than on the CPU at real size) or the checkpoint at ``model_path``. Speed does not depend on the weights."""
+    from modeling import JinaCLIPModel
+
+    torch.manual_seed(seed)
+    if model_path:
+        return JinaCLIPModel.from_pretrained(model_path, config=config, dtype=torch.float32).to(device)
+    with torch.device(device):
+        model = JinaCLIPModel(config)
+    return model.to(device)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def config_summary(config) -> dict:
+    t, v = config.text_config, config.vision_config
+    return {
+        "text": {
+            "hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers,
+            "num_attention_heads": t.num_attention_heads, "intermediate_size": t.intermediate_size,
+            "vocab_size": t.vocab_size, "pad_token_id": t.pad_token_id,
+        },
+        "vision": {
+            "hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
+            "num_attention_heads": v.num_attention_heads, "intermediate_size": v.intermediate_size,
+            "image_size": v.image_size, "patch_size": v.patch_size, "patch_dropout": v.patch_dropout,
+        },
+        "projection_dim": config.projection_dim,
+        "matryoshka_dimensions": list(config.matryoshka_dimensions),
+    }
+
+
+def set_attn(model, implementation: str) -> str | None:
+    """Switch both towers' attention; returns None on success or the reason it is not available."""
+    if implementation == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            return "flash_attn (FlashAttention-2) is not installed or not usable on this device"
+    try:
+        model.set_attn_implementation(implementation)
+    except (ImportError, ValueError, RuntimeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def set_checkpointing(model, enabled: bool) -> None:
+    """Activation (gradient) checkpointing on every layer of both towers, non-reentrant (transformers' default)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # gradient_* names are deprecated aliases in transformers 5
+        if enabled:
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+        else:
+            disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+            disable()
+
+
+def use_image_size(model, size: int, base_pos: torch.Tensor, base_size: int) -> None:
+    """Put the vision tower at ``size`` px, resampling the position table from the same fp32 original every time
+    (so every dtype / implementation sees the same weights), then cast the table to the tower's dtype."""
+    from torch import nn
+
+    vision = model.config.vision_config
+    dtype = model.vision_model.patch_embed.proj.weight.dtype
+    requires_grad = model.vision_model.pos_embed.requires_grad
+    vision.image_size = base_size
+    model.vision_model.pos_embed = nn.Parameter(base_pos.clone(), requires_grad=requires_grad)
+    model.set_image_size(size)
+    model.vision_model.pos_embed.data = model.vision_model.pos_embed.data.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Devices, dtypes, timing, memory
+# ----------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
+    return device
+
+
+@contextmanager
+def cpu_threads(threads: int | None, tiny: bool, device: torch.device):
+    """torch's CPU thread count for the body, restored afterwards (``main(argv)`` may run inside another process,
+    e.g. pytest): explicit, or 1 for tiny models on CPU, where per-op thread synchronisation costs more than the
+    microsecond-sized ops themselves (and is catastrophic on a loaded machine)."""
+    if threads is None and tiny and device.type == "cpu":
+        threads = 1
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """bf16 by default on CUDA, fp32 on CPU."""
+    if name in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> dict:
+    """Run ``fn`` ``warmup`` times untimed, then ``iters`` times, each bracketed by a device synchronisation
+    (CPU: wall clock). Returns the median (the reported number), min, max and every time in seconds."""
+    first = None
+    for index in range(warmup):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        if index == 0:
+            first = time.perf_counter() - start
+    times = []
+    for _ in range(max(1, iters)):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "times_s": times,
+        "first_warmup_s": first,
+        "warmup": warmup,
+        "iters": len(times),
+    }
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int, inference: bool = False) -> dict:
+    """``measure`` with the peak-memory counter reset first; an OOM or any error becomes ``{"status": "oom" | "error"}``
+    instead of a crash (a configuration that does not fit is a result)."""
+    free_memory(device)
+    reset_peak_memory(device)
+    failure = None
+    try:
+        with torch.inference_mode() if inference else contextlib.nullcontext():
+            timing = measure(fn, device, warmup, iters)
+    except Exception as err:  # noqa: BLE001
+        failure = {"status": "oom" if is_oom(err) else "error", "error": f"{type(err).__name__}: {str(err)[:300]}"}
+    if failure:  # outside the except block, so the traceback and the tensors its frames hold are gone
+        free_memory(device, collect=True)
+        return failure
+    return {"status": "ok", **timing, "peak_memory_bytes": peak_memory(device)}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Bytes: ``torch.cuda.max_memory_allocated`` since the last reset (weights included); None on CPU."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def free_memory(device: torch.device, collect: bool = False) -> None:
+    """Return cached CUDA blocks (so each configuration's peak starts from the same floor); ``collect`` also runs
+    the garbage collector (after an OOM, whose traceback keeps tensors alive; costly, so not by default)."""
+    if collect:
+        gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def is_oom(err: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(err, oom_type) or "out of memory" in str(err).lower()
+
+
+@contextmanager
+def exact_fp32():
+    """No TF32 anywhere (matmul and cuDNN convolutions): for the fp32 parity references."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def parity(candidate: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> dict:
+    """Max abs diff and min cosine of embeddings against the fp32 SDPA reference. ``ok``: cosine >= 0.999 for
+    bf16/fp16 runs, >= 0.99999 for fp32 runs."""
+    candidate, reference = candidate.detach().float().cpu(), reference.detach().float().cpu()
+    cosine = torch.nn.functional.cosine_similarity(candidate, reference, dim=-1)
+    threshold = 0.99999 if dtype == torch.float32 else 0.999
+    return {
+        "max_abs_diff": float((candidate - reference).abs().max()),
+        "reference_max_abs": float(reference.abs().max()),
+        "min_cosine": float(cosine.min()),
+        "cosine_threshold": threshold,
+        "ok": bool(cosine.min() >= threshold),
+        "reference": "fp32 sdpa (no TF32)",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Environment and results
+# ----------------------------------------------------------------------------------------------------
+
+
+def _package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def env_info(device: torch.device) -> dict:
+    import transformers
+
+    info = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine() or "cpu"),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "flash_attn": _package_version("flash_attn") or _package_version("flash-attn"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain")),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["cuda_capability"] = f"{props.major}.{props.minor}"
+        info["gpu_memory_bytes"] = int(props.total_memory)
+    return info
+
+
+def target(
+    name: str,
+    description: str,
+    threshold: float,
+    measured: float | None,
+    *,
+    higher_is_better: bool = True,
+    unit: str = "",
+    note: str | None = None,
+    force_unmeasured: str | None = None,
+) -> dict:
+    """One row of the "targets" section: pass / fail against the issue's threshold, or unmeasured."""
+    if measured is None or (isinstance(measured, float) and not math.isfinite(measured)):
+        status = "unmeasured"
+    elif force_unmeasured:
+        status = "unmeasured"
+    else:
+        status = "pass" if (measured >= threshold if higher_is_better else measured <= threshold) else "fail"
+    notes = [n for n in (force_unmeasured, note) if n]
+    return {
+        "name": name,
+        "description": description,
+        "threshold": threshold,
+        "comparison": ">=" if higher_is_better else "<=",
+        "unit": unit,
+        "measured": measured,
+        "status": status,
+        "note": "; ".join(notes) or None,
+    }
+
+
+def clean_json(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, tuples -> lists, dtypes/devices/paths -> strings."""
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, (torch.dtype, torch.device, Path)):
+        return str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return clean_json(value.item())
+    return str(value)
+
+
+def write_results(result: dict, markdown: str, out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (JSON, strict: no NaN) and the markdown next to it (same name, ``.md``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(clean_json(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    md = out.with_suffix(".md")
+    md.write_text(markdown, encoding="utf-8")
+    return out, md
+
+
+def header(result: dict) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **result,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Markdown
+# ----------------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_bytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def md_environment(result: dict) -> str:
+    env, settings = result["env"], result["settings"]
+    peak, source = result.get("peak_tflops"), result.get("peak_tflops_source")
+    peak_text = f"{peak} TFLOP/s ({source})" if peak else "unknown (MFU not reported; pass --peak-tflops)"
+    dirty = " (dirty)" if env.get("git_dirty") else ""
+    return (
+        f"- device: **{env['device_name']}** ({env['device']}), torch {env['torch']}, transformers "
+        f"{env['transformers']}, CUDA {env.get('cuda') or '-'}, flash_attn {env.get('flash_attn') or '-'}\n"
+        f"- dtype: {settings['dtype']}; peak for MFU: {peak_text}\n"
+        f"- config: {'tiny' if settings.get('tiny') else 'real size'}; git {str(env.get('git_commit'))[:12]}{dirty}; "
+        f"{result['created']}\n"
+    )
+
+
+def md_targets(targets: Sequence[dict]) -> str:
+    rows = []
+    for t in targets:
+        measured = t["measured"]
+        shown = fmt_pct(measured) if t["unit"] == "MFU" else fmt(measured, ".4g")
+        threshold = fmt_pct(t["threshold"]) if t["unit"] == "MFU" else fmt(t["threshold"], ".4g")
+        rows.append([t["name"], f"{t['comparison']} {threshold} {t['unit'] if t['unit'] != 'MFU' else ''}".strip(),
+                     shown, f"**{t['status']}**", t["note"] or ""])
+    return md_table(["target", "threshold", "measured", "status", "note"], rows)
