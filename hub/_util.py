@@ -1,0 +1,104 @@
+"""Helpers shared by the hub commands: atomic output folders, deterministic JSON, CLI logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Files written by other libraries that are not configuration: left byte-for-byte as written.
+_KEEP_JSON_AS_IS = {"tokenizer.json"}
+
+
+def dump_json(obj: Any) -> str:
+    """The one JSON layout of every file we write: sorted keys, 2-space indent, UTF-8, final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    Path(path).write_text(dump_json(obj), encoding="utf-8")
+
+
+def canonicalize_json_files(folder: Path) -> None:
+    """Rewrite every small JSON config in `folder` (recursively) in the `dump_json` layout, so two exports
+    of the same model are byte-identical whatever key order the writing library used."""
+    for path in sorted(folder.rglob("*.json")):
+        if path.name in _KEEP_JSON_AS_IS:
+            continue
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        write_json(path, data)
+
+
+def normalize_permissions(folder: Path) -> None:
+    """0644 files / 0755 folders: some writers (safetensors) create 0600 files."""
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    folder.chmod(0o755)
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `target`; on success it replaces `target` by rename.
+
+    Nothing is left at `target` if the body fails. An existing `target` is an error unless `overwrite`;
+    then it is replaced only once the new folder is complete (moved aside, renamed, deleted).
+    """
+    target = Path(target).resolve()
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The random part of mkdtemp names is [a-z0-9_], so the folder name is a valid Python module name
+    # (transformers imports remote code from a folder under its base name).
+    staging = Path(tempfile.mkdtemp(prefix="tmp_export_", dir=target.parent))
+    try:
+        yield staging
+        normalize_permissions(staging)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix="tmp_replaced_", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def folder_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under `folder`, relative and sorted (hidden files and folders skipped)."""
+    folder = Path(folder)
+    return sorted(
+        path.relative_to(folder)
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def configure_logging() -> None:
+    """Progress lines of the `hub` loggers on stdout, as `[hub.export] message` (for the CLIs)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    hub_logger = logging.getLogger("hub")
+    hub_logger.handlers[:] = [handler]
+    hub_logger.setLevel(logging.INFO)
+    hub_logger.propagate = False

@@ -1,0 +1,209 @@
+"""Convert a local snapshot of the original jinaai/jina-clip-v2 release into a Hub-ready folder.
+
+    python -m hub.convert --from <released snapshot folder> --out <folder>
+        [--tokenizer <folder>] [--dtype bfloat16] [--max-shard-size 5GB] [--repo-id user/name]
+        [--eval-results results.json] [--overwrite] [--no-check]
+
+Reads the release's `config.json` and weights (`model.safetensors`, sharded safetensors, or
+`pytorch_model.bin` loaded with `torch.load(weights_only=True)`, never a full unpickler), converts them
+with `modeling.convert_jina_clip_release` (LoRA merged, Wqkv split, strict), takes the tokenizer and the
+image preprocessing from the snapshot (`tokenizer.json`, `preprocessor_config.json`), exports the
+folder as `hub.export` does, then reloads it and checks it: the saved tensors equal the converted ones
+and AutoModel / SentenceTransformer embeddings of probe texts and images equal the converted model's.
+
+Download a snapshot first, e.g. `hf download jinaai/jina-clip-v2 --local-dir jina-clip-v2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot
+from modeling.processing_jina_clip import JinaCLIPImageProcessor
+
+from ._util import configure_logging
+from .export import (
+    DTYPES,
+    ExportError,
+    add_card_arguments,
+    add_output_arguments,
+    check_export,
+    export_model,
+)
+from .model_card import DEFAULT_LICENSE, RELEASE_REPO
+
+logger = logging.getLogger(__name__)
+
+# The release's preprocessing (preprocessor_config.json of jinaai/jina-clip-v2, reference section 3.1).
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+_RESAMPLE = {"bicubic": 3, "bilinear": 2}  # PIL.Image.Resampling values
+
+
+def release_image_processor(snapshot: Path, image_size: int) -> JinaCLIPImageProcessor:
+    """Our image processor with the settings of the snapshot's preprocessor_config.json (release keys
+    `size`, `mean`, `std`, `interpolation`, `resize_mode`), or the release's values if it has none."""
+    path = snapshot / "preprocessor_config.json"
+    settings = {}
+    if path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            settings = json.load(handle)
+    else:
+        logger.info("no preprocessor_config.json in the snapshot: using the release's preprocessing")
+    resize_mode = settings.get("resize_mode", "shortest")
+    if resize_mode != "shortest":
+        raise ExportError(f"preprocessor_config.json has resize_mode={resize_mode!r}; only 'shortest' (the release's) is supported")
+    interpolation = settings.get("interpolation", "bicubic")
+    if interpolation not in _RESAMPLE:
+        raise ExportError(f"preprocessor_config.json has interpolation={interpolation!r}; expected one of {sorted(_RESAMPLE)}")
+    size = settings.get("size", image_size)
+    if isinstance(size, (list, tuple)):
+        size = size[0] if len(set(size)) == 1 else None
+    if size != image_size:
+        raise ExportError(f"preprocessor_config.json size {settings.get('size')!r} differs from the model's image_size {image_size}")
+    return JinaCLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        resample=_RESAMPLE[interpolation],
+        image_mean=list(settings.get("mean", settings.get("image_mean", OPENAI_CLIP_MEAN))),
+        image_std=list(settings.get("std", settings.get("image_std", OPENAI_CLIP_STD))),
+    )
+
+
+def release_tokenizer(folder: Path):
+    """The XLM-RoBERTa tokenizer of the snapshot (its tokenizer.json), without any remote code."""
+    from transformers import XLMRobertaTokenizerFast
+
+    if not (folder / "tokenizer.json").is_file():
+        raise ExportError(
+            f"no tokenizer.json in {folder}: pass --tokenizer <folder holding the jina-clip-v2 / XLM-RoBERTa "
+            "tokenizer.json>"
+        )
+    return XLMRobertaTokenizerFast.from_pretrained(str(folder))
+
+
+def _check_saved_weights(folder: Path, model, dtype: torch.dtype | None) -> None:
+    """The tensors in the exported safetensors files equal the converted model's, bit for bit."""
+    from safetensors.torch import load_file
+
+    saved: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        saved.update(load_file(str(path)))
+    expected = model.state_dict()
+    if saved.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+        raise AssertionError(f"exported weights have other keys than the model: missing {missing[:10]}, extra {extra[:10]}")
+    for key, tensor in expected.items():
+        want = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        if saved[key].dtype != want.dtype or not torch.equal(saved[key], want):
+            raise AssertionError(f"exported tensor {key} differs from the converted one")
+
+
+def convert_release(
+    snapshot: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    dtype: str | None = None,
+    check: bool = True,
+    base_model: str | None = RELEASE_REPO,
+    license: str = DEFAULT_LICENSE,
+    **export_kwargs,
+) -> Path:
+    """Convert a release snapshot folder and export it to `out` (see the module docstring).
+
+    Args:
+        snapshot: local folder with the release's config.json and weights (and its tokenizer /
+            preprocessor_config.json, unless `tokenizer` points elsewhere).
+        tokenizer: folder with the tokenizer.json to ship (default: the snapshot).
+        dtype: dtype of the exported weights (default float32: the LoRA merge stays unrounded).
+        check: reload the folder and compare weights and embeddings with the converted model.
+        export_kwargs: passed to `hub.export.export_model` (max_shard_size, repo_id, eval_results, ...).
+    """
+    snapshot = Path(snapshot)
+    if not snapshot.is_dir():
+        raise FileNotFoundError(f"no such snapshot folder: {snapshot}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    logger.info("converting the release checkpoint in %s", snapshot)
+    model = convert_release_snapshot(snapshot, dtype=torch.float32)
+    from transformers import CLIPProcessor
+
+    processor = CLIPProcessor(
+        image_processor=release_image_processor(snapshot, model.config.vision_config.image_size),
+        tokenizer=release_tokenizer(Path(tokenizer) if tokenizer is not None else snapshot),
+    )
+    model.processor = processor
+    source_note = (
+        "The weights are the original jinaai/jina-clip-v2 checkpoint converted to this layout: the "
+        "`retrieval.query` LoRA adapter, which the release applies to every text, merged into the text "
+        "tower, and the fused QKV projection split (`python -m hub.convert`)."
+    )
+    folder = export_model(
+        model,
+        out,
+        processor=processor,
+        dtype=dtype,
+        base_model=base_model,
+        license=license,
+        source_note=source_note,
+        **export_kwargs,
+    )
+    if check:
+        logger.info("checking %s", folder)
+        _check_saved_weights(folder, model, DTYPES[dtype] if dtype else None)
+        atol = 1e-5 if dtype in (None, "float32") else 5e-2
+        for name, diff in check_export(folder, model, atol=atol).items():
+            logger.info("  %s: max |diff| %.2e", name, diff)
+        logger.info("check passed")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from", dest="snapshot", required=True, type=Path, help="local snapshot of jinaai/jina-clip-v2")
+    parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json (default: the snapshot)")
+    add_output_arguments(parser)
+    parser.add_argument("--no-check", action="store_true", help="skip reloading and checking the folder")
+    add_card_arguments(parser)
+    parser.set_defaults(base_model=RELEASE_REPO)
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        folder = convert_release(
+            args.snapshot,
+            args.out,
+            tokenizer=args.tokenizer,
+            dtype=args.dtype,
+            check=not args.no_check,
+            base_model=args.base_model,
+            license=args.license,
+            max_shard_size=args.max_shard_size,
+            eval_results=args.eval_results,
+            training_summary=args.training_summary,
+            repo_id=args.repo_id,
+            model_name=args.model_name,
+            overwrite=args.overwrite,
+        )
+    except (ReleaseCheckpointError, ExportError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except AssertionError as err:
+        print(f"error: the converted folder failed its check: {err}", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["convert_release", "main", "release_image_processor", "release_tokenizer"]

@@ -1,0 +1,564 @@
+"""Export a jina-clip-v2 model as a Hub-ready folder.
+
+    python -m hub.export --model <folder | weights file> --out <folder> [--max-shard-size 5GB]
+        [--dtype bfloat16] [--eval-results results.json] [--training-summary summary.json]
+        [--repo-id user/name] [--processor <folder>] [--overwrite] [--verify]
+
+The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer` need with
+`trust_remote_code=True` on a machine without this repository:
+
+- `config.json` with `auto_map` -> `configuration_jina_clip.py` / `modeling_jina_clip.py` (copied in);
+- safetensors weights, in the model's own key layout (`model.state_dict()`), sharded with
+  `model.safetensors.index.json` above `max_shard_size`;
+- `processor_config.json` (transformers' `CLIPProcessor` with our `JinaCLIPImageProcessor`, whose code
+  `processing_jina_clip.py` is copied in), `tokenizer.json`, `tokenizer_config.json`;
+- Sentence-Transformers files written by Sentence-Transformers' own `save`: `modules.json` (our
+  `custom_st.JinaCLIPTransformer` input module, then `Normalize`), `sentence_bert_config.json`
+  (modality config: `get_text_features` / `get_image_features` -> `pooler_output`; texts truncated at
+  the model's `max_text_length`), `config_sentence_transformers.json` (prompts `retrieval.query` and
+  `query` = the release's query instruction, cosine similarity), `1_Normalize/`;
+- `README.md`, the model card (`hub.model_card`).
+
+The folder is written into a temporary folder next to `--out` and renamed at the end, so `--out` is
+either complete or untouched. Two exports of the same model give the same bytes: safetensors metadata
+is fixed (`{"format": "pt"}`), JSON files have sorted keys, nothing holds a timestamp or a path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# `python -m hub.export` from the repository root imports `modeling` as a package; the repository root
+# must be importable for that (it is when run from there, or when the project is installed).
+from modeling import JinaCLIPConfig, JinaCLIPModel
+from modeling.processing_jina_clip import JinaCLIPImageProcessor
+
+from ._util import atomic_folder, canonicalize_json_files, configure_logging, folder_files, human_size, write_json
+from .model_card import DEFAULT_LICENSE, build_model_card
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+ST_MODULE_FILE = Path(__file__).with_name("custom_st.py")
+ST_MODULE_CLASS = "custom_st.JinaCLIPTransformer"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Training checkpoints may carry wrapper prefixes (DistributedDataParallel, torch.compile).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ExportError(ValueError):
+    """A model, processor or option that cannot be exported as given."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs: model and processor
+# ----------------------------------------------------------------------------------------------------
+
+
+def _strict_load(config: JinaCLIPConfig, state_dict: dict[str, torch.Tensor] | None, source) -> JinaCLIPModel:
+    """`JinaCLIPModel.from_pretrained` (a folder, or `None` + `state_dict`) that fails on any key problem."""
+    model, info = JinaCLIPModel.from_pretrained(
+        source, config=config, state_dict=state_dict, output_loading_info=True
+    )
+    problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+    if problems or info.get("error_msgs"):
+        details = "; ".join(f"{k}: {v[:10]}{' ...' if len(v) > 10 else ''}" for k, v in problems.items())
+        raise ExportError(f"the weights of {source or 'the checkpoint'} do not match the config: {details or info['error_msgs']}")
+    return model.eval()
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path))
+    elif path.suffix in (".bin", ".pt", ".pth"):
+        # weights_only: tensors and plain containers only, never arbitrary pickled objects.
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state_dict, Mapping) and isinstance(state_dict.get("model"), Mapping):
+            state_dict = state_dict["model"]
+    else:
+        raise ExportError(f"unknown weights file type {path.suffix!r} ({path}); expected .safetensors or .bin")
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ExportError(f"{path} is not a state dict of named tensors")
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def load_model(source: str | os.PathLike, *, config: str | os.PathLike | None = None) -> JinaCLIPModel:
+    """Load the model to export from a `save_pretrained` folder (a training stage's output or checkpoint)
+    or from a single weights file (`.safetensors`, or `.bin` read with `torch.load(weights_only=True)`)
+    whose config.json sits next to it or is given as `config`."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model folder or weights file: {path}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ExportError(
+                f"{path} has no config.json: expected a folder written by save_pretrained (config.json + "
+                "weights) or a weights file (.safetensors / .bin) with --config"
+            )
+        model_config = _load_config(path / "config.json")
+        return _strict_load(model_config, None, str(path))
+    config_path = Path(config) if config is not None else path.with_name("config.json")
+    if not config_path.is_file():
+        raise ExportError(f"no config for the weights file {path}: put config.json next to it or pass --config")
+    return _strict_load(_load_config(config_path), _read_weights_file(path), None)
+
+
+def _load_config(path: Path) -> JinaCLIPConfig:
+    try:
+        return JinaCLIPConfig.from_json_file(str(path))
+    except ValueError as err:
+        if "hub.convert" in str(err):  # a config.json of the original release
+            raise ExportError(
+                f"{path} belongs to the original jinaai/jina-clip-v2 release; convert it with "
+                "`python -m hub.convert --from <snapshot> --out <folder>`"
+            ) from err
+        raise
+
+
+def _as_local_model(model: torch.nn.Module) -> JinaCLIPModel:
+    """This repository's `JinaCLIPModel` holding `model`'s weights. A model loaded as remote code (a class
+    from another folder's copy of the modeling file) is rebuilt, so the export always ships this
+    repository's code."""
+    if isinstance(model, JinaCLIPModel):
+        return model
+    if type(model).__name__ != "JinaCLIPModel":
+        raise ExportError(f"expected a JinaCLIPModel, got {type(model).__name__}")
+    config = JinaCLIPConfig.from_dict(model.config.to_dict())
+    local = _strict_load(config, model.state_dict(), None)
+    if getattr(model, "_processor", None) is not None:
+        local.processor = model._processor
+    return local
+
+
+def load_processor(source: str | os.PathLike):
+    """The processor (tokenizer + image processor) saved in a folder."""
+    from transformers import AutoProcessor
+
+    path = Path(source)
+    if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
+        raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
+    return AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+
+
+def canonical_processor(processor, config: JinaCLIPConfig):
+    """transformers' `CLIPProcessor` around this repository's `JinaCLIPImageProcessor` (at the model's
+    image size) and the given XLM-R tokenizer, checked against the model's vocabulary."""
+    from transformers import CLIPProcessor
+
+    tokenizer = getattr(processor, "tokenizer", None)
+    image_processor = getattr(processor, "image_processor", None)
+    if tokenizer is None or image_processor is None:
+        raise ExportError(f"the processor ({type(processor).__name__}) needs both a tokenizer and an image processor")
+    text = config.text_config
+    if tokenizer.pad_token_id != text.pad_token_id:
+        raise ExportError(f"tokenizer pad id {tokenizer.pad_token_id} differs from the model's {text.pad_token_id}")
+    if len(tokenizer) > text.vocab_size:
+        raise ExportError(f"tokenizer has {len(tokenizer)} tokens, more than the model's vocab_size {text.vocab_size}")
+    # A fast tokenizer keeps the padding / truncation of its last call in its backend, and would save
+    # them into tokenizer.json: ship a copy without that state (the same file whatever ran before).
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    skip = {"auto_map", "image_processor_type", "processor_class", "_processor_class"}
+    params = {k: v for k, v in image_processor.to_dict().items() if k not in skip}
+    size = config.vision_config.image_size
+    params.update(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return CLIPProcessor(image_processor=JinaCLIPImageProcessor(**params), tokenizer=tokenizer)
+
+
+def count_parameters(model: JinaCLIPModel) -> dict[str, int]:
+    text = sum(p.numel() for p in model.text_model.parameters())
+    vision = sum(p.numel() for p in model.vision_model.parameters())
+    return {"total": sum(p.numel() for p in model.parameters()), "text": text, "vision": vision}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing the folder
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sentence_transformers_settings(config: JinaCLIPConfig) -> dict[str, Any]:
+    instruction = config.task_instructions["retrieval.query"]
+    return {
+        # The release's prompt; `query` makes encode_query() the same, `document` (encode_document) adds none.
+        "prompts": {"retrieval.query": instruction, "query": instruction, "document": ""},
+        # encode_text's default: texts longer than max_text_length tokens are truncated, not rejected.
+        "processing_kwargs": {"text": {"max_length": config.max_text_length}},
+    }
+
+
+def write_sentence_transformers_files(folder: Path, config: JinaCLIPConfig, *, use_library: bool | None = None) -> None:
+    """Sentence-Transformers' own files, written by `SentenceTransformer.save`.
+
+    The pipeline is built from `folder` (which must already hold the model, processor and `custom_st.py`)
+    the way a user's `SentenceTransformer(folder, trust_remote_code=True)` sees it, with the model on the
+    meta device (no weights are read). Only the weight/processor writing of the first module is skipped
+    (the folder already has them, sharded as asked); everything else is ST's own `save`.
+
+    Without sentence-transformers installed (`use_library=None` decides by looking), the same files are
+    written from `_sentence_transformers_json` (the tests check that both ways agree), so an export at the
+    end of a training run never fails for want of the library.
+    """
+    if use_library is None:
+        use_library = importlib.util.find_spec("sentence_transformers") is not None
+    if not use_library:
+        logger.warning("writing the Sentence-Transformers files without the library (not installed)")
+        for name, content in _sentence_transformers_json(config).items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            write_json(folder / name, content)
+        return
+
+    from collections import OrderedDict
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+    from sentence_transformers.util.misc import import_module_class
+
+    settings = _sentence_transformers_settings(config)
+    module_class = import_module_class(ST_MODULE_CLASS, model_name_or_path=str(folder), trust_remote_code=True)
+    hub_kwargs = {"trust_remote_code": True, "local_files_only": True}
+    transformer = module_class(
+        str(folder),
+        model_kwargs={**hub_kwargs, "device_map": "meta"},
+        processor_kwargs=dict(hub_kwargs),
+        config_kwargs=dict(hub_kwargs),
+        processing_kwargs=settings["processing_kwargs"],
+    )
+    model = SentenceTransformer(
+        modules=OrderedDict([("transformer", transformer), ("normalizer", Normalize())]),
+        prompts=settings["prompts"],
+        default_prompt_name=None,
+        similarity_fn_name="cosine",
+        device="meta",
+    )
+    transformer.save = lambda path, *args, **kwargs: transformer.save_config(path)
+    model.save(str(folder), create_model_card=False)
+
+
+def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
+    """The files `write_sentence_transformers_files` gets from Sentence-Transformers (>= 6), as data."""
+    import transformers
+
+    settings = _sentence_transformers_settings(config)
+    pooled = {"method_output_name": "pooler_output"}
+    return {
+        "modules.json": [
+            {"idx": 0, "name": "transformer", "path": "", "type": ST_MODULE_CLASS},
+            {"idx": 1, "name": "normalizer", "path": "1_Normalize", "type": "sentence_transformers.base.modules.normalize.Normalize"},
+        ],
+        "sentence_bert_config.json": {
+            "modality_config": {
+                "image": {"method": "get_image_features", **pooled},
+                "text": {"method": "get_text_features", **pooled},
+            },
+            "module_output_name": "sentence_embedding",
+            "processing_kwargs": settings["processing_kwargs"],
+            "transformer_task": "feature-extraction",
+        },
+        "config_sentence_transformers.json": {
+            "__version__": {"pytorch": torch.__version__, "transformers": transformers.__version__},
+            "default_prompt_name": None,
+            "model_type": "SentenceTransformer",
+            "prompts": settings["prompts"],
+            "similarity_fn_name": "cosine",
+        },
+        "1_Normalize/config.json": {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"},
+    }
+
+
+def _forget_remote_code(folder: Path) -> None:
+    """Remove the copy of `folder`'s remote code that loading it made in transformers' module cache (the
+    staging folder has a random name, so each export would otherwise leave one behind)."""
+    from transformers.utils import HF_MODULES_CACHE
+
+    shutil.rmtree(Path(HF_MODULES_CACHE) / "transformers_modules" / folder.name, ignore_errors=True)
+
+
+def _write_folder(
+    staging: Path,
+    model: JinaCLIPModel,
+    processor,
+    *,
+    max_shard_size: str | int,
+    dtype: torch.dtype | None,
+    card_kwargs: dict[str, Any],
+) -> None:
+    config = model.config
+    state_dict = None
+    saved_dtype = model.dtype
+    if dtype is not None and dtype != model.dtype:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        saved_dtype = dtype
+    logger.info("writing weights (%s, shards of at most %s)", str(saved_dtype).split(".")[-1], max_shard_size)
+    model.save_pretrained(
+        staging,
+        state_dict=state_dict,
+        max_shard_size=max_shard_size,
+        # Keep the model's own key layout (not transformers' reverse conversion of the text tower to
+        # the original jina-embeddings-v3 names): the files then read the same with any loader.
+        save_original_format=False,
+    )
+    if state_dict is not None:  # save_pretrained records the dtype of the in-memory parameters
+        saved = json.loads((staging / "config.json").read_text(encoding="utf-8"))
+        saved["dtype"] = str(dtype).split(".")[-1]
+        write_json(staging / "config.json", saved)
+    logger.info("writing tokenizer and processor")
+    processor.save_pretrained(staging)
+    logger.info("writing Sentence-Transformers configuration")
+    shutil.copyfile(ST_MODULE_FILE, staging / ST_MODULE_FILE.name)
+    try:
+        write_sentence_transformers_files(staging, config)
+    finally:
+        _forget_remote_code(staging)
+    logger.info("writing model card")
+    card = build_model_card(
+        config, num_parameters=count_parameters(model), dtype=str(saved_dtype).split(".")[-1], **card_kwargs
+    )
+    (staging / "README.md").write_text(str(card) if str(card).endswith("\n") else f"{card}\n", encoding="utf-8")
+    for junk in staging.rglob("__pycache__"):
+        shutil.rmtree(junk)
+    canonicalize_json_files(staging)
+
+
+def export_model(
+    model_or_path: JinaCLIPModel | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    processor=None,
+    config: str | os.PathLike | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    dtype: str | torch.dtype | None = None,
+    eval_results: str | os.PathLike | Mapping | None = None,
+    training_summary: str | os.PathLike | Mapping | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    base_model: str | list[str] | None = None,
+    datasets: list[str] | None = None,
+    source_note: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hub-ready folder for a jina-clip-v2 model and return its path.
+
+    Args:
+        model_or_path: a `JinaCLIPModel`, a `save_pretrained` folder or a weights file (see `load_model`).
+        out: the folder to create (must not exist unless `overwrite`).
+        processor: a processor object or folder; default: the model's attached processor, else the
+            processor saved in the model's folder.
+        config: config.json for a bare weights file (default: next to it).
+        max_shard_size: weights above this size are split into shards with an index ("5GB", "200MB", bytes).
+        dtype: cast floating weights to "float32" / "bfloat16" / "float16" (default: as they are).
+        eval_results / training_summary: JSON files or dicts for the model card (`hub.model_card`).
+        repo_id: the Hub repository the folder is meant for (used in the card's usage snippets).
+        model_name, license, base_model, datasets: model card metadata.
+        source_note: a sentence for the card about where the weights come from.
+        overwrite: replace an existing `out` (only once the new folder is complete).
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if isinstance(model_or_path, (str, os.PathLike)):
+        logger.info("loading model from %s", model_or_path)
+        model = load_model(model_or_path, config=config)
+        if processor is None:
+            source = Path(model_or_path)
+            processor = load_processor(source if source.is_dir() else source.parent)
+    else:
+        model = _as_local_model(model_or_path)
+    if processor is None:
+        if getattr(model, "_processor", None) is None and not model.name_or_path:
+            raise ExportError("the model has no processor attached; pass processor=... (or --processor <folder>)")
+        processor = model.processor
+    elif isinstance(processor, (str, os.PathLike)):
+        processor = load_processor(processor)
+    processor = canonical_processor(processor, model.config)
+
+    card_kwargs = dict(
+        repo_id=repo_id,
+        model_name=model_name,
+        license=license,
+        base_model=base_model,
+        datasets=datasets,
+        eval_results=eval_results,
+        training_summary=training_summary,
+        source=source_note,
+    )
+    # Read the card inputs before writing anything: a malformed results file fails fast.
+    build_model_card(model.config, **card_kwargs)
+    out = Path(out)
+    with atomic_folder(out, overwrite=overwrite) as staging:
+        _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
+    files = folder_files(out)
+    total = sum((out / f).stat().st_size for f in files)
+    logger.info("exported %d files (%s) to %s", len(files), human_size(total), out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking an exported folder
+# ----------------------------------------------------------------------------------------------------
+
+
+def probe_inputs(image_size: int) -> tuple[list[str], list]:
+    """A few deterministic texts (several scripts) and synthetic RGB images for parity checks."""
+    import numpy as np
+    from PIL import Image
+
+    texts = ["a photo of a dog in the snow", "Ein Hund spielt im Schnee", "雪の中で遊ぶ犬", "un chat"]
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((image_size + 9, image_size + 30), (image_size * 2, image_size))
+    ]
+    return texts, images
+
+
+def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = None, *, atol: float = 1e-5) -> dict:
+    """Reload an exported folder the way users do (AutoModel + AutoProcessor, and SentenceTransformer
+    when installed, all with trust_remote_code) and compare embeddings of probe texts and images:
+    Sentence-Transformers against `encode_text` / `encode_image`, and both against `reference` (a model
+    holding the weights that were exported) when given. Raises `AssertionError` on a mismatch; returns
+    the largest differences."""
+    import numpy as np
+    from transformers import AutoModel, AutoProcessor
+
+    folder = str(folder)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    texts, images = probe_inputs(model.config.vision_config.image_size)
+    text_emb = model.encode_text(texts, task="retrieval.query")
+    image_emb = model.encode_image(images)
+    report: dict[str, float] = {}
+
+    def compare(name: str, got, expected) -> None:
+        diff = float(np.abs(np.asarray(got, dtype=np.float64) - np.asarray(expected, dtype=np.float64)).max())
+        report[name] = diff
+        if not diff <= atol:
+            raise AssertionError(f"{name}: embeddings differ by {diff:.3g} (> {atol:g}) in {folder}")
+
+    if reference is not None:
+        if getattr(reference, "_processor", None) is None:
+            reference.processor = model.processor
+        reference = reference.float().eval()
+        compare("automodel_vs_reference_text", text_emb, reference.encode_text(texts, task="retrieval.query"))
+        compare("automodel_vs_reference_image", image_emb, reference.encode_image(images))
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        logger.warning("sentence-transformers is not installed: Sentence-Transformers loading not checked")
+        return report
+    st = SentenceTransformer(folder, trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.float32})
+    compare("sentence_transformers_text", st.encode(texts, prompt_name="retrieval.query"), text_emb)
+    compare("sentence_transformers_image", st.encode(images), image_emb)
+    mixed = st.encode([texts[1], images[0], texts[2], images[1]])
+    compare("sentence_transformers_mixed", mixed, np.stack([model.encode_text(texts[1]), image_emb[0], model.encode_text(texts[2]), image_emb[1]]))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+
+
+def _shard_size(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def add_card_arguments(parser: argparse.ArgumentParser) -> None:
+    card = parser.add_argument_group("model card")
+    card.add_argument("--eval-results", type=Path, help="evaluation results JSON (schema: hub/model_card.py)")
+    card.add_argument("--training-summary", type=Path, help="training summary JSON (schema: hub/model_card.py)")
+    card.add_argument("--repo-id", help="Hub repository the folder is meant for (usage snippets)")
+    card.add_argument("--model-name", help="model name in the card (default: from --repo-id)")
+    card.add_argument("--license", default=DEFAULT_LICENSE, help=f"license id (default: {DEFAULT_LICENSE})")
+    card.add_argument("--base-model", help="base model repo id for the card metadata")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="folder to create")
+    parser.add_argument(
+        "--max-shard-size",
+        type=_shard_size,
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help=f"split weights into shards of at most this size, e.g. 2GB or 500MB (default: {DEFAULT_MAX_SHARD_SIZE})",
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating weights (default: keep)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="save_pretrained folder or weights file (.safetensors / .bin)")
+    parser.add_argument("--config", type=Path, help="config.json for a bare weights file (default: next to it)")
+    parser.add_argument("--processor", type=Path, help="folder with the processor (default: the model folder)")
+    add_output_arguments(parser)
+    parser.add_argument("--verify", action="store_true", help="reload the folder and compare embeddings")
+    add_card_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        folder = export_model(
+            args.model,
+            args.out,
+            processor=args.processor,
+            config=args.config,
+            max_shard_size=args.max_shard_size,
+            dtype=args.dtype,
+            eval_results=args.eval_results,
+            training_summary=args.training_summary,
+            repo_id=args.repo_id,
+            model_name=args.model_name,
+            license=args.license,
+            base_model=args.base_model,
+            overwrite=args.overwrite,
+        )
+        if args.verify:
+            logger.info("verifying %s", folder)
+            reference = load_model(args.model, config=args.config)
+            for name, diff in check_export(folder, reference, atol=1e-5 if args.dtype in (None, "float32") else 1e-2).items():
+                logger.info("  %s: max |diff| %.2e", name, diff)
+    except (ExportError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "DEFAULT_MAX_SHARD_SIZE",
+    "ExportError",
+    "canonical_processor",
+    "check_export",
+    "export_model",
+    "load_model",
+    "load_processor",
+    "main",
+    "write_sentence_transformers_files",
+]

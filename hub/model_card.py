@@ -1,0 +1,472 @@
+"""The README.md model card of an exported jina-clip-v2 folder, built with huggingface_hub's
+`ModelCard` / `ModelCardData`.
+
+The card's metadata says what the Hub needs to list and run the model (library_name `transformers`,
+pipeline_tag `feature-extraction`, tags, languages, license, base_model, datasets) and, when evaluation
+results are given, a `model-index`. The body explains the model, shows usage through `AutoModel` and
+`SentenceTransformer` (with `truncate_dim`), a results table and the training stages.
+
+Evaluation results JSON (written by `evaluation/`, read by `--eval-results`)
+---------------------------------------------------------------------------
+::
+
+    {
+      "model": "jina-clip-v2",                      # optional: what was evaluated
+      "results": [                                  # one entry per (task, dataset, language, dim)
+        {
+          "task": "Flickr30K",                      # benchmark / task name (table column "Task")
+          "type": "text-to-image retrieval",        # kind of task; model-index task type is its slug
+          "dataset": {
+            "name": "Flickr30K",                    # required
+            "id": "nlphuji/flickr_1k_test_image_text_retrieval",  # optional: Hub dataset id
+            "split": "test",                        # optional
+            "language": "en",                       # optional: language of the queries / documents
+            "config": "default",                    # optional: dataset config (defaults to language)
+            "revision": "abc123"                    # optional
+          },
+          "metrics": {"recall@1": 0.8312, "recall@5": 0.9624},   # required: name -> number
+          "truncate_dim": 1024                      # optional: Matryoshka dim (null / absent: full)
+        }
+      ]
+    }
+
+Every result appears in the README table. The `model-index` (the Hub's machine-readable results) holds
+the full-dimension results only (`truncate_dim` absent, null or the model's embedding width): a
+Matryoshka sweep would otherwise list the same metric several times for one dataset. Metric names become
+model-index metric types by slugging (`recall@1` -> `recall_at_1`); the original name is kept as the
+metric's display name.
+
+Training summary JSON (written by `training/`, read by `--training-summary`)
+---------------------------------------------------------------------------
+::
+
+    {
+      "base_model": "jinaai/jina-embeddings-v3",   # optional: card metadata base_model
+      "datasets": ["org/dataset", ...],            # optional: card metadata datasets (Hub ids)
+      "stages": [                                  # required: one entry per training stage, in order
+        {"name": "stage1", "steps": 1000, "image_size": 224, "text_max_length": 77,
+         "learning_rate": 1e-4, "final_loss": 1.23, ...}   # any scalar (or small list/dict) fields
+      ]
+    }
+
+The stages become a table (one row per stage, one column per field, in first-seen order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+LIBRARY_NAME = "transformers"
+PIPELINE_TAG = "feature-extraction"
+DEFAULT_LICENSE = "cc-by-nc-4.0"  # the license of the released jina-clip-v2 weights
+RELEASE_REPO = "jinaai/jina-clip-v2"
+TAGS = [
+    "jina-clip",
+    "clip",
+    "eva02",
+    "xlm-roberta",
+    "multimodal",
+    "multilingual",
+    "retrieval",
+    "matryoshka",
+    "sentence-transformers",
+    "sentence-similarity",
+    "feature-extraction",
+    "custom_code",
+]
+# ISO 639 codes of XLM-RoBERTa's pretraining languages (the tokenizer and backbone of jina-embeddings-v3
+# and jina-clip-v2; the paper reports 89 supported languages); "multilingual" first for the Hub's filter.
+LANGUAGES = [
+    "multilingual", "af", "am", "ar", "as", "az", "be", "bg", "bn", "br", "bs", "ca", "cs", "cy", "da", "de",
+    "el", "en", "eo", "es", "et", "eu", "fa", "fi", "fr", "fy", "ga", "gd", "gl", "gu", "ha", "he", "hi",
+    "hr", "hu", "hy", "id", "is", "it", "ja", "jv", "ka", "kk", "km", "kn", "ko", "ku", "ky", "la", "lo",
+    "lt", "lv", "mg", "mk", "ml", "mn", "mr", "ms", "my", "ne", "nl", "no", "om", "or", "pa", "pl", "ps",
+    "pt", "ro", "ru", "sa", "sd", "si", "sk", "sl", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "th",
+    "tl", "tr", "ug", "uk", "ur", "uz", "vi", "xh", "yi", "zh",
+]  # fmt: skip
+# Pipeline tags a card of this model may carry (the Hub's list is longer; these are the sensible ones).
+_PIPELINE_TAGS = {"feature-extraction", "sentence-similarity", "zero-shot-image-classification"}
+_LANGUAGE_CODE = re.compile(r"^(multilingual|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")
+_LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+CITATION = """\
+@misc{koukounas2024jinaclipv2,
+  title         = {jina-clip-v2: Multilingual Multimodal Embeddings for Text and Images},
+  author        = {Andreas Koukounas and Georgios Mastrapas and Bo Wang and Mohammad Kalim Akram and
+                   Sedigheh Eslami and Michael G{\\"u}nther and Isabelle Mohr and Saba Sturua and
+                   Scott Martens and Nan Wang and Han Xiao},
+  year          = {2024},
+  eprint        = {2412.08802},
+  archivePrefix = {arXiv},
+  primaryClass  = {cs.CL},
+  url           = {https://arxiv.org/abs/2412.08802},
+}"""
+
+
+class ModelCardError(ValueError):
+    """An evaluation / training summary file or a model card that does not follow the expected format."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input files
+# ----------------------------------------------------------------------------------------------------
+
+
+def _read(source: str | os.PathLike | Mapping, what: str) -> dict:
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ModelCardError(f"{what} file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ModelCardError(f"{what} file {path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_eval_results(source: str | os.PathLike | Mapping) -> dict:
+    """Read and check an evaluation results JSON (schema in this module's docstring)."""
+    data = _read(source, "evaluation results")
+    results = data.get("results")
+    if not isinstance(results, list) or not results:
+        raise ModelCardError('evaluation results need a non-empty "results" list')
+    for i, result in enumerate(results):
+        where = f"results[{i}]"
+        if not isinstance(result, Mapping):
+            raise ModelCardError(f"{where} must be an object")
+        for key in ("task", "type"):
+            if not isinstance(result.get(key), str) or not result[key].strip():
+                raise ModelCardError(f'{where} needs a non-empty string "{key}"')
+        dataset = result.get("dataset")
+        if not isinstance(dataset, Mapping) or not isinstance(dataset.get("name"), str) or not dataset["name"]:
+            raise ModelCardError(f'{where} needs "dataset": {{"name": ...}}')
+        for key in ("id", "split", "language", "config", "revision"):
+            if dataset.get(key) is not None and not isinstance(dataset[key], str):
+                raise ModelCardError(f"{where}.dataset.{key} must be a string")
+        metrics = result.get("metrics")
+        if not isinstance(metrics, Mapping) or not metrics:
+            raise ModelCardError(f'{where} needs a non-empty "metrics" object')
+        bad = [name for name, value in metrics.items() if not _is_number(value)]
+        if bad:
+            raise ModelCardError(f"{where}.metrics must map names to finite numbers; not numbers: {bad}")
+        dim = result.get("truncate_dim")
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+            raise ModelCardError(f"{where}.truncate_dim must be a positive integer or null, got {dim!r}")
+    return data
+
+
+def load_training_summary(source: str | os.PathLike | Mapping) -> dict:
+    """Read and check a training summary JSON (schema in this module's docstring)."""
+    data = _read(source, "training summary")
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ModelCardError('a training summary needs a non-empty "stages" list')
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, Mapping) or not isinstance(stage.get("name"), str):
+            raise ModelCardError(f'stages[{i}] must be an object with a string "name"')
+    if data.get("base_model") is not None and not isinstance(data["base_model"], str):
+        raise ModelCardError('"base_model" must be a string')
+    datasets = data.get("datasets")
+    if datasets is not None and (not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets)):
+        raise ModelCardError('"datasets" must be a list of strings')
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building the card
+# ----------------------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    text = text.strip().lower().replace("@", "_at_")
+    return re.sub(r"[^a-z0-9_]+", "-", text).strip("-")
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"  # 0.8312, 83.12, 2e-05
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def eval_results_to_card(results: dict, embedding_dim: int) -> tuple[list[EvalResult], str]:
+    """The model-index entries (full-dimension results) and the README results table (all results)."""
+    entries: list[EvalResult] = []
+    metric_names = list(dict.fromkeys(name for r in results["results"] for name in r["metrics"]))
+    rows = []
+    for result in results["results"]:
+        dataset = result["dataset"]
+        dim = result.get("truncate_dim")
+        rows.append(
+            [
+                _format_value(result["task"]),
+                _format_value(result["type"]),
+                _format_value(dataset["name"]),
+                _format_value(dataset.get("split") or ""),
+                _format_value(dataset.get("language") or ""),
+                str(dim or embedding_dim),
+            ]
+            + [_format_value(result["metrics"].get(name)) for name in metric_names]
+        )
+        if dim not in (None, embedding_dim):
+            continue
+        for name, value in result["metrics"].items():
+            entries.append(
+                EvalResult(
+                    task_type=_slug(result["type"]),
+                    task_name=result["type"],
+                    dataset_type=dataset.get("id") or dataset["name"],
+                    dataset_name=dataset["name"],
+                    dataset_config=dataset.get("config") or dataset.get("language"),
+                    dataset_split=dataset.get("split"),
+                    dataset_revision=dataset.get("revision"),
+                    metric_type=_slug(name),
+                    metric_name=name,
+                    metric_value=value,
+                )
+            )
+    header = ["Task", "Type", "Dataset", "Split", "Language", "Dim"] + metric_names
+    return entries, _table(header, rows)
+
+
+def training_summary_to_table(summary: dict) -> str:
+    stages = summary["stages"]
+    fields = list(dict.fromkeys(key for stage in stages for key in stage if key != "name"))
+    rows = [[_format_value(stage["name"])] + [_format_value(stage.get(key)) for key in fields] for stage in stages]
+    return _table(["Stage"] + fields, rows)
+
+
+def _usage(repo: str, dims: list[int], instruction: str) -> str:
+    dim = 256 if 256 in dims else dims[len(dims) // 2]
+    return f"""\
+### Transformers
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
+
+queries = ["Ein Hund spielt im Schnee", "a dog playing in the snow"]
+documents = ["A golden retriever runs through fresh snow.", "Un gato duerme en el sofá."]
+images = ["dog.jpg", "https://example.com/cat.png"]  # paths, URLs, data URIs or PIL images
+
+# Queries get the retrieval instruction; documents and images get none.
+query_embeddings = model.encode_text(queries, task="retrieval.query", truncate_dim={dim})
+document_embeddings = model.encode_text(documents, truncate_dim={dim})
+image_embeddings = model.encode_image(images, truncate_dim={dim})
+
+# Embeddings are L2-normalised after truncation: dot products are cosine similarities.
+print(query_embeddings @ image_embeddings.T)
+print(query_embeddings @ document_embeddings.T)
+```
+
+`truncate_dim` (Matryoshka) may be any of {dims}; omit it for the full {dims[-1]} dimensions.
+`task="retrieval.query"` prepends "{instruction}" to each text.
+
+### Sentence-Transformers
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{repo}", trust_remote_code=True, truncate_dim={dim})
+
+queries = ["Ein Hund spielt im Schnee", "a dog playing in the snow"]
+query_embeddings = model.encode(queries, prompt_name="retrieval.query", normalize_embeddings=True)
+# One list may mix texts and images (PIL images, paths or URLs).
+embeddings = model.encode(["a dog playing in the snow", "dog.jpg"], normalize_embeddings=True)
+print(model.similarity(query_embeddings, embeddings))  # cosine
+```
+
+`model.encode_query(...)` uses the same query instruction (prompt `query`); `model.encode_document(...)`
+adds none. Sentence-Transformers normalises before it truncates: pass `normalize_embeddings=True` (as
+above) to get unit vectors after truncation, identical to `encode_text` / `encode_image`;
+`model.similarity` is cosine either way."""
+
+
+def build_model_card(
+    config,
+    *,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    base_model: str | list[str] | None = None,
+    datasets: list[str] | None = None,
+    eval_results: str | os.PathLike | Mapping | None = None,
+    training_summary: str | os.PathLike | Mapping | None = None,
+    num_parameters: Mapping[str, int] | None = None,
+    dtype: str | None = None,
+    source: str | None = None,
+) -> ModelCard:
+    """The model card of an exported folder.
+
+    Args:
+        config: the model's `JinaCLIPConfig` (sizes, Matryoshka dims, instruction).
+        repo_id: where the folder will live on the Hub; shown in the usage snippets (else a placeholder).
+        eval_results / training_summary: paths or dicts in the formats of this module's docstring.
+        num_parameters: {"total": ..., "text": ..., "vision": ...} shown in the description.
+        dtype: the weights' dtype as saved.
+        source: a line saying where the weights come from (e.g. the converted release snapshot).
+    """
+    evaluation = load_eval_results(eval_results) if eval_results is not None else None
+    training = load_training_summary(training_summary) if training_summary is not None else None
+    if base_model is None and training is not None:
+        base_model = training.get("base_model")
+    if datasets is None and training is not None:
+        datasets = training.get("datasets")
+    name = model_name or (repo_id.split("/")[-1] if repo_id else "jina-clip-v2")
+    repo = repo_id or "path/to/exported-folder"
+    text, vision = config.text_config, config.vision_config
+    dims = list(config.matryoshka_dimensions)
+    instruction = config.task_instructions.get("retrieval.query", "")
+
+    entries, results_table = (None, None)
+    if evaluation is not None:
+        entries, results_table = eval_results_to_card(evaluation, config.projection_dim)
+    data = ModelCardData(
+        model_name=name,
+        library_name=LIBRARY_NAME,
+        pipeline_tag=PIPELINE_TAG,
+        tags=list(TAGS),
+        language=list(LANGUAGES),
+        license=license,
+        base_model=base_model,
+        datasets=list(datasets) if datasets else None,
+        eval_results=entries or None,
+        inference=False,
+    )
+
+    params = ""
+    if num_parameters:
+        params = (
+            f" It has {_count(num_parameters['total'])} parameters (text tower "
+            f"{_count(num_parameters.get('text', 0))}, vision tower {_count(num_parameters.get('vision', 0))})"
+            + (f", stored in {dtype}." if dtype else ".")
+        )
+    sections = [
+        f"# {name}",
+        f"A multilingual, multimodal embedding model in the architecture of jina-clip-v2 "
+        f"([paper](https://arxiv.org/abs/2412.08802)): texts and images are embedded into one "
+        f"{config.projection_dim}-dimensional space, for text-to-image, image-to-text and text-to-text "
+        f"retrieval.{params}",
+        "- **Text tower**: XLM-RoBERTa geometry with rotary position embeddings (jina-embeddings-v3 backbone, "
+        f"transformers' `JinaEmbeddingsV3Model`): {text.num_hidden_layers} layers, width {text.hidden_size}, "
+        f"{text.num_attention_heads} heads, vocabulary {text.vocab_size}; mean pooling; up to "
+        f"{config.max_text_length} tokens per text by default.\n"
+        f"- **Vision tower**: EVA02 ViT: {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
+        f"patch {vision.patch_size}, {vision.image_size}x{vision.image_size} px input, 2D RoPE, SwiGLU; CLS pooling.\n"
+        f"- **Matryoshka**: embeddings can be truncated to {dims} dimensions (truncate, then normalise).\n"
+        "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, "
+        "`processing_jina_clip.py`, `custom_st.py`), safetensors weights, tokenizer and processor, "
+        "Sentence-Transformers configuration.",
+    ]
+    if source:
+        sections.append(source)
+    sections += ["## Usage", _usage(repo, dims, instruction)]
+    if results_table is not None:
+        model_note = f" of `{evaluation['model']}`" if evaluation.get("model") else ""
+        sections += [
+            "## Evaluation",
+            f"Results{model_note} (Dim: embedding dimensions used; Matryoshka truncation below the full "
+            f"{config.projection_dim}).",
+            results_table,
+        ]
+    if training is not None:
+        sections += [
+            "## Training",
+            "Trained in stages as in the jina-clip-v2 paper (section 3), each stage starting from the previous one:",
+            training_summary_to_table(training),
+        ]
+    sections += [
+        "## License",
+        f"The weights are released under `{license}`"
+        + (" (as the original jinaai/jina-clip-v2 weights)." if license == DEFAULT_LICENSE else "."),
+        "## Citation",
+        f"```bibtex\n{CITATION}\n```",
+    ]
+    body = "\n\n".join(sections) + "\n"
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking a card
+# ----------------------------------------------------------------------------------------------------
+
+
+def validate_model_card(card: ModelCard | str | os.PathLike) -> ModelCardData:
+    """Check a card's metadata offline and return it; `ModelCardError` lists every problem.
+
+    `ModelCard.validate()` asks the Hub's API and so needs the network; this checks what the Hub checks
+    for this kind of card without it: the YAML parses (strictly, model-index included), the library,
+    pipeline tag, license, languages, tags and base model are well formed, and every evaluation result
+    has a task, a dataset and a numeric value.
+    """
+    if not isinstance(card, ModelCard):
+        card = ModelCard.load(card, ignore_metadata_errors=False)
+    data = card.data
+    problems = []
+    if data.library_name != LIBRARY_NAME:
+        problems.append(f"library_name is {data.library_name!r}, expected {LIBRARY_NAME!r}")
+    if data.pipeline_tag not in _PIPELINE_TAGS:
+        problems.append(f"pipeline_tag {data.pipeline_tag!r} is not one of {sorted(_PIPELINE_TAGS)}")
+    if not isinstance(data.license, str) or not _LICENSE_ID.match(data.license):
+        problems.append(f"license {data.license!r} is not a license identifier (e.g. 'cc-by-nc-4.0')")
+    languages = data.language if isinstance(data.language, list) else [data.language]
+    bad_languages = [code for code in languages if not isinstance(code, str) or not _LANGUAGE_CODE.match(code)]
+    if not languages or bad_languages:
+        problems.append(f"language must list ISO 639 codes; invalid: {bad_languages or 'none given'}")
+    if not data.tags or not all(isinstance(tag, str) and tag for tag in data.tags):
+        problems.append("tags must be a non-empty list of strings")
+    bases = data.base_model if isinstance(data.base_model, list) else [data.base_model] if data.base_model else []
+    bad_bases = [b for b in bases if not isinstance(b, str) or not _REPO_ID.match(b)]
+    if bad_bases:
+        problems.append(f"base_model must be Hub repo ids (owner/name); invalid: {bad_bases}")
+    for result in data.eval_results or []:
+        if not (result.task_type and result.dataset_type and result.dataset_name and result.metric_type):
+            problems.append(f"incomplete model-index entry: {result}")
+        if not _is_number(result.metric_value):
+            problems.append(f"model-index value of {result.metric_type} on {result.dataset_name} is not a number")
+    if problems:
+        raise ModelCardError("model card metadata is invalid:\n- " + "\n- ".join(problems))
+    return data
+
+
+__all__ = [
+    "DEFAULT_LICENSE",
+    "ModelCardError",
+    "build_model_card",
+    "eval_results_to_card",
+    "load_eval_results",
+    "load_training_summary",
+    "training_summary_to_table",
+    "validate_model_card",
+]

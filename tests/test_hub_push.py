@@ -1,0 +1,74 @@
+"""hub.push, run as its command in a subprocess: --dry-run lists what would go where (no token, no
+network), and without a token the push stops with a clear error before any network access."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    """A folder shaped like an export (the push only reads files; hub.export is tested elsewhere)."""
+    out = tmp_path / "tiny-jina-clip"
+    (out / "1_Normalize").mkdir(parents=True)
+    (out / "config.json").write_text('{"model_type": "jina_clip"}\n')
+    (out / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# tiny\n")
+    (out / "model.safetensors").write_bytes(b"\0" * 2048)
+    (out / "1_Normalize" / "config.json").write_text("{}\n")
+    (out / ".cache").mkdir()
+    (out / ".cache" / "junk").write_text("not uploaded")
+    return out
+
+
+def run_push(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    # No token anywhere: HF_TOKEN unset and an empty HF_HOME (no stored login).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "HUGGING_FACE_HUB_TOKEN"}
+    env.update(HF_HOME=str(tmp_path / "empty_hf_home"), HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "hub.push", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_dry_run_lists_files_and_destination(folder, tmp_path):
+    proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--private", "--revision", "v1", "--dry-run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"would upload 4 files (2.1 KB) from {folder}" in out
+    assert "to https://huggingface.co/someone/tiny-jina-clip/tree/v1 (model repository someone/tiny-jina-clip, revision v1, private if created)" in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert listed == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors"]
+    assert "dry run: nothing uploaded" in out
+    assert ".cache" not in out
+
+
+def test_push_without_a_token_is_a_clear_error(folder, tmp_path):
+    proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip"], tmp_path)
+    assert proc.returncode == 2
+    assert "error: no Hugging Face token: set HF_TOKEN or run `hf auth login`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--repo", "not a repo id"], "invalid repository id"),
+        (["--repo", "no-owner"], "must be <user or organisation>/<name>"),
+    ],
+)
+def test_push_checks_the_repository_id(folder, tmp_path, args, message):
+    proc = run_push(["--folder", str(folder), *args, "--dry-run"], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    proc = run_push(["--folder", str(tmp_path / "half"), "--repo", "someone/x", "--dry-run"], tmp_path)
+    assert proc.returncode == 2 and "missing README.md" in proc.stderr
