@@ -22,12 +22,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner import PAPER_DIMS
-
-
-def _dims(value: str) -> str:
-    return ",".join(str(d) for d in PAPER_DIMS) if value.strip() == "paper" else value
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
@@ -45,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", required=True, help="model folder or Hub id (AutoModel, trust_remote_code=True)")
     add_suite_args(run)
     run.add_argument(
-        "--truncate-dims", type=_dims, default=None,
+        "--truncate-dims", default=None,
         help="Matryoshka dims, e.g. 1024,768,512,256,128,64 ('paper' for those); default: full width only",
     )  # fmt: skip
     run.add_argument("--out", default="results", help="output folder (default results/)")

@@ -66,9 +66,12 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | None = None, dt
 
 
 def parse_dims(value: str | Sequence[int] | None) -> list[int] | None:
-    """``"1024,768,512"`` / ``[1024, 768]`` -> sorted descending, unique; ``None`` -> full width only."""
+    """``"1024,768,512"`` / ``[1024, 768]`` / ``"paper"`` (the paper's six dims) -> sorted descending,
+    unique; ``None`` -> full width only."""
     if value is None or value == "" or value == []:
         return None
+    if isinstance(value, str) and value.strip() == "paper":
+        return list(PAPER_DIMS)
     items = value.split(",") if isinstance(value, str) else list(value)
     dims = []
     for item in items:
