@@ -187,37 +187,10 @@ def model_unpadded_path(model) -> tuple[str, Callable] | None:
 
 
 def import_timm():
-    """timm, imported lazily. On CPU-only machines it lives in ``.oracle/`` (see the Makefile): its torchvision
-    ships CUDA-only wheels whose op library fails next to a CPU torch, so the two op schemas torchvision registers
-    fakes for are defined first (the same shim as tests/_tiny.py). Raises on failure."""
-    try:
-        import timm
+    """timm, imported lazily (see benchmarks/timm_oracle.py for the CPU-only setup). Raises on failure."""
+    from .timm_oracle import import_timm as _import_timm
 
-        return timm
-    except ImportError:
-        pass
-    oracle = common.ROOT / ".oracle"
-    if not oracle.is_dir():
-        raise ImportError("timm is not installed (and no .oracle/ folder: run `make setup`)")
-    if str(oracle) not in sys.path:
-        sys.path.append(str(oracle))
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as err:
-        if "torchvision::nms" not in str(err):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        library = torch.library.Library("torchvision", "FRAGMENT")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _KEEP.append(library)
-    import timm
-
-    return timm
-
-
-_KEEP: list = []
+    return _import_timm()
 
 
 def build_timm_eva(timm, model, size: int, device: torch.device, dtype: torch.dtype):
