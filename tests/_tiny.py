@@ -118,3 +118,17 @@ def import_timm():
         import pytest
 
         pytest.skip(str(err))
+
+
+# Prepended to scripts that must run as on a machine without this repository: an editable install
+# (`make setup` does `pip install -e .`) makes our packages importable even under `python -I`, so a
+# meta-path finder refuses them; the copied Hub remote code loads as `transformers_modules.*` and is unaffected.
+BLOCK_REPO_IMPORTS = '''
+import sys as _sys
+class _NoRepository:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"modeling", "hub", "training", "evaluation", "benchmarks"}:
+            raise ModuleNotFoundError(f"{name}: this process simulates a machine without the repository")
+        return None
+_sys.meta_path.insert(0, _NoRepository())
+'''

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _tiny import ROOT, build_processor, build_tokenizer, tiny_model
+from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, build_tokenizer, tiny_model
 
 from hub._util import dump_json, folder_files
 from hub.export import ExportError, export_model, load_model, main as export_main, write_sentence_transformers_files
@@ -92,7 +92,7 @@ def image_files(tmp_path_factory) -> list[Path]:
 
 # A fresh interpreter: `-I` keeps the repository (cwd, script folder, PYTHONPATH) off sys.path, and an
 # empty HF_HOME holds nothing but the remote-code modules transformers copies there.
-FRESH_PROCESS_SCRIPT = textwrap.dedent(
+FRESH_PROCESS_SCRIPT = BLOCK_REPO_IMPORTS + textwrap.dedent(
     """
     import json, os, sys
     import numpy as np

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from _tiny import ROOT, build_processor, build_tokenizer, tiny_config, tiny_model
+from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, build_tokenizer, tiny_config, tiny_model
 from modeling import JinaCLIPConfig, JinaCLIPModel, release_config_to_kwargs
 from modeling.modeling_jina_clip import resample_position_embeddings, vision_rotary_cos_sin
 
@@ -51,7 +51,7 @@ def _sample_images(n: int) -> list[Path]:
 # 1. save_pretrained -> Auto* with trust_remote_code in a fresh process that cannot see this repository
 # ----------------------------------------------------------------------------------------------------
 
-_CHILD = r"""
+_CHILD = BLOCK_REPO_IMPORTS + r"""
 import json, sys
 from pathlib import Path
 folder, out = Path(sys.argv[1]), Path(sys.argv[2])
