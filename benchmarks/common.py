@@ -22,9 +22,7 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/encode.py` as well as `python -m benchmarks.encode`
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # the repository root in a checkout
 
 SCHEMA_VERSION = 1
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -53,7 +51,7 @@ def tiny_config_kwargs(image_size: int = 56) -> dict:
 
 
 def build_config(tiny: bool = False, model_path: str | None = None):
-    from modeling import JinaCLIPConfig
+    from jina_clip_v2.modeling import JinaCLIPConfig
 
     if model_path:
         return JinaCLIPConfig.from_pretrained(model_path)
@@ -63,7 +61,7 @@ def build_config(tiny: bool = False, model_path: str | None = None):
 def build_model(config, device: torch.device, model_path: str | None = None, seed: int = 0):
     """A JinaCLIPModel in fp32 on ``device``: random weights (initialised directly on the device, which is much
     faster than on the CPU at real size) or the checkpoint at ``model_path``. Speed does not depend on the weights."""
-    from modeling import JinaCLIPModel
+    from jina_clip_v2.modeling import JinaCLIPModel
 
     torch.manual_seed(seed)
     if model_path:

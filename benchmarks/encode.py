@@ -12,8 +12,8 @@ from ``benchmarks.flops`` over the detected GPU peak). Baselines run in the same
 
 Parity: every fast path's embeddings are compared with an fp32 SDPA reference (TF32 off) on a fixed batch.
 
-    python -m benchmarks.encode                       # real size, CUDA, bf16 -> benchmarks/results/encode.json + .md
-    python -m benchmarks.encode --tiny --device cpu   # seconds, for CI
+    python -m jina_clip_v2.benchmarks.encode                       # real size, CUDA, bf16 -> benchmarks/results/encode.json + .md
+    python -m jina_clip_v2.benchmarks.encode --tiny --device cpu   # seconds, for CI
 """
 
 from __future__ import annotations
@@ -25,15 +25,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/encode.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common
-from benchmarks.flops import detect_peak_tflops, mfu, text_forward_flops, vision_forward_flops
+from jina_clip_v2.benchmarks import common
+from jina_clip_v2.benchmarks.flops import detect_peak_tflops, mfu, text_forward_flops, vision_forward_flops
 
 # A transformers attention function registered by this benchmark. "flash" in the name is transformers' (and the
 # model's) convention for flash-style backends: sequence boundaries come as cu_seq_lens kwargs, no mask is built.

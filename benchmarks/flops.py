@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[224, 384, 512])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[77, 128, 512])
     args = parser.parse_args(argv)
-    from benchmarks.common import build_config
+    from jina_clip_v2.benchmarks.common import build_config
 
     result = summary(build_config(args.tiny), args.image_sizes, args.seq_lens)
     print(json.dumps(result, indent=2))

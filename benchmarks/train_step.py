@@ -16,8 +16,8 @@ and only fit through gradient caching; a step here uses a per-device micro batch
 ``--image-batch``, default per stage below), halved until the plain step fits, and every variant runs at that
 same batch so their times compare directly.
 
-    python -m benchmarks.train_step                      # real size, CUDA -> benchmarks/results/train_step.json + .md
-    python -m benchmarks.train_step --tiny --device cpu  # seconds, for CI
+    python -m jina_clip_v2.benchmarks.train_step                      # real size, CUDA -> benchmarks/results/train_step.json + .md
+    python -m jina_clip_v2.benchmarks.train_step --tiny --device cpu  # seconds, for CI
 """
 
 from __future__ import annotations
@@ -29,13 +29,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/train_step.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
-from benchmarks import common
-from benchmarks.flops import (
+from jina_clip_v2.benchmarks import common
+from jina_clip_v2.benchmarks.flops import (
     contrastive_loss_flops,
     detect_peak_tflops,
     mfu,
@@ -183,7 +180,7 @@ def stage_settings(stage: int, configs_dir: Path | None = None) -> dict:
 
 def matryoshka_dims(config) -> list[int]:
     """The training widths (section 3.4: 64 ... 1024) where they fit the embedding, else the config's."""
-    from training.losses import MATRYOSHKA_DIMS
+    from jina_clip_v2.training.losses import MATRYOSHKA_DIMS
 
     width = config.projection_dim
     dims = [d for d in MATRYOSHKA_DIMS if d <= width]
@@ -213,7 +210,7 @@ class Trainer:
     """Model, the two task temperatures and AdamW over both; one ``step`` per call."""
 
     def __init__(self, model, device: torch.device, dtype: torch.dtype, dims: list[int], chunks: int):
-        from training.losses import LearnableTemperature
+        from jina_clip_v2.training.losses import LearnableTemperature
 
         self.model, self.device, self.dtype, self.dims, self.chunks = model, device, dtype, dims, chunks
         self.text_temperature = LearnableTemperature().to(device)
@@ -243,7 +240,7 @@ class Trainer:
             return self.model.get_image_features(pixels).pooler_output
 
     def loss(self, batch: dict, text_embeds: torch.Tensor, image_embeds: torch.Tensor, dims=None, gather: bool = True):
-        from training.losses import joint_loss
+        from jina_clip_v2.training.losses import joint_loss
 
         queries, positives, negatives, captions = text_embeds.split(batch["counts"])
         k = batch["negatives"]
@@ -255,7 +252,7 @@ class Trainer:
         )
 
     def step(self, batch: dict, grad_cache: bool):
-        from training.losses import grad_cache_step, split_batch
+        from jina_clip_v2.training.losses import grad_cache_step, split_batch
 
         if grad_cache:
             texts, images = batch["text"], batch["pixel_values"]

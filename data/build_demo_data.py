@@ -31,7 +31,7 @@ What it does
 Everything is sorted and uses fixed parameters, so rerunning it gives
 byte-identical output.  Rebuild with::
 
-    python data/build_demo_data.py
+    python -m jina_clip_v2.data.build_demo_data
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ English caption (mostly `*_mirror.png` variants and Tux cartoons without a `.txt
 
 With `{PACKAGE}` installed (`apt-get install {PACKAGE}`):
 
-    python data/build_demo_data.py            # writes data/tuxpaint/
-    python data/build_demo_data.py --out DIR  # writes elsewhere
+    python -m jina_clip_v2.data.build_demo_data            # writes data/tuxpaint/
+    python -m jina_clip_v2.data.build_demo_data --out DIR  # writes elsewhere
 
 The output is deterministic: rerunning it gives byte-identical files.
 """

@@ -6,7 +6,7 @@
   language) and the ``paper`` / ``quick`` suites.
 - ``evaluation.embedder``: full-width embeddings with an on-disk cache; Matryoshka truncation.
 - ``evaluation.mteb_adapter``: MTEB retrieval / STS through the ``mteb`` package.
-- ``evaluation.runner``: :func:`evaluate` (also ``python -m evaluation run``), writing
+- ``evaluation.runner``: :func:`evaluate` (also ``jina-clip eval run``), writing
   ``results.json``, ``report.md`` and ``matryoshka.png`` (``evaluation.report``).
 - ``evaluation.prepare``: local folders for benchmarks without a readable Hub copy (XTD10).
 

@@ -1,4 +1,4 @@
-"""``python -m evaluation run --model <folder|hub id> --suite paper|quick ...`` (see evaluation/cli.py)."""
+"""``jina-clip eval run --model <folder|hub id> --suite paper|quick ...`` (see evaluation/cli.py)."""
 
 import sys
 

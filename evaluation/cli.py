@@ -1,4 +1,4 @@
-"""Command line: ``python -m evaluation <command>``.
+"""Command line: ``jina-clip eval <command>``.
 
     run      evaluate a model on a suite; writes results.json, report.md, matryoshka.png
     list     show the tasks of a suite (after --tasks / --set) and where their data comes from
@@ -7,10 +7,10 @@
 
 Examples::
 
-    python -m evaluation run --model jinaai/jina-clip-v2 --suite paper \\
+    jina-clip eval run --model jinaai/jina-clip-v2 --suite paper \\
         --truncate-dims 1024,768,512,256,128,64 --out results/ --device cuda --dtype bfloat16
-    python -m evaluation run --model outputs/demo/final --suite quick --limit 200 --out results/quick
-    python -m evaluation run --model M --suite paper --tasks 'ViDoRe' --set 'ArxivQ.dataset=/data/arxivqa'
+    jina-clip eval run --model outputs/demo/final --suite quick --limit 200 --out results/quick
+    jina-clip eval run --model M --suite paper --tasks 'ViDoRe' --set 'ArxivQ.dataset=/data/arxivqa'
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="jina-clip eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_suite_args(p: argparse.ArgumentParser) -> None:

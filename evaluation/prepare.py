@@ -90,7 +90,7 @@ def prepare_xtd10(
     (out / "README.md").write_text(
         "---\nconfigs:\n- config_name: default\n  data_files:\n"
         + configs
-        + "\n---\n\nXTD10 (multilingual MS COCO 1k test), prepared by `python -m evaluation prepare-xtd10`.\n",
+        + "\n---\n\nXTD10 (multilingual MS COCO 1k test), prepared by `jina-clip eval prepare-xtd10`.\n",
         encoding="utf-8",
     )
     return counts

@@ -1,6 +1,6 @@
 """``report.md`` (markdown tables in the layout of the paper's Tables 2-5 and 7-15) and
 ``matryoshka.png`` (metric vs truncation dim), both built from the ``results.json`` dict alone, so
-``python -m evaluation report results.json`` can redraw them.
+``jina-clip eval report results.json`` can redraw them.
 
 Averages follow the paper: a benchmark's score is the mean over its datasets, where a dataset with
 several languages or subsets (a Crossmodal-3600 language, an STS17 pair) first averages those.

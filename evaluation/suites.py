@@ -5,8 +5,8 @@ Dataset ids, splits and column names below are what the dataset cards and mteb's
 describe at the time of writing. **None of them was verified against the Hub from this machine
 (no network)**; where one is wrong, fix it without touching code::
 
-    python -m evaluation run ... --set 'Flickr30K.caption_column=captions'
-    python -m evaluation run ... --set 'Multilingual MS COCO*.dataset=/data/xtd10'
+    jina-clip eval run ... --set 'Flickr30K.caption_column=captions'
+    jina-clip eval run ... --set 'Multilingual MS COCO*.dataset=/data/xtd10'
 
 or write a suite file (YAML or JSON)::
 
@@ -25,7 +25,7 @@ What is in ``paper``:
   (36 languages), columns ``image`` and ``captions`` (list). The paper's table lists 26 of them.
 * Multilingual MS COCO (Table 9): XTD10 (1,000 COCO images, one caption per image in each of 10
   languages), which has no Hub copy we know of: build a local folder with
-  ``python -m evaluation prepare-xtd10`` and pass it with ``--set 'Multilingual MS COCO*.dataset=DIR'``.
+  ``jina-clip eval prepare-xtd10`` and pass it with ``--set 'Multilingual MS COCO*.dataset=DIR'``.
   Until then these tasks are reported as skipped.
 * ViDoRe (Tables 4, 11): the ten ViDoRe v1 sets in the BEIR layout, ``mteb/*_beir`` at mteb's pinned
   revisions (configs ``queries`` / ``corpus`` / ``qrels``).

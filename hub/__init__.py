@@ -1,9 +1,9 @@
 """Hub tooling for jina-clip-v2: export a Hub-ready folder, convert the released checkpoint, build the
 model card, push to the Hub.
 
-    python -m hub.export  --model <folder | weights file> --out <folder>
-    python -m hub.convert --from <released snapshot folder> --out <folder>
-    python -m hub.push    --folder <folder> --repo <user/name> [--private] [--revision REV] [--dry-run]
+    jina-clip export  --model <folder | weights file> --out <folder>
+    jina-clip convert --from <released snapshot folder> --out <folder>
+    jina-clip push    --folder <folder> --repo <user/name> [--private] [--revision REV] [--dry-run]
 
 `hub.custom_st` is not imported here: it is the Sentence-Transformers module copied into exported
 folders (remote code), loaded by Sentence-Transformers itself.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-# Lazy attributes: `python -m hub.export` must not find hub.export already imported by this package.
+# Lazy attributes: `jina-clip export` must not find hub.export already imported by this package.
 _EXPORTS = {
     "export_model": "export",
     "check_export": "export",

@@ -1,6 +1,6 @@
 """Convert a local snapshot of the original jinaai/jina-clip-v2 release into a Hub-ready folder.
 
-    python -m hub.convert --from <released snapshot folder> --out <folder>
+    jina-clip convert --from <released snapshot folder> --out <folder>
         [--tokenizer <folder>] [--dtype bfloat16] [--max-shard-size 5GB] [--repo-id user/name]
         [--eval-results results.json] [--overwrite] [--no-check]
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot
-from modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
 
 from ._util import configure_logging
 from .export import (
@@ -144,7 +144,7 @@ def convert_release(
     source_note = (
         "The weights are the original jinaai/jina-clip-v2 checkpoint converted to this layout: the "
         "`retrieval.query` LoRA adapter, which the release applies to every text, merged into the text "
-        "tower, and the fused QKV projection split (`python -m hub.convert`)."
+        "tower, and the fused QKV projection split (`jina-clip convert`)."
     )
     folder = export_model(
         model,
@@ -167,7 +167,7 @@ def convert_release(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hub.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="jina-clip convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="snapshot", required=True, type=Path, help="local snapshot of jinaai/jina-clip-v2")
     parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json (default: the snapshot)")
     add_output_arguments(parser)

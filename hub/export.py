@@ -1,6 +1,6 @@
 """Export a jina-clip-v2 model as a Hub-ready folder.
 
-    python -m hub.export --model <folder | weights file> --out <folder> [--max-shard-size 5GB]
+    jina-clip export --model <folder | weights file> --out <folder> [--max-shard-size 5GB]
         [--dtype bfloat16] [--eval-results results.json] [--training-summary summary.json]
         [--repo-id user/name] [--processor <folder>] [--overwrite] [--verify]
 
@@ -40,10 +40,8 @@ from typing import Any
 
 import torch
 
-# `python -m hub.export` from the repository root imports `modeling` as a package; the repository root
-# must be importable for that (it is when run from there, or when the project is installed).
-from modeling import JinaCLIPConfig, JinaCLIPModel
-from modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
 
 from ._util import atomic_folder, canonicalize_json_files, configure_logging, folder_files, human_size, write_json
 from .model_card import DEFAULT_LICENSE, build_model_card
@@ -127,10 +125,10 @@ def _load_config(path: Path) -> JinaCLIPConfig:
     try:
         return JinaCLIPConfig.from_json_file(str(path))
     except ValueError as err:
-        if "hub.convert" in str(err):  # a config.json of the original release
+        if "jina-clip convert" in str(err):  # a config.json of the original release
             raise ExportError(
                 f"{path} belongs to the original jinaai/jina-clip-v2 release; convert it with "
-                "`python -m hub.convert --from <snapshot> --out <folder>`"
+                "`jina-clip convert --from <snapshot> --out <folder>`"
             ) from err
         raise
 
@@ -510,7 +508,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hub.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="jina-clip export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="save_pretrained folder or weights file (.safetensors / .bin)")
     parser.add_argument("--config", type=Path, help="config.json for a bare weights file (default: next to it)")
     parser.add_argument("--processor", type=Path, help="folder with the processor (default: the model folder)")

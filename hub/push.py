@@ -1,6 +1,6 @@
 """Upload an exported folder to the Hugging Face Hub.
 
-    python -m hub.push --folder <folder> --repo <user/name> [--private] [--revision BRANCH]
+    jina-clip push --folder <folder> --repo <user/name> [--private] [--revision BRANCH]
         [--commit-message MSG] [--dry-run]
 
 Creates the model repository if needed (`create_repo(exist_ok=True)`; `--private` applies to a new
@@ -121,7 +121,7 @@ def push_folder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hub.push", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="jina-clip push", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", required=True, type=Path, help="exported folder (hub.export / hub.convert)")
     parser.add_argument("--repo", required=True, help="model repository id, <user or organisation>/<name>")
     parser.add_argument("--private", action="store_true", help="create the repository as private")

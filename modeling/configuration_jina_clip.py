@@ -20,7 +20,8 @@ _RELEASE_VISION_KEYS = ("width", "layers", "head_width", "x_attention", "naive_s
 CONVERTER_HINT = (
     "This is a config.json of the original jinaai/jina-clip-v2 release, whose weights use another layout "
     "(LoRA parametrizations, fused Wqkv). Convert the snapshot first: "
-    "`python -m hub.convert --from <release snapshot folder> --out <folder>`, then load <folder>."
+    "`jina-clip convert --from <release snapshot folder> --out <folder>` (the `jina-clip-v2` package; also "
+    "`python -m jina_clip_v2.hub.convert`), then load <folder>."
 )
 
 

@@ -25,7 +25,7 @@ NOTEBOOKS = ROOT / "notebooks"
 
 def export_tiny_model(folder: str | os.PathLike) -> Path:
     """Export the tiny random model with its processor as a Hub-ready folder (``hub.export``)."""
-    from hub.export import export_model
+    from jina_clip_v2.hub.export import export_model
 
     model = tiny_model(seed=0)
     processor = build_processor(build_tokenizer(), image_size=model.config.vision_config.image_size)

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 # `modeling` (and with it transformers) is imported inside the functions that need it: the timm oracle
 # subprocesses import this file only for `import_timm` and should not pay for importing transformers.
 
@@ -23,7 +22,7 @@ CAPTIONS = ROOT / "data" / "tuxpaint" / "captions.jsonl"
 
 
 def tiny_config(image_size: int = 56, vocab_size: int = 1000, **overrides) -> JinaCLIPConfig:
-    from modeling import JinaCLIPConfig
+    from jina_clip_v2.modeling import JinaCLIPConfig
 
     text = dict(
         vocab_size=vocab_size,
@@ -51,7 +50,7 @@ def tiny_config(image_size: int = 56, vocab_size: int = 1000, **overrides) -> Ji
 
 
 def tiny_model(seed: int = 0, **config_overrides) -> JinaCLIPModel:
-    from modeling import JinaCLIPModel
+    from jina_clip_v2.modeling import JinaCLIPModel
 
     torch.manual_seed(seed)
     model = JinaCLIPModel(tiny_config(**config_overrides)).eval()
@@ -99,7 +98,7 @@ def build_tokenizer(vocab_size: int = 1000):
 def build_processor(tokenizer, image_size: int = 56):
     from transformers import CLIPProcessor
 
-    from modeling.processing_jina_clip import JinaCLIPImageProcessor
+    from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
 
     image_processor = JinaCLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
@@ -110,7 +109,7 @@ def build_processor(tokenizer, image_size: int = 56):
 def import_timm():
     """timm, the independent EVA02 oracle (benchmarks/timm_oracle.py explains the CPU-only setup); the test
     is skipped where it is not installed."""
-    from benchmarks.timm_oracle import import_timm as _import_timm
+    from jina_clip_v2.benchmarks.timm_oracle import import_timm as _import_timm
 
     try:
         return _import_timm()
@@ -127,7 +126,7 @@ BLOCK_REPO_IMPORTS = '''
 import sys as _sys
 class _NoRepository:
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"modeling", "hub", "training", "evaluation", "benchmarks"}:
+        if name.partition(".")[0] in {"jina_clip_v2", "modeling", "hub", "training", "evaluation", "benchmarks"}:
             raise ModuleNotFoundError(f"{name}: this process simulates a machine without the repository")
         return None
 _sys.meta_path.insert(0, _NoRepository())

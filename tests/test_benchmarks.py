@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from _tiny import ROOT
-from benchmarks import common, encode, flops, train_step
+from jina_clip_v2.benchmarks import common, encode, flops, train_step
 
 STATUSES = {"pass", "fail", "unmeasured"}
 
@@ -280,7 +280,7 @@ def test_encode_timm_baseline_in_subprocess(tmp_path):
     out = tmp_path / "encode_timm.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.encode", "--tiny", "--device", "cpu", "--skip-text", "--image-sizes", "56",
+        [sys.executable, "-m", "jina_clip_v2.benchmarks.encode", "--tiny", "--device", "cpu", "--skip-text", "--image-sizes", "56",
          "--batch-sizes", "2", "--warmup", "0", "--iters", "1", "--timm-modes", "fused", "naive", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -353,7 +353,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def _mid_model(device):
     """Wider than the tiny config (head_dim 64, as the real model) but quick: 4 layers of width 256."""
-    from modeling import JinaCLIPConfig
+    from jina_clip_v2.modeling import JinaCLIPConfig
 
     config = JinaCLIPConfig(
         text_config=dict(vocab_size=4000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,

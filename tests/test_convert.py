@@ -19,8 +19,8 @@ import torch
 
 from _release_fixture import R, write_release_snapshot
 from _tiny import tiny_config
-from modeling import JinaCLIPConfig, JinaCLIPModel
-from modeling.convert_jina_clip_release import (
+from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
+from jina_clip_v2.modeling.convert_jina_clip_release import (
     ReleaseCheckpointError,
     config_from_release,
     convert_release_snapshot,

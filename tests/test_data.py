@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from _tiny import build_processor, build_tokenizer  # noqa: E402  (also puts the repo on sys.path)
-from training.data import (
+from jina_clip_v2.training.data import (
     SourceConfig,
     TaskDataConfig,
     build_task_stream,
@@ -515,7 +515,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_demo_sources_build_and_stream(tmp_path, processor):
-    from training.demo_data import heldout_eval_set, load_split, write_demo_sources
+    from jina_clip_v2.training.demo_data import heldout_eval_set, load_split, write_demo_sources
 
     sources = write_demo_sources(tmp_path / "a", langs=["en", "de", "fr"])
     write_demo_sources(tmp_path / "b", langs=["en", "de", "fr"])

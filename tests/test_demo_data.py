@@ -83,7 +83,7 @@ def test_size_budget():
 def test_readme_mentions_licence():
     text = (DATA / "README.md").read_text(encoding="utf-8")
     assert "GPL-2" in text and "tuxpaint-stamps-default" in text
-    assert "python data/build_demo_data.py" in text
+    assert "python -m jina_clip_v2.data.build_demo_data" in text
 
 
 def _installed_version() -> str | None:

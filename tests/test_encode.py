@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from _tiny import ROOT, build_processor, build_tokenizer, tiny_model
-from modeling import load_image
+from jina_clip_v2.modeling import load_image
 
 IMAGES = sorted((ROOT / "data" / "tuxpaint" / "images").iterdir())
 TEXTS = [
@@ -343,7 +343,7 @@ def test_http_url_input(model, tmp_path, http_server, monkeypatch):
     with pytest.raises(ValueError, match="cannot decode image"):
         model.encode_image(f"{http_server}/notes.txt")
     # Bodies are bounded.
-    import modeling.modeling_jina_clip as modeling_module
+    import jina_clip_v2.modeling.modeling_jina_clip as modeling_module
 
     monkeypatch.setattr(modeling_module, "IMAGE_MAX_BYTES", 100)
     with pytest.raises(ValueError, match="larger than 100 bytes"):

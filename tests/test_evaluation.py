@@ -1,4 +1,4 @@
-"""`python -m evaluation`: suites and overrides, the loaders of every supported layout, the embedding
+"""`jina-clip eval`: suites and overrides, the loaders of every supported layout, the embedding
 cache, the outputs (results.json in the model-card schema, report.md, matryoshka.png), and the
 Matryoshka sweep moving in the expected direction.
 
@@ -22,11 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import _eval_fixtures as fx  # noqa: E402
 from _tiny import ROOT, build_tokenizer  # noqa: E402
 
-from evaluation import suites as S  # noqa: E402
-from evaluation.cli import main  # noqa: E402
-from evaluation.embedder import Embedder, EmbeddingCache, model_fingerprint, truncate_normalize  # noqa: E402
-from evaluation.runner import evaluate, load_model  # noqa: E402
-from evaluation.tasks import CrossModalRetrievalTask, DocumentRetrievalTask, MTEBTask, task_from_dict  # noqa: E402
+from jina_clip_v2.evaluation import suites as S  # noqa: E402
+from jina_clip_v2.evaluation.cli import main  # noqa: E402
+from jina_clip_v2.evaluation.embedder import Embedder, EmbeddingCache, model_fingerprint, truncate_normalize  # noqa: E402
+from jina_clip_v2.evaluation.runner import evaluate, load_model  # noqa: E402
+from jina_clip_v2.evaluation.tasks import CrossModalRetrievalTask, DocumentRetrievalTask, MTEBTask, task_from_dict  # noqa: E402
 
 TYPES = {"text-to-image retrieval", "image-to-text retrieval", "retrieval", "sts", "document retrieval"}
 
@@ -293,7 +293,7 @@ def _check_schema(results: dict) -> None:
         for name, value in entry["metrics"].items():
             assert isinstance(value, float) and 0.0 <= value <= 100.0, (entry["task"], name, value)
     try:  # the model card's own reader accepts it
-        from hub.model_card import load_eval_results
+        from jina_clip_v2.hub.model_card import load_eval_results
     except ImportError:
         return
     load_eval_results(results)
@@ -422,7 +422,7 @@ def test_sweep_moves_in_the_expected_direction_with_truncate_dim(tmp_path):
 
 
 def _demo_model() -> Path | None:
-    """The training demo's final model (`python -m training.demo` writes outputs/demo/stage3/model)."""
+    """The training demo's final model (`jina-clip demo` writes outputs/demo/stage3/model)."""
     candidates = [os.environ.get("JINA_CLIP_DEMO_MODEL"), ROOT / "outputs/demo/stage3/model", ROOT / "outputs/demo/final"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "config.json").is_file():

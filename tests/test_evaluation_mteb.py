@@ -18,11 +18,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:The task .* is superseded:UserWa
 import _eval_fixtures as fx  # noqa: E402
 from _tiny import build_processor, build_tokenizer, tiny_model  # noqa: E402
 
-from evaluation import metrics as M  # noqa: E402
-from evaluation.embedder import Embedder, EmbeddingCache  # noqa: E402
-from evaluation.mteb_adapter import MTEBEncoderAdapter, import_mteb  # noqa: E402
-from evaluation.runner import evaluate  # noqa: E402
-from evaluation.tasks import MTEBTask  # noqa: E402
+from jina_clip_v2.evaluation import metrics as M  # noqa: E402
+from jina_clip_v2.evaluation.embedder import Embedder, EmbeddingCache  # noqa: E402
+from jina_clip_v2.evaluation.mteb_adapter import MTEBEncoderAdapter, import_mteb  # noqa: E402
+from jina_clip_v2.evaluation.runner import evaluate  # noqa: E402
+from jina_clip_v2.evaluation.tasks import MTEBTask  # noqa: E402
 
 
 @pytest.fixture(scope="module")

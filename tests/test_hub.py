@@ -18,9 +18,9 @@ from PIL import Image
 
 from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, build_tokenizer, tiny_model
 
-from hub._util import dump_json, folder_files
-from hub.export import ExportError, export_model, load_model, main as export_main, write_sentence_transformers_files
-from hub.model_card import ModelCardError, load_eval_results, validate_model_card
+from jina_clip_v2.hub._util import dump_json, folder_files
+from jina_clip_v2.hub.export import ExportError, export_model, load_model, main as export_main, write_sentence_transformers_files
+from jina_clip_v2.hub.model_card import ModelCardError, load_eval_results, validate_model_card
 
 ATOL = 1e-5
 INSTRUCTION = "Represent the query for retrieving evidence documents: "
@@ -102,7 +102,7 @@ FRESH_PROCESS_SCRIPT = BLOCK_REPO_IMPORTS + textwrap.dedent(
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert not any(os.path.realpath(p or ".") == os.path.realpath(repo) for p in sys.path), sys.path
     try:
-        import modeling  # noqa: F401
+        import jina_clip_v2.modeling  # noqa: F401
     except ModuleNotFoundError:
         pass
     else:

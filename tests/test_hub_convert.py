@@ -17,10 +17,10 @@ from PIL import Image
 from _release_fixture import write_release_snapshot
 from _tiny import build_processor, build_tokenizer, tiny_config
 
-from hub._util import folder_files
-from hub.convert import main as convert_main
-from hub.model_card import validate_model_card
-from modeling import JinaCLIPModel
+from jina_clip_v2.hub._util import folder_files
+from jina_clip_v2.hub.convert import main as convert_main
+from jina_clip_v2.hub.model_card import validate_model_card
+from jina_clip_v2.modeling import JinaCLIPModel
 
 TEXTS = ["a photo of a dog in the snow", "Ein Hund spielt im Schnee", "un chat"]
 RELEASE_PREPROCESSOR = {

@@ -32,7 +32,7 @@ def run_push(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "HUGGING_FACE_HUB_TOKEN"}
     env.update(HF_HOME=str(tmp_path / "empty_hf_home"), HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "hub.push", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "jina_clip_v2.hub.push", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
 
 

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from training.losses import (
+from jina_clip_v2.training.losses import (
     JointLoss,
     LearnableTemperature,
     TaskLoss,

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from sklearn.metrics import ndcg_score
 
-import evaluation.metrics as M
-from evaluation.metrics import (
+import jina_clip_v2.evaluation.metrics as M
+from jina_clip_v2.evaluation.metrics import (
     chunked_topk,
     image_text_retrieval,
     mrr_at_k,

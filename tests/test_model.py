@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, build_tokenizer, tiny_config, tiny_model
-from modeling import JinaCLIPConfig, JinaCLIPModel, release_config_to_kwargs
-from modeling.modeling_jina_clip import resample_position_embeddings, vision_rotary_cos_sin
+from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel, release_config_to_kwargs
+from jina_clip_v2.modeling.modeling_jina_clip import resample_position_embeddings, vision_rotary_cos_sin
 
 HERE = Path(__file__).resolve().parent
 IMAGES = ROOT / "data" / "tuxpaint" / "images"
@@ -58,7 +58,7 @@ folder, out = Path(sys.argv[1]), Path(sys.argv[2])
 # The copied remote code must be what runs: nothing of the repository may be importable.
 assert not any(Path(p or ".").resolve() == Path(sys.argv[3]) for p in sys.path), sys.path
 try:
-    import modeling  # noqa: F401
+    import jina_clip_v2.modeling  # noqa: F401
 except ImportError:
     pass
 else:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from _tiny import ROOT, build_processor, build_tokenizer
-from modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

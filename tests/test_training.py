@@ -22,9 +22,9 @@ import torch
 
 from _tiny import ROOT, build_tokenizer, tiny_model
 
-from training import checkpoint as ckpt
-from training import stage as S
-from training.optim import build_optimizer, build_scheduler, classify_parameter
+from jina_clip_v2.training import checkpoint as ckpt
+from jina_clip_v2.training import stage as S
+from jina_clip_v2.training.optim import build_optimizer, build_scheduler, classify_parameter
 
 TINY = ROOT / "training" / "configs" / "tiny.yaml"
 ENV = {
@@ -390,7 +390,7 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
     # The same run in a subprocess, killed with SIGKILL once a checkpoint is complete, preferably while
     # the next one is being written (a step_XXXXXXX.tmp folder with some of its files).
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "training.stage", "--config", str(TINY), *tiny_overrides(assets, out, *common)]
+    command = [sys.executable, "-m", "jina_clip_v2.training.stage", "--config", str(TINY), *tiny_overrides(assets, out, *common)]
     process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = out / "checkpoints"
     deadline = time.monotonic() + 240
@@ -498,11 +498,11 @@ def test_three_stage_chain_on_demo_data(assets, tmp_path):
     """Stage 1 -> 2 -> 3 on the demo data: image size and sequence length change between stages, every
     stage's loss falls, each stage starts from the previous export, and the final export reloads with
     AutoModel and retrieves training images from their captions clearly better than before training
-    (the held-out evaluation with more training is `python -m training.demo`)."""
+    (the held-out evaluation with more training is `jina-clip demo`)."""
     from transformers import AutoModel
 
-    from training.demo import evaluate
-    from training.demo_data import load_split
+    from jina_clip_v2.training.demo import evaluate
+    from jina_clip_v2.training.demo_data import load_split
 
     records = load_split("train")[:60]
     from PIL import Image

