@@ -47,6 +47,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from jina_clip_v2.modeling.processing_jina_clip import load_image
+
 PACKAGE = "tuxpaint-stamps-default"
 DEFAULT_STAMPS = Path("/usr/share/tuxpaint/stamps")
 DEFAULT_OUT = Path(__file__).resolve().parent / "tuxpaint"
@@ -115,17 +117,6 @@ def parse_caption_file(path: Path) -> tuple[str, dict[str, str]] | None:
 def slugify(rel_path: str) -> str:
     stem = rel_path[: -len(".png")] if rel_path.lower().endswith(".png") else rel_path
     return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
-
-
-def to_rgb_on_white(im: Image.Image) -> Image.Image:
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        background.alpha_composite(im)
-        return background.convert("RGB")
-    return im.convert("RGB")
 
 
 def resize(im: Image.Image) -> Image.Image:
@@ -251,9 +242,9 @@ def build(stamps: Path, out: Path) -> dict:
     images_dir.mkdir(parents=True, exist_ok=True)
     records, written = [], set()
     for entry in entries:
-        with Image.open(stamps / entry["source"]) as im:
-            im.load()
-            ext, data = encode(resize(to_rgb_on_white(im)))
+        # The stamps are cut-out photos on transparency: stored on white, as they are shown. The package's one
+        # decoder does it (alpha_background), so the committed pixels are what the model's loader would give.
+        ext, data = encode(resize(load_image(stamps / entry["source"], alpha_background=(255, 255, 255))))
         name = f"{entry['id']}.{ext}"
         path = images_dir / name
         if not path.exists() or path.read_bytes() != data:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import io
 import json
 import logging
 import os
@@ -77,20 +76,6 @@ def truncate_normalize(embeddings: Any, dim: int | None) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def to_rgb(image):
-    """An RGB version of a PIL image; transparency is composited onto white (as the model's loader does)."""
-    from PIL import Image
-
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return image.convert("RGB")
-
-
 class ImageList(Sequence):
     """Images of a benchmark, kept in their stored form and decoded only when encoded.
 
@@ -139,18 +124,19 @@ class ImageList(Sequence):
         return None  # a decoded image
 
     def load(self, index: int):
-        """The ``index``-th image as an RGB PIL image."""
+        """The ``index``-th image as a decoded PIL image in its stored mode (first frame). The model's image
+        processor converts it to RGB with its own options, exactly as for a file given to ``encode_image``."""
         from PIL import Image
+
+        from jina_clip_v2.modeling.processing_jina_clip import open_image
 
         raw = self._raw(index)
         if raw is None:
             image = self._items[index]
             if not isinstance(image, Image.Image):
                 raise TypeError(f"unsupported image item {type(image).__name__} at index {index}")
-        else:
-            image = Image.open(io.BytesIO(raw))
-            image.load()
-        return to_rgb(image)
+            return image
+        return open_image(raw)
 
     def digest(self, index: int) -> bytes:
         raw = self._raw(index)
@@ -480,6 +466,5 @@ __all__ = [
     "images_digest",
     "model_fingerprint",
     "texts_digest",
-    "to_rgb",
     "truncate_normalize",
 ]

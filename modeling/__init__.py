@@ -2,8 +2,8 @@
 exported folder; this package wrapper only registers them for auto-class use and `save_pretrained`."""
 
 from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig, release_config_to_kwargs
-from .modeling_jina_clip import JinaCLIPModel, JinaCLIPOutput, JinaCLIPPreTrainedModel, JinaCLIPVisionModel, load_image
-from .processing_jina_clip import JinaCLIPImageProcessor
+from .modeling_jina_clip import JinaCLIPModel, JinaCLIPOutput, JinaCLIPPreTrainedModel, JinaCLIPVisionModel
+from .processing_jina_clip import ImageLoadError, JinaCLIPImageProcessor, load_image
 
 # save_pretrained then writes `auto_map` and copies the modeling files, so folders load with
 # AutoModel.from_pretrained(..., trust_remote_code=True) on machines without this package.
@@ -14,6 +14,7 @@ JinaCLIPModel.register_for_auto_class("AutoModel")
 JinaCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
+    "ImageLoadError",
     "JinaCLIPConfig",
     "JinaCLIPImageProcessor",
     "JinaCLIPVisionConfig",

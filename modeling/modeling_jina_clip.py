@@ -13,11 +13,7 @@ This file is Hub remote code: flat, relative imports only, nothing of this repos
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +31,6 @@ from transformers.utils import ModelOutput, logging
 from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig
 
 logger = logging.get_logger(__name__)
-
-# Remote images: never wait forever, never read an unbounded body.
-IMAGE_URL_TIMEOUT_S = 20.0
-IMAGE_MAX_BYTES = 64 * 1024 * 1024
-
 
 # ----------------------------------------------------------------------------------------------------
 # Outputs
@@ -367,105 +358,6 @@ def _as_list(inputs, kind: str) -> tuple[list, bool]:
     if not items:
         raise ValueError(f"{kind} must not be empty")
     return items, single
-
-
-def load_image(image) -> "PIL.Image.Image":  # noqa: F821
-    """Open any supported image input as an RGB PIL image, with a clear error for anything else.
-
-    Accepts PIL images, local paths (str or os.PathLike), http(s) URLs (bounded time and size),
-    `data:image/...;base64,` URIs, raw encoded bytes and numpy arrays (HxW or HxWxC, uint8 or float in [0, 1]).
-    Every mode (RGBA, LA, L, P, CMYK, I;16, ...) becomes RGB; transparency is composited on white.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    def decode(data: bytes, origin: str) -> Image.Image:
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise ValueError(f"cannot decode image from {origin}: {err}") from err
-        return img
-
-    if isinstance(image, Image.Image):
-        img = image
-    elif isinstance(image, (bytes, bytearray)):
-        if not image:
-            raise ValueError("image bytes are empty")
-        img = decode(bytes(image), "raw bytes")
-    elif isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = array.transpose(1, 2, 0)  # channels-first -> channels-last
-        if array.ndim == 3 and array.shape[-1] == 1:
-            array = array[..., 0]
-        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-            raise ValueError(f"numpy images must be HxW, HxWx3 or HxWx4; got shape {image.shape}")
-        if array.dtype != np.uint8:
-            if not np.issubdtype(array.dtype, np.floating):
-                raise ValueError(f"numpy images must be uint8 or float in [0, 1]; got dtype {array.dtype}")
-            array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        img = Image.fromarray(array)
-    elif isinstance(image, (str, os.PathLike)):
-        source = os.fspath(image)
-        if source.startswith(("http://", "https://")):
-            img = decode(_download(source), source)
-        elif source.startswith("data:image/"):
-            header, _, payload = source.partition(",")
-            if ";base64" not in header:
-                raise ValueError("data: image URIs must be base64-encoded (data:image/<type>;base64,...)")
-            try:
-                # Whitespace (line-wrapped base64) is allowed; any other non-alphabet character is an error.
-                data = base64.b64decode("".join(payload.split()), validate=True)
-            except (binascii.Error, ValueError) as err:
-                raise ValueError(f"invalid base64 in data URI: {err}") from err
-            img = decode(data, "data URI")
-        else:
-            if not os.path.isfile(source):
-                raise FileNotFoundError(f"image file not found: {source!r}")
-            with open(source, "rb") as handle:
-                img = decode(handle.read(), repr(source))
-    else:
-        raise TypeError(
-            f"unsupported image input of type {type(image).__name__}; expected a PIL image, a path, an http(s) "
-            "URL, a data:image URI, encoded bytes or a numpy array"
-        )
-    return _to_rgb(img)
-
-
-def _to_rgb(img: "PIL.Image.Image") -> "PIL.Image.Image":  # noqa: F821
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / 32-bit greyscale: scale the real range to 8 bits instead of clipping at 255.
-        array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
-        img = Image.fromarray((np.clip(array / top, 0, 1) * 255).round().astype(np.uint8), mode="L")
-    if img.mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def _download(url: str) -> bytes:
-    # The standard library, not requests: this file runs as Hub remote code where transformers (whose own
-    # dependencies no longer include requests) may be all that is installed.
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"User-Agent": "jina-clip-v2 (transformers remote code)"})
-    try:
-        with urllib.request.urlopen(request, timeout=IMAGE_URL_TIMEOUT_S) as response:
-            data = response.read(IMAGE_MAX_BYTES + 1)  # never more than the cap in memory
-    except (urllib.error.URLError, OSError, ValueError) as err:  # HTTP errors, refused, timeouts, bad URLs
-        raise ValueError(f"cannot fetch image {url}: {err}") from err
-    if len(data) > IMAGE_MAX_BYTES:
-        raise ValueError(f"image at {url} is larger than {IMAGE_MAX_BYTES} bytes")
-    return data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -822,8 +714,9 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         normalize_embeddings: bool = True,
         truncate_dim: int | None = None,
     ):
-        """Embed images given as PIL images, paths, http(s) URLs, data:image URIs, bytes or numpy arrays.
-        Returns a (n, dim) float32 array by default (a vector for a single image)."""
+        """Embed images given as PIL images, paths, http(s) URLs, data:image URIs, bytes or numpy arrays,
+        decoded as the release decodes them (`processing_jina_clip.load_image`, with the options saved in the
+        image processor). Returns a (n, dim) float32 array by default (a vector for a single image)."""
         items, single = _as_list(images, "images")
         truncate_dim = self._check_truncate_dim(truncate_dim)
         if batch_size < 1:
@@ -831,7 +724,8 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         image_processor = self.processor.image_processor
         return self._encode_batches(
             [list(range(start, min(start + batch_size, len(items)))) for start in range(0, len(items), batch_size)],
-            lambda idx: image_processor([load_image(items[i]) for i in idx], return_tensors="pt"),
+            # The processor decodes every input (paths, URLs, bytes, arrays, PIL) with the package's one decoder.
+            lambda idx: image_processor([items[i] for i in idx], return_tensors="pt"),
             lambda batch: self.get_image_features(batch["pixel_values"]),
             single, show_progress_bar, device, truncate_dim, normalize_embeddings,
             convert_to_numpy, convert_to_tensor, "Encoding images",
@@ -868,4 +762,4 @@ def _set_processor_image_size(processor, image_size: int) -> None:
     image_processor.crop_size = {"height": image_size, "width": image_size}
 
 
-__all__ = ["JinaCLIPModel", "JinaCLIPVisionModel", "JinaCLIPPreTrainedModel", "JinaCLIPOutput", "load_image"]
+__all__ = ["JinaCLIPModel", "JinaCLIPVisionModel", "JinaCLIPPreTrainedModel", "JinaCLIPOutput"]

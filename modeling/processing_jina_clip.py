@@ -1,19 +1,356 @@
-"""Image preprocessing identical to the jina-clip-v2 release.
+"""Image inputs of jina-clip-v2, read exactly as the release reads them: the one image decoder of the package,
+and the image processor around it.
 
-The release resizes the shortest side to the image size (bicubic), centre-crops with torchvision's
-`CenterCrop` (offsets `round((h - crop) / 2)`), divides by 255 and normalises with the OpenAI CLIP
-mean/std. transformers' `CLIPImageProcessorPil` does the same except for the crop offset (it floors),
-which moves the crop by one pixel whenever the overhang is 3 mod 4; this subclass rounds as the release.
+Decoding (`load_image`) is the release's `Image.open(...)` then PIL's own `.convert("RGB")`, for every mode:
+transparent pixels keep the colour stored under them (no compositing), palette, 16-bit, float, CMYK and
+1-bit images become RGB as PIL converts them, animations give their first frame, and EXIF orientation is
+not applied. Two departures are available as explicit options, off by default because they change the
+embedding of the same file: `alpha_background` (composite transparency on a colour, as transformers'
+`convert_to_rgb` does on white) and `exif_transpose` (apply the EXIF orientation, as transformers'
+`load_image` does).
+
+Preprocessing (`JinaCLIPImageProcessor`): the release resizes the shortest side to the image size (bicubic),
+centre-crops with torchvision's `CenterCrop` (offsets `round((h - crop) / 2)`), divides by 255 and normalizes
+with the OpenAI CLIP mean/std. transformers' `CLIPImageProcessorPil` does the same except for the crop offset
+(it floors), which moves the crop by one pixel whenever the overhang is 3 mod 4; this subclass rounds as the
+release, and decodes every input with `load_image` using the options saved in its preprocessor_config.json,
+so `encode_image`, the processor, Sentence-Transformers, training and evaluation all see the same pixels.
+
+Remote images are fetched with a total deadline and a byte cap (`fetch_timeout`, `fetch_max_bytes`), from
+http(s) only, following at most a few redirects and only to http(s).
+
+This file is Hub remote code: it imports PIL, numpy and transformers (no torch), nothing of this repository.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import os
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 from transformers import CLIPImageProcessorPil
+from transformers.processing_utils import ImagesKwargs
+
+# Remote images: the whole fetch (connect, redirects, body) ends within this many seconds...
+DEFAULT_FETCH_TIMEOUT_S = 20.0
+# ...and never reads more than this many bytes.
+DEFAULT_FETCH_MAX_BYTES = 64 * 1024 * 1024
+MAX_REDIRECTS = 5
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# Content types a server may send for an image body; anything else (text/html error pages, JSON) is refused.
+_BINARY_TYPES = ("application/octet-stream", "binary/octet-stream", "application/binary")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class ImageLoadError(ValueError):
+    """An image input that cannot be read: undecodable bytes, a failed or refused fetch, a bad array."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_image(
+    image: Any,
+    *,
+    exif_transpose: bool = False,
+    alpha_background: Sequence[int] | None = None,
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S,
+    fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+):
+    """Any supported image input as an RGB PIL image, as the release decodes it (see the module docstring).
+
+    Accepts PIL images, local paths (str or os.PathLike), http(s) URLs (any case of the scheme), base64
+    `data:image/...` URIs, encoded bytes, and numpy arrays (HxW, HxWxC or CxHxW; uint8, or float in [0, 1]).
+
+    Args:
+        exif_transpose: apply the EXIF orientation tag (the release does not).
+        alpha_background: an (R, G, B) colour to composite transparent pixels on (the release keeps the
+            colour stored under transparent pixels).
+        fetch_timeout / fetch_max_bytes: total deadline (seconds) and size cap (bytes) of a URL fetch.
+    """
+    return to_rgb(
+        open_image(image, fetch_timeout=fetch_timeout, fetch_max_bytes=fetch_max_bytes),
+        exif_transpose=exif_transpose,
+        alpha_background=alpha_background,
+    )
+
+
+def open_image(image: Any, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S, fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES):
+    """The input as a PIL image in its stored mode (first frame of an animation), nothing converted yet."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        img = _decode(bytes(image), "raw bytes")
+    elif isinstance(image, np.ndarray) or _is_tensor(image):
+        img = _from_array(np.asarray(image.detach().cpu().numpy() if _is_tensor(image) else image))
+    elif isinstance(image, (str, os.PathLike)):
+        source = os.fspath(image)
+        if not isinstance(source, str):
+            source = os.fsdecode(source)
+        if _URL.match(source):
+            scheme = source.split(":", 1)[0].lower()
+            if scheme not in ("http", "https"):
+                raise ImageLoadError(f"unsupported URL scheme {scheme!r} in {source!r}: only http(s) image URLs are fetched")
+            img = _decode(fetch_url(source, timeout=fetch_timeout, max_bytes=fetch_max_bytes), source)
+        elif source[:5].lower() == "data:":
+            img = _decode(_data_uri_bytes(source), "data URI")
+        else:
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"image file not found: {source!r}")
+            with open(source, "rb") as handle:
+                img = _decode(handle.read(), repr(source))
+    else:
+        raise TypeError(
+            f"unsupported image input of type {type(image).__name__}; expected a PIL image, a path, an http(s) "
+            "URL, a data:image URI, encoded bytes or a numpy array"
+        )
+    if img.width == 0 or img.height == 0:
+        raise ImageLoadError(f"image has no pixels ({img.width}x{img.height})")
+    return img
+
+
+def to_rgb(img, *, exif_transpose: bool = False, alpha_background: Sequence[int] | None = None):
+    """PIL's `.convert("RGB")` (the release's conversion), with the two opt-in departures."""
+    from PIL import Image, ImageOps
+
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    # Transparency: an alpha channel, or a transparent palette entry / colour key ("transparency" in info).
+    if alpha_background is not None and (img.mode in _ALPHA_MODES or "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*(int(c) for c in alpha_background), 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _decode(data: bytes, origin: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageLoadError(f"cannot decode image from {origin}: empty (no bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # decode now (first frame), so a truncated file fails here and not in the processor
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageLoadError(f"cannot decode image from {origin}: {err}") from err
+    return img
+
+
+def _data_uri_bytes(uri: str) -> bytes:
+    header, comma, payload = uri.partition(",")
+    media = header[5:].split(";")[0].strip().lower()
+    if not comma or not media.startswith("image/"):
+        raise ImageLoadError(f"data URI is not an image (media type {media or 'missing'!r}); expected data:image/<type>;base64,...")
+    if ";base64" not in header.lower():
+        raise ImageLoadError("data: image URIs must be base64-encoded (data:image/<type>;base64,...)")
+    try:
+        # Whitespace (line-wrapped base64) is allowed; any other non-alphabet character is an error.
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageLoadError(f"invalid base64 in data URI: {err}") from err
+
+
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def _from_array(array: np.ndarray):
+    """HxW, HxWxC or CxHxW arrays: uint8 as is, floats in [0, 1] scaled to 0..255 (rounded)."""
+    from PIL import Image
+
+    shape = array.shape
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # channels-first -> channels-last
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageLoadError(f"numpy images must be HxW, HxWx3 or HxWx4 (or channels first); got shape {shape}")
+    if array.size == 0:
+        raise ImageLoadError(f"image has no pixels (array of shape {shape})")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ImageLoadError(f"numpy images must be uint8, or float in [0, 1]; got dtype {array.dtype}")
+        if not np.isfinite(array).all():
+            raise ImageLoadError("numpy image holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            # A float image in 0..255 would otherwise clip to white: refuse instead of guessing.
+            raise ImageLoadError(
+                f"float numpy images must be in [0, 1]; got values in [{low:g}, {high:g}] "
+                "(pass uint8 for 0..255 data, or divide by 255)"
+            )
+        array = (array * 255.0).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bounded fetch
+# ----------------------------------------------------------------------------------------------------
+
+
+def fetch_url(url: str, *, timeout: float = DEFAULT_FETCH_TIMEOUT_S, max_bytes: int = DEFAULT_FETCH_MAX_BYTES) -> bytes:
+    """The body of an http(s) image URL, within `timeout` seconds in total and at most `max_bytes` bytes.
+
+    Redirects are followed (at most MAX_REDIRECTS) only to http(s); the response must be 200 with an image (or
+    generic binary) content type. Errors are `ImageLoadError`s that name the URL (and the HTTP status)."""
+    if not timeout > 0 or not max_bytes > 0:
+        raise ValueError(f"fetch_timeout and fetch_max_bytes must be positive; got {timeout} and {max_bytes}")
+    result: dict[str, Any] = {}
+    cancelled = threading.Event()
+    # The fetch runs in a worker thread so that the deadline holds whatever the network does (a stalled
+    # connect, a server that drips one byte a second): the caller gets its error on time, and the worker stops
+    # at its next read (every socket operation is bounded by the same deadline).
+    worker = threading.Thread(
+        target=_fetch_into, args=(url, timeout, max_bytes, cancelled, result), daemon=True, name="jina-clip-fetch"
+    )
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        cancelled.set()
+        raise ImageLoadError(f"cannot fetch image {url}: no complete response within {timeout:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["data"]
+
+
+def _fetch_into(url: str, timeout: float, max_bytes: int, cancelled: threading.Event, result: dict) -> None:
+    try:
+        result["data"] = _fetch(url, timeout, max_bytes, cancelled)
+    except ImageLoadError as err:
+        result["error"] = err
+    except Exception as err:  # noqa: BLE001 - network errors of every kind become one clear error
+        result["error"] = ImageLoadError(f"cannot fetch image {url}: {type(err).__name__}: {err}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Hand redirects back to `_fetch` (as HTTPErrors), which follows them only to http(s) URLs."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _fetch(url: str, timeout: float, max_bytes: int, cancelled: threading.Event) -> bytes:
+    # The standard library, not requests/httpx: this file runs as Hub remote code, where transformers and its
+    # own dependencies may be all that is installed. urllib also honours the usual proxy variables.
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_NoRedirect)
+    headers = {"User-Agent": "jina-clip-v2 (transformers remote code)", "Accept": "image/*"}
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = opener.open(urllib.request.Request(current, headers=headers), timeout=timeout)
+        except urllib.error.HTTPError as err:
+            err.close()
+            location = err.headers.get("Location") if err.code in (301, 302, 303, 307, 308) else None
+            if location is None:
+                raise ImageLoadError(f"cannot fetch image {url}: HTTP {err.code} {err.reason}") from None
+            target = urllib.parse.urljoin(current, location)
+            if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+                raise ImageLoadError(f"cannot fetch image {url}: redirect to a non-http(s) URL refused ({target})") from None
+            current = target
+            continue
+        except (urllib.error.URLError, OSError, ValueError) as err:  # refused, DNS, TLS, timeouts, bad URLs
+            raise ImageLoadError(f"cannot fetch image {url}: {getattr(err, 'reason', err)}") from None
+        with response:
+            kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if kind and not kind.startswith("image/") and kind not in _BINARY_TYPES:
+                raise ImageLoadError(f"cannot fetch image {url}: the server sent {kind!r}, not an image")
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+                raise ImageLoadError(f"image at {url} is larger than {max_bytes} bytes ({declared.strip()} declared)")
+            chunks, size = [], 0
+            while True:
+                if cancelled.is_set() or time.monotonic() > deadline:
+                    raise ImageLoadError(f"cannot fetch image {url}: no complete response within {timeout:g} s")
+                chunk = response.read1(65536)  # returns what one read brings: a slow server cannot hold us
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ImageLoadError(f"image at {url} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+    raise ImageLoadError(f"cannot fetch image {url}: more than {MAX_REDIRECTS} redirects")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The image processor
+# ----------------------------------------------------------------------------------------------------
+
+
+class JinaCLIPImageProcessorKwargs(ImagesKwargs, total=False):
+    """The decoding options, saved in preprocessor_config.json and accepted per call."""
+
+    exif_transpose: bool
+    alpha_background: list[int] | None
+    fetch_timeout: float
+    fetch_max_bytes: int
+
+
+_DECODE_OPTIONS = ("exif_transpose", "alpha_background", "fetch_timeout", "fetch_max_bytes")
 
 
 class JinaCLIPImageProcessor(CLIPImageProcessorPil):
+    """CLIP preprocessing with the release's crop rounding, decoding every input with `load_image`.
+
+    Inputs: one image or a list of images, each anything `load_image` accepts (PIL images, paths, URLs, data
+    URIs, bytes, numpy arrays). Options (saved with the processor, overridable per call): `exif_transpose`,
+    `alpha_background`, `fetch_timeout`, `fetch_max_bytes` (see `load_image`)."""
+
+    valid_kwargs = JinaCLIPImageProcessorKwargs
     size = {"shortest_edge": 512}
     crop_size = {"height": 512, "width": 512}
+    exif_transpose = False
+    alpha_background = None
+    fetch_timeout = DEFAULT_FETCH_TIMEOUT_S
+    fetch_max_bytes = DEFAULT_FETCH_MAX_BYTES
+
+    def load_image(self, image: Any, **options):
+        """One input as the RGB PIL image this processor resizes (its saved options, overridable here)."""
+        settings = {name: getattr(self, name) for name in _DECODE_OPTIONS}
+        settings.update(options)
+        return load_image(image, **settings)
+
+    def fetch_images(self, image_url_or_urls):
+        """Encoded inputs (paths, URLs, data URIs, bytes) as opened PIL images, through `open_image` with this
+        processor's fetch limits; other inputs unchanged. (transformers' processors call this first.)"""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, (str, os.PathLike, bytes, bytearray, memoryview)):
+            return open_image(image_url_or_urls, fetch_timeout=self.fetch_timeout, fetch_max_bytes=self.fetch_max_bytes)
+        return image_url_or_urls
+
+    def preprocess(self, images, *args, **kwargs):
+        options = {name: kwargs.pop(name) for name in _DECODE_OPTIONS if name in kwargs}
+        if isinstance(images, np.ndarray) and images.ndim == 4 or isinstance(images, (list, tuple)):
+            items = list(images)  # a batch (a 4-D array is a stack of images)
+        else:
+            items = [images]
+        if kwargs.get("do_convert_rgb", self.do_convert_rgb) is False:
+            settings = {name: options.get(name, getattr(self, name)) for name in ("fetch_timeout", "fetch_max_bytes")}
+            decoded = [open_image(item, **settings) for item in items]
+        else:
+            decoded = [self.load_image(item, **options) for item in items]
+        # Converted here already: transformers' own convert_to_rgb would composite transparency on white
+        # (PIL keeps a palette image's transparent colour in `info` after convert("RGB")).
+        kwargs["do_convert_rgb"] = False
+        return super().preprocess(decoded, *args, **kwargs)
 
     def center_crop(self, image, size, **kwargs):
         height, width = image.shape[-2:]
@@ -24,4 +361,13 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
         return image[..., top : top + size.height, left : left + size.width]
 
 
-__all__ = ["JinaCLIPImageProcessor"]
+__all__ = [
+    "DEFAULT_FETCH_MAX_BYTES",
+    "DEFAULT_FETCH_TIMEOUT_S",
+    "ImageLoadError",
+    "JinaCLIPImageProcessor",
+    "fetch_url",
+    "load_image",
+    "open_image",
+    "to_rgb",
+]

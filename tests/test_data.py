@@ -21,7 +21,7 @@ from jina_clip_v2.training.data import (
     SourceConfig,
     TaskDataConfig,
     build_task_stream,
-    load_image,
+    image_from_record,
     random_resized_crop_box,
 )
 
@@ -422,7 +422,7 @@ def test_image_size_and_max_length_switch(data_dir, processor):
 
 def test_eval_pixels_are_the_processors(data_dir, processor):
     stream = _stream(data_dir, processor, "image_text_short", ["image_jsonl"], batch_size=4, train=False)
-    images = [load_image(str(data_dir / "images" / f"{i:03d}.png")) for i in range(4)]
+    images = [image_from_record(str(data_dir / "images" / f"{i:03d}.png")) for i in range(4)]
     expected = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     assert torch.allclose(next(stream)["pixel_values"], expected, atol=1e-6)
 
@@ -433,7 +433,7 @@ def test_train_pixels_are_a_normalised_random_resized_crop(data_dir, processor):
     ip = processor.image_processor
     mean, std = torch.tensor(ip.image_mean).view(3, 1, 1), torch.tensor(ip.image_std).view(3, 1, 1)
     for i in range(4):
-        image = load_image(str(data_dir / "images" / f"{i:03d}.png"))
+        image = image_from_record(str(data_dir / "images" / f"{i:03d}.png"))
         top, left, h, w = random_resized_crop_box(image.width, image.height, random.Random(f"0:0:0:{i}"))
         crop = image.crop((left, top, left + w, top + h)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
         expected = (torch.from_numpy(np.asarray(crop, dtype=np.float32)).permute(2, 0, 1) / 255 - mean) / std
@@ -454,16 +454,22 @@ def test_random_resized_crop_box_follows_the_release_ranges():
     assert random_resized_crop_box(300, 200, random.Random(5)) == random_resized_crop_box(300, 200, random.Random(5))
 
 
-def test_transparency_is_composited_on_white():
+def test_transparency_follows_the_processor_options(processor):
     image = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     image.putpixel((0, 0), (0, 0, 255, 255))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    rgb = load_image(buffer.getvalue())
+    rgb = image_from_record(buffer.getvalue())  # the release's decoding: the colour under transparent pixels stays
     assert rgb.mode == "RGB"
-    assert rgb.getpixel((1, 1)) == (255, 255, 255) and rgb.getpixel((0, 0)) == (0, 0, 255)
-    palette = image.convert("PA")
-    assert load_image(palette).getpixel((1, 1)) == (255, 255, 255)
+    assert rgb.getpixel((1, 1)) == (255, 0, 0) and rgb.getpixel((0, 0)) == (0, 0, 255)
+    image_processor = processor.image_processor
+    image_processor.alpha_background = [255, 255, 255]
+    try:
+        on_white = image_from_record(buffer.getvalue(), image_processor=image_processor)
+        assert on_white.getpixel((1, 1)) == (255, 255, 255) and on_white.getpixel((0, 0)) == (0, 0, 255)
+        assert image_from_record(image.convert("PA"), image_processor=image_processor).getpixel((1, 1)) == (255, 255, 255)
+    finally:
+        image_processor.alpha_background = None
 
 
 def test_corrupt_images_are_skipped_and_counted(tmp_path, processor, caplog):

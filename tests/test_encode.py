@@ -19,6 +19,7 @@ from PIL import Image
 
 from _tiny import ROOT, build_processor, build_tokenizer, tiny_model
 from jina_clip_v2.modeling import load_image
+from jina_clip_v2.modeling.processing_jina_clip import DEFAULT_FETCH_MAX_BYTES
 
 IMAGES = sorted((ROOT / "data" / "tuxpaint" / "images").iterdir())
 TEXTS = [
@@ -229,7 +230,7 @@ def test_bad_image_inputs_raise_clear_errors(model, tmp_path):
         model.encode_image(b"garbage")
     with pytest.raises(ValueError, match="numpy images"):
         model.encode_image(np.zeros((4, 5, 6, 7, 2), dtype=np.uint8))
-    with pytest.raises(ValueError, match="uint8 or float"):
+    with pytest.raises(ValueError, match="uint8, or float"):
         model.encode_image(np.zeros((20, 20, 3), dtype=np.int32))
 
 
@@ -239,8 +240,9 @@ def test_bad_image_inputs_raise_clear_errors(model, tmp_path):
 
 
 def _modes() -> dict[str, tuple[Image.Image, tuple[int, int, int]]]:
-    """Images of every mode with the RGB value expected at pixel (0, 0)."""
-    rgba = Image.new("RGBA", (60, 40), (10, 200, 30, 0))  # fully transparent -> composited on white
+    """Images of every mode with the RGB value expected at pixel (0, 0): PIL's own `.convert("RGB")`, as the
+    release decodes (transparent pixels keep their stored colour; 16-bit values clip at 255)."""
+    rgba = Image.new("RGBA", (60, 40), (10, 200, 30, 0))  # fully transparent: the stored colour stays
     rgba.putpixel((1, 0), (10, 200, 30, 255))
     la = Image.new("LA", (60, 40), (90, 255))
     grey = Image.new("L", (60, 40), 77)
@@ -251,11 +253,11 @@ def _modes() -> dict[str, tuple[Image.Image, tuple[int, int, int]]]:
     cmyk = Image.new("CMYK", (60, 40), (0, 0, 0, 0))  # no ink: white
     i16 = Image.new("I;16", (60, 40), 65535)
     return {
-        "RGBA": (rgba, (255, 255, 255)),
+        "RGBA": (rgba, (10, 200, 30)),
         "LA": (la, (90, 90, 90)),
         "L": (grey, (77, 77, 77)),
         "P": (palette, (250, 20, 20)),
-        "P_transparent": (transparent, (255, 255, 255)),
+        "P_transparent": (transparent, (250, 20, 20)),
         "CMYK": (cmyk, (255, 255, 255)),
         "I;16": (i16, (255, 255, 255)),
     }
@@ -275,11 +277,14 @@ def test_every_image_mode_becomes_rgb(model, mode):
         np.testing.assert_allclose(model.encode_image(_png(image)), embedding, atol=1e-6, rtol=0)
 
 
-def test_rgba_alpha_is_composited_and_16_bit_is_scaled():
-    rgba = load_image(_modes()["RGBA"][0])
-    assert rgba.getpixel((1, 0)) == (10, 200, 30)  # opaque pixels keep their colour
+def test_alpha_is_composited_only_on_request():
+    rgba = _modes()["RGBA"][0]
+    assert load_image(rgba).getpixel((0, 0)) == (10, 200, 30)  # the release: the hidden colour
+    on_white = load_image(rgba, alpha_background=(255, 255, 255))
+    assert on_white.getpixel((0, 0)) == (255, 255, 255) and on_white.getpixel((1, 0)) == (10, 200, 30)
+    assert load_image(_modes()["P_transparent"][0], alpha_background=(0, 0, 255)).getpixel((0, 0)) == (0, 0, 255)
     half = Image.new("I;16", (4, 4), 32768)
-    assert load_image(half).getpixel((0, 0)) == (128, 128, 128)  # scaled, not clipped at 255
+    assert load_image(half).getpixel((0, 0)) == half.convert("RGB").getpixel((0, 0))  # PIL's conversion
 
 
 def test_numpy_bytes_and_data_uri_inputs_match_pil(model, tmp_path):
@@ -309,8 +314,9 @@ def test_numpy_bytes_and_data_uri_inputs_match_pil(model, tmp_path):
     grey = np.full((50, 60), 128, dtype=np.uint8)
     assert model.encode_image(grey).shape == (32,)
     assert load_image(grey).getpixel((0, 0)) == (128, 128, 128)
-    # Out-of-range floats are clipped to [0, 1], not wrapped.
-    assert load_image(np.full((8, 8, 3), 2.0)).getpixel((0, 0)) == (255, 255, 255)
+    # Floats outside [0, 1] (e.g. 0..255 data in a float array) are refused, not clipped to white.
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        load_image(np.full((8, 8, 3), 2.0))
 
 
 @pytest.fixture
@@ -340,11 +346,15 @@ def test_http_url_input(model, tmp_path, http_server, monkeypatch):
     with pytest.raises(ValueError, match="cannot fetch image.*404"):
         model.encode_image(f"{http_server}/missing.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match="cannot decode image"):
+    with pytest.raises(ValueError, match="sent 'text/plain', not an image"):
         model.encode_image(f"{http_server}/notes.txt")
+    (tmp_path / "fake.png").write_text("not an image")  # served as image/png
+    with pytest.raises(ValueError, match="cannot decode image"):
+        model.encode_image(f"{http_server}/fake.png")
     # Bodies are bounded.
-    import jina_clip_v2.modeling.modeling_jina_clip as modeling_module
-
-    monkeypatch.setattr(modeling_module, "IMAGE_MAX_BYTES", 100)
-    with pytest.raises(ValueError, match="larger than 100 bytes"):
-        model.encode_image(f"{http_server}/photo.png")
+    model.processor.image_processor.fetch_max_bytes = 100
+    try:
+        with pytest.raises(ValueError, match="larger than 100 bytes"):
+            model.encode_image(f"{http_server}/photo.png")
+    finally:
+        model.processor.image_processor.fetch_max_bytes = DEFAULT_FETCH_MAX_BYTES

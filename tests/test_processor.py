@@ -1,14 +1,5 @@
-"""The image processor reproduces the release's preprocessing exactly.
-
-The release (jina-clip-implementation, transform.py, eval mode, resize_mode "shortest") runs torchvision:
-Resize(S, BICUBIC) -> CenterCrop(S) -> convert("RGB") -> ToTensor -> Normalize(OpenAI CLIP mean/std).
-torchvision is not importable here (its PyPI wheel is CUDA-only), so `release_transform` restates its
-semantics from torchvision's source, independently of transformers:
-- Resize(int) on a PIL image: the short side becomes S, the long side int(S * long / short), then
-  `img.resize((w, h), Image.BICUBIC)`;
-- CenterCrop: offsets int(round((h - S) / 2.0)) (Python rounds half to even: overhang 3 -> 2, 7 -> 4);
-- ToTensor: uint8 -> float32, divided by 255; Normalize: (x - mean) / std in float32.
-"""
+"""The image processor reproduces the release's preprocessing exactly (the oracle, `release_transform`, restates
+torchvision's semantics independently of transformers: see tests/_release_transform.py)."""
 
 from __future__ import annotations
 
@@ -17,27 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from _release_transform import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, release_transform
 from _tiny import ROOT, build_processor, build_tokenizer
 from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def release_transform(image: Image.Image, size: int, crop_offset=lambda overhang: int(round(overhang / 2.0))) -> torch.Tensor:
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), Image.BICUBIC)
-    top, left = crop_offset(new_height - size), crop_offset(new_width - size)
-    image = image.crop((left, top, left + size, top + size)).convert("RGB")
-    tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
-    tensor = tensor.to(torch.float32).div(255)
-    mean = torch.as_tensor(OPENAI_CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.as_tensor(OPENAI_CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
-    return tensor.sub(mean).div(std)
 
 
 def _image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -146,12 +119,12 @@ def test_processor_batches_real_images_and_tokenises_text():
     assert (out["input_ids"][0][out["attention_mask"][0] == 0] == 1).all()  # right padding with <pad> = 1
 
 
-def test_processor_composites_transparency_on_white():
-    # transformers' convert_to_rgb (and our load_image) put transparent pixels on white; a transparent
-    # red image is therefore a white image.
+def test_processor_keeps_hidden_colours_unless_asked_to_composite():
+    # The release converts with PIL's plain convert("RGB"): a fully transparent red image is red. With
+    # alpha_background (opt-in) it is composited, like transformers' convert_to_rgb does on white.
     transparent = Image.new("RGBA", (60, 60), (255, 0, 0, 0))
-    white = Image.new("RGB", (60, 60), (255, 255, 255))
+    red, white = Image.new("RGB", (60, 60), (255, 0, 0)), Image.new("RGB", (60, 60), (255, 255, 255))
     processor = _processor(56)
-    assert torch.equal(
-        processor(transparent, return_tensors="pt")["pixel_values"], processor(white, return_tensors="pt")["pixel_values"]
-    )
+    pixels = lambda image, **kw: processor(image, return_tensors="pt", **kw)["pixel_values"]  # noqa: E731
+    assert torch.equal(pixels(transparent), pixels(red))
+    assert torch.equal(pixels(transparent, alpha_background=[255, 255, 255]), pixels(white))

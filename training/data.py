@@ -89,6 +89,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from jina_clip_v2.modeling.processing_jina_clip import load_image as decode_image
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("text_pairs", "text_triplets", "image_text_short", "image_text_long")
@@ -342,36 +344,18 @@ def build_dataset(cfg: TaskDataConfig, *, rank: int = 0, world_size: int = 1, tr
 # Images
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white."""
-    if image.mode == "RGB":
-        return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        background.alpha_composite(rgba)
-        return background.convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(value: Any, image_root: str | None = None) -> Image.Image:
-    """Decode a PIL image / bytes / {"bytes", "path"} dict / path into a fully loaded RGB image."""
+def image_from_record(value: Any, image_root: str | None = None, image_processor=None) -> Image.Image:
+    """A PIL image / bytes / {"bytes", "path"} dict / path (or URL) as a fully loaded RGB image, decoded by the
+    package's one decoder (`processing_jina_clip.load_image`): with `image_processor`'s decoding options when
+    given (a `JinaCLIPImageProcessor`), else the release's defaults."""
     if isinstance(value, Image.Image):
-        image = value
+        source = value
     else:
         record = _as_image_record(value, image_root)
         if record is None or (record["bytes"] is None and not record["path"]):
             raise ValueError("missing image")
-        if record["bytes"] is not None:
-            image = Image.open(io.BytesIO(record["bytes"]))
-        else:
-            with open(record["path"], "rb") as handle:
-                image = Image.open(io.BytesIO(handle.read()))
-    image.load()  # decode now: a truncated or corrupt file fails here, not in the collate
-    return to_rgb(image)
+        source = record["bytes"] if record["bytes"] is not None else record["path"]
+    return image_processor.load_image(source) if image_processor is not None else decode_image(source)
 
 
 def random_resized_crop_box(
@@ -560,7 +544,7 @@ class TaskStream:
             if example.get("image") is None:
                 return ("missing_image", "")
             try:
-                image = load_image(example.get("image"))
+                image = image_from_record(example.get("image"), image_processor=self.image_processor)
                 if self.train:
                     rng = random.Random(f"{self.cfg.seed}:{self.rank}:{epoch}:{index}")
                     image = random_resized_crop(image, self.image_size, rng)
@@ -733,10 +717,9 @@ __all__ = [
     "TaskStream",
     "build_dataset",
     "build_task_stream",
-    "load_image",
+    "image_from_record",
     "load_source",
     "normalise_images",
     "random_resized_crop",
     "random_resized_crop_box",
-    "to_rgb",
 ]

@@ -45,7 +45,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from jina_clip_v2.training.data import SourceConfig, load_image
+from jina_clip_v2.modeling.processing_jina_clip import load_image
+from jina_clip_v2.training.data import SourceConfig
 
 # Package data (jina_clip_v2.data): next to training/ in a checkout and in an installed package alike.
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
