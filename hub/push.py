@@ -4,26 +4,60 @@
         [--commit-message MSG] [--dry-run]
 
 Creates the model repository if needed (`create_repo(exist_ok=True)`; `--private` applies to a new
-repository), creates the branch `--revision` if it does not exist, and uploads the folder in one
-commit (`upload_folder`). The token comes from `HF_TOKEN` or `hf auth login`; without one the command
-stops with an error before any network access. `--dry-run` needs no token and no network: it lists the
-files that would be uploaded, their sizes and where they would go.
+repository), creates the branch `--revision` if it does not exist, and uploads the planned files in one
+commit. The token comes from `HF_TOKEN` or `hf auth login`; without one the command stops with an error
+before any network access. `--dry-run` needs no token and no network: it lists the files that would be
+uploaded, their sizes and where they would go.
+
+Only an allow-list is ever uploaded: the files `jina-clip export` / `convert` / `onnx` write
+(`PUSHABLE_FILES`). A folder that holds anything else (a token, a key, credentials, notes) is refused with
+the offending names, unless each is named with `--include PATTERN`; symbolic links are always refused
+(one could point at any file of the machine). Hidden entries and `__pycache__/` are never uploaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._util import configure_logging, folder_files, human_size
+from ._util import configure_logging, human_size
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "README.md")
+# What an export folder holds (hub/export.py, hub/convert.py, hub/onnx.py); glob patterns on the relative
+# POSIX path. tests/test_hub_push.py checks that a real export matches this list and nothing is left out.
+PUSHABLE_FILES = (
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "model-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].safetensors",
+    "model.safetensors.index.json",
+    "configuration_*.py",
+    "modeling_*.py",
+    "processing_*.py",
+    "custom_st.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Normalize/config.json",
+    "training_summary.json",
+    "onnx/*.onnx",
+    "onnx/*.onnx_data",
+    "onnx/*.onnx.data",
+    "onnx/parity.json",
+    "onnx/parity.md",
+)
 
 
 class PushError(RuntimeError):
@@ -37,6 +71,7 @@ class PushPlan:
     revision: str
     private: bool
     files: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # hidden entries and __pycache__, never uploaded
 
     @property
     def url(self) -> str:
@@ -55,8 +90,57 @@ class PushPlan:
         return "\n".join(lines)
 
 
-def plan_push(folder: str | os.PathLike, repo_id: str, *, revision: str | None = None, private: bool = False) -> PushPlan:
-    """Check the folder and the repository id and list what a push would upload (no network)."""
+def _is_pushable(name: str, include: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in (*PUSHABLE_FILES, *include))
+
+
+def _scan(folder: Path, include: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(files to upload, skipped entries) of `folder`; PushError for symlinks and files outside the list."""
+    files, skipped, links, unknown = [], [], [], []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        base = Path(root)
+        for entry in sorted(dirs):
+            path = base / entry
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                links.append(relative)
+                dirs.remove(entry)
+            elif entry.startswith(".") or entry == "__pycache__":
+                skipped.append(relative + "/")
+                dirs.remove(entry)
+        for entry in sorted(names):
+            path = base / entry
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                links.append(relative)
+            elif entry.startswith("."):
+                skipped.append(relative)
+            elif not path.is_file():
+                unknown.append(relative)  # sockets, fifos, devices
+            elif _is_pushable(relative, include):
+                files.append(relative)
+            else:
+                unknown.append(relative)
+    if links:
+        raise PushError(f"{folder} holds symbolic links, which are never uploaded (they may point anywhere): {', '.join(sorted(links))}")
+    if unknown:
+        raise PushError(
+            f"{folder} holds files an export does not write: {', '.join(sorted(unknown))}. Remove them, or upload "
+            "them deliberately with --include PATTERN (one per pattern)"
+        )
+    return sorted(files), sorted(skipped)
+
+
+def plan_push(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    include: tuple[str, ...] | list[str] = (),
+) -> PushPlan:
+    """Check the folder and the repository id and list what a push would upload (no network): the files
+    of `PUSHABLE_FILES` plus those matching `include`; anything else in the folder is an error."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     folder = Path(folder)
@@ -71,8 +155,9 @@ def plan_push(folder: str | os.PathLike, repo_id: str, *, revision: str | None =
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise PushError(f"{folder} is not an exported model folder (missing {', '.join(missing)}); run hub.export first")
-    files = [(str(path.as_posix()), (folder / path).stat().st_size) for path in folder_files(folder)]
-    return PushPlan(folder=folder, repo_id=repo_id, revision=revision or "main", private=private, files=files)
+    names, skipped = _scan(folder, tuple(include))
+    files = [(name, (folder / name).stat().st_size) for name in names]
+    return PushPlan(folder=folder, repo_id=repo_id, revision=revision or "main", private=private, files=files, skipped=skipped)
 
 
 def push_folder(
@@ -84,13 +169,14 @@ def push_folder(
     commit_message: str | None = None,
     token: str | None = None,
     dry_run: bool = False,
+    include: tuple[str, ...] | list[str] = (),
 ) -> PushPlan | str:
-    """Upload `folder` to the model repository `repo_id`; returns the commit URL (or, with `dry_run`,
-    the `PushPlan` of what would be uploaded)."""
-    plan = plan_push(folder, repo_id, revision=revision, private=private)
+    """Upload the allow-listed files of `folder` to the model repository `repo_id`; returns the commit URL
+    (or, with `dry_run`, the `PushPlan` of what would be uploaded)."""
+    plan = plan_push(folder, repo_id, revision=revision, private=private, include=include)
     if dry_run:
         return plan
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
     from huggingface_hub.constants import HF_HUB_OFFLINE
 
     token = token or get_token()
@@ -109,13 +195,14 @@ def push_folder(
         api.create_branch(repo_id, branch=plan.revision, repo_type="model", exist_ok=True)
     total = sum(size for _, size in plan.files)
     logger.info("uploading %d files (%s) to %s", len(plan.files), human_size(total), plan.url)
-    commit = api.upload_folder(
+    # Exactly the planned files, one operation each: nothing is re-listed from the folder after the check.
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(plan.folder / name)) for name, _ in plan.files]
+    commit = api.create_commit(
         repo_id=repo_id,
-        folder_path=str(plan.folder),
+        operations=operations,
         repo_type="model",
         revision=plan.revision,
-        commit_message=commit_message or f"Upload {plan.folder.name} with hub.push",
-        ignore_patterns=[".*", "**/.*", "**/__pycache__/**"],
+        commit_message=commit_message or f"Upload {plan.folder.name} with jina-clip push",
     )
     return commit.commit_url
 
@@ -128,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", help="branch to push to (created if missing; default: main)")
     parser.add_argument("--commit-message", help="commit message")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    parser.add_argument(
+        "--include", action="append", default=[], metavar="PATTERN",
+        help="also upload files matching this glob (relative path); repeatable. Without it, files an export "
+        "does not write make the push fail",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     configure_logging()
     from huggingface_hub.errors import HfHubHTTPError
@@ -140,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision,
             commit_message=args.commit_message,
             dry_run=args.dry_run,
+            include=args.include,
         )
     except PushError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -159,4 +252,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["PushError", "PushPlan", "main", "plan_push", "push_folder"]
+__all__ = ["PUSHABLE_FILES", "PushError", "PushPlan", "main", "plan_push", "push_folder"]

@@ -72,3 +72,95 @@ def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
     (tmp_path / "half" / "config.json").write_text("{}")
     proc = run_push(["--folder", str(tmp_path / "half"), "--repo", "someone/x", "--dry-run"], tmp_path)
     assert proc.returncode == 2 and "missing README.md" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Allow-list: only what an export writes is ever uploaded
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_every_file_of_a_real_export_is_on_the_allow_list(tmp_path):
+    from _notebook_model import export_tiny_model
+    from jina_clip_v2.hub.push import plan_push
+
+    exported = export_tiny_model(tmp_path / "export")
+    written = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
+    plan = plan_push(exported, "someone/tiny")
+    assert [name for name, _ in plan.files] == written
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("token", "hf_secret"),
+        ("id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+        ("credentials.json", '{"key": "secret"}'),
+        ("notes.txt", "my notes"),
+        ("onnx/debug.log", "log"),
+        ("1_Normalize/extra.json", "{}"),
+    ],
+)
+def test_files_outside_the_allow_list_stop_the_push_by_name(folder, tmp_path, name, content):
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(content)
+    proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--dry-run"], tmp_path)
+    assert proc.returncode == 2, proc.stdout
+    assert "files an export does not write" in proc.stderr and name in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Named deliberately, the file goes with the others.
+    proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--dry-run", "--include", name], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert name in [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
+
+
+def test_symbolic_links_are_refused(folder, tmp_path):
+    (folder / "tokenizer.json").symlink_to("/etc/passwd")
+    (folder / "onnx").symlink_to(tmp_path, target_is_directory=True)
+    proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--dry-run", "--include", "*"], tmp_path)
+    assert proc.returncode == 2
+    assert "symbolic links" in proc.stderr and "tokenizer.json" in proc.stderr and "onnx" in proc.stderr
+
+
+def test_caches_and_hidden_entries_are_never_uploaded(folder, tmp_path):
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "modeling_jina_clip.cpython-311.pyc").write_bytes(b"\0")
+    (folder / ".env").write_text("HF_TOKEN=hf_secret")
+    proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--dry-run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert listed == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors"]
+    assert "hf_secret" not in proc.stdout and ".env" not in proc.stdout and "__pycache__" not in proc.stdout
+    from jina_clip_v2.hub.push import plan_push
+
+    assert plan_push(folder, "someone/tiny-jina-clip").skipped == [".cache/", ".env", "__pycache__/"]
+
+
+def test_the_upload_commits_exactly_the_planned_files(folder, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from jina_clip_v2.hub.push import push_folder
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["repo"] = (repo_id, kwargs)
+
+        def create_branch(self, *args, **kwargs):
+            raise AssertionError("main needs no branch")
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            calls["files"] = sorted(op.path_in_repo for op in operations)
+            return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    url = push_folder(folder, "someone/tiny-jina-clip", token="hf_test")
+    assert url.endswith("/commit/0") and calls["token"] == "hf_test"
+    assert calls["files"] == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors"]
