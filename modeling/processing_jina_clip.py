@@ -233,6 +233,8 @@ def _fetch_into(url: str, timeout: float, max_bytes: int, cancelled: threading.E
         result["data"] = _fetch(url, timeout, max_bytes, cancelled)
     except ImageLoadError as err:
         result["error"] = err
+    except TimeoutError:  # a socket operation hit the same deadline first
+        result["error"] = ImageLoadError(f"cannot fetch image {url}: no complete response within {timeout:g} s")
     except Exception as err:  # noqa: BLE001 - network errors of every kind become one clear error
         result["error"] = ImageLoadError(f"cannot fetch image {url}: {type(err).__name__}: {err}")
 
@@ -267,7 +269,10 @@ def _fetch(url: str, timeout: float, max_bytes: int, cancelled: threading.Event)
             current = target
             continue
         except (urllib.error.URLError, OSError, ValueError) as err:  # refused, DNS, TLS, timeouts, bad URLs
-            raise ImageLoadError(f"cannot fetch image {url}: {getattr(err, 'reason', err)}") from None
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, TimeoutError):
+                raise TimeoutError from None
+            raise ImageLoadError(f"cannot fetch image {url}: {reason}") from None
         with response:
             kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if kind and not kind.startswith("image/") and kind not in _BINARY_TYPES:
