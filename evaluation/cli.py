@@ -149,5 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":
+    from jina_clip_v2.cli import run
+
+    sys.exit(run(main, name="jina-clip eval"))

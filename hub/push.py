@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jina_clip_v2.cli import run
+
+    sys.exit(run(main, name="jina-clip push"))
 
 
 __all__ = ["PUSHABLE_FILES", "PushError", "PushPlan", "main", "plan_push", "push_folder"]

@@ -1,14 +1,17 @@
 """``jina-clip <command> [options]``: one entry point for every command of the package.
 
 Each command is the ``main(argv)`` of its module, so ``jina-clip convert ...`` and
-``python -m jina_clip_v2.hub.convert ...`` are the same program.
+``python -m jina_clip_v2.hub.convert ...`` are the same program (both go through `run`: an error is one
+line on stderr and exit code 1, unless ``--debug``).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 # command -> (module, one-line description). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +33,26 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, *, name: str) -> int:
+    """Run a command's `main(argv)` as a command line program: its exit code, and for any error one line on
+    stderr naming it (no traceback) unless `--debug` is among the arguments (or JINA_CLIP_DEBUG=1)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("JINA_CLIP_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
+    try:
+        result = main(args)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error becomes one line; --debug shows the traceback
+        if debug:
+            raise
+        message = str(err).strip() or type(err).__name__
+        print(f"{name}: error: {message} [{type(err).__name__}; --debug shows the traceback]", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -40,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"jina-clip {__version__}")
         return 0
+    if args[0] == "--debug":  # `jina-clip --debug <command> ...` as well as `... <command> ... --debug`
+        args = [*args[1:], "--debug"]
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"jina-clip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
@@ -47,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     # argparse names the program after argv[0]: help and errors then read `jina-clip convert ...`.
     sys.argv[0] = f"jina-clip {name}"
-    result = module.main(rest)
-    return result if isinstance(result, int) else 0
+    return run(module.main, rest, name=f"jina-clip {name}")
 
 
 if __name__ == "__main__":

@@ -213,4 +213,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from jina_clip_v2.cli import run
+
+    sys.exit(run(main, name="jina-clip demo"))

@@ -1568,4 +1568,6 @@ def _reset_accelerate_state() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jina_clip_v2.cli import run
+
+    sys.exit(run(main, name="jina-clip train"))
