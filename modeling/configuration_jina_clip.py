@@ -27,8 +27,9 @@ RETRIEVAL_QUERY_INSTRUCTION = "Represent the query for retrieving evidence docum
 # is jina-clip-v2's.
 TEXT_CONFIG_CLASSES = {"jina_embeddings_v3": JinaEmbeddingsV3Config, "jina_bert": JinaBertConfig}
 V2_MATRYOSHKA_DIMENSIONS = (32, 64, 128, 256, 512, 768, 1024)
-# jina-clip-v1's vision tower: EVA02-B/16 at 224 px (docs/jina-clip-v1-release.md, section 1.3); the other
-# fields (RoPE on the 16x16 pretraining grid, eps 1e-6, ...) are the same as jina-clip-v2's.
+# jina-clip-v1's vision tower: EVA02-B/16 at 224 px (docs/jina-clip-v1-release.md, section 1.3). Its RoPE
+# is not interpolated (config.json: intp_freq false): positions are the plain patch indices of the 14x14
+# grid, i.e. rope_grid_size 14 (v2 scales to the 16x16 EVA02 pretraining grid). The rest is as v2's.
 V1_VISION_DEFAULTS = {
     "hidden_size": 768,
     "num_hidden_layers": 12,
@@ -36,6 +37,7 @@ V1_VISION_DEFAULTS = {
     "intermediate_size": 2048,  # int(768 * 2.6667)
     "image_size": 224,
     "patch_size": 16,
+    "rope_grid_size": 14,
 }
 
 # Keys that only the original jinaai/jina-clip-v1 / -v2 config.json has. Their weights are laid out
@@ -52,7 +54,8 @@ CONVERTER_HINT = (
 
 
 class JinaCLIPVisionConfig(PreTrainedConfig):
-    r"""EVA02 vision tower. Defaults are EVA02-L/14 at 512 px as in jina-clip-v2.
+    r"""EVA02 vision tower. Defaults are EVA02-L/14 at 512 px as in jina-clip-v2 (jina-clip-v1's B/16 at
+    224 px: `V1_VISION_DEFAULTS`).
 
     Args:
         hidden_size: width of the transformer (release: `width` 1024).
@@ -64,7 +67,8 @@ class JinaCLIPVisionConfig(PreTrainedConfig):
         patch_size: side of the square patches (14).
         num_channels: input channels (3).
         rope_grid_size: side of the patch grid RoPE positions are scaled to (EVA02 pretraining grid, 16):
-            position i on a grid of side G is i * rope_grid_size / G (release: `pt_hw_seq_len`, `intp_freq`).
+            position i on a grid of side G is i * rope_grid_size / G (release: `pt_hw_seq_len`, `intp_freq`;
+            jina-clip-v1 does not interpolate: 14, its own 224 px / 16 grid, so positions are plain indices).
         rope_theta: RoPE frequency base (10000).
         layer_norm_eps: epsilon of every LayerNorm in the tower (1e-6).
         patch_dropout: fraction of patch tokens dropped at train time (release: 0.1); identity in eval.
