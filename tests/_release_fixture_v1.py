@@ -84,7 +84,9 @@ def release_v1_config_dict(config) -> dict:
             "post_norm": False,
             "rope_embeddings": True,
             "pt_hw_seq_len": v.rope_grid_size,
-            "intp_freq": True,
+            # The release's v1 config has intp_freq false (RoPE on the plain 14x14 grid, pt_hw_seq_len 14);
+            # a tiny grid other than pt_hw_seq_len needs the interpolating table to run at all.
+            "intp_freq": v.rope_grid_size != v.image_size // v.patch_size,
             "naive_swiglu": True,
             "subln": True,
             "drop_path_rate": 0.0,
