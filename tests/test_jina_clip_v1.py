@@ -510,3 +510,31 @@ def test_v1_conversion_reports_unexpected_missing_and_mismatched_keys_by_name(mo
     # A v2 checkpoint is not a v1 one: its keys are all unexpected, v1's all missing.
     with pytest.raises(ReleaseCheckpointError, match="unexpected"):
         convert_release_state_dict({"text_model.transformer.roberta.emb_ln.weight": torch.zeros(48), **release}, config)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. Evaluation runs the same suites on a v1 model
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_evaluation_runs_v1_with_queries_encoded_without_an_instruction(model, tmp_path):
+    """The document-retrieval task asks for the query instruction (`query_task="retrieval.query"`); a model
+    without instructions (v1) encodes its queries as plain texts, as its paper evaluates it, instead of
+    failing."""
+    import _eval_fixtures as fx
+
+    from jina_clip_v2.evaluation.runner import evaluate
+    from jina_clip_v2.evaluation.tasks import CrossModalRetrievalTask, DocumentRetrievalTask
+
+    tasks = [
+        CrossModalRetrievalTask(name="Flickr-like", dataset=str(fx.write_flickr_like(tmp_path / "flickr", n_images=6))),
+        DocumentRetrievalTask(name="DocBeir", dataset=str(fx.write_vidore_beir(tmp_path / "vbeir", n_pages=6))),
+    ]
+    assert tasks[1].query_task == "retrieval.query"
+    result = evaluate(model, tasks, None, tmp_path / "out", show_progress=False)
+    assert not result["errors"], result["errors"]
+    assert result["embedding_dim"] == 48
+    kinds = {entry["type"] for entry in result["results"]}
+    assert kinds == {"text-to-image retrieval", "image-to-text retrieval", "document retrieval"}
+    for entry in result["results"]:
+        assert entry["truncate_dim"] in (None, 48) and all(0 <= v <= 100 for v in entry["metrics"].values())
