@@ -574,8 +574,8 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         """Text embeddings: masked mean of the last hidden states over every non-pad token (<s> and </s>
         included), no projection. `pooler_output` holds the raw (un-normalised) embedding.
 
-        `unpadded` packs the batch's real tokens into one row (RoPE positions restart per text, attention stays
-        inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
+        `unpadded` packs the batch's real tokens into one row (positions restart per text, so RoPE (v2) and
+        ALiBi distances (v1) are each text's own; attention stays inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
         FlashAttention backend, whose variable-length kernels make it free; eager/sdpa then need a (T, T)
         block mask, correct but only worth it for very uneven batches.
         """

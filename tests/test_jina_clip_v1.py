@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +297,28 @@ def test_gradients_reach_every_parameter(tokenizer):
     assert model.text_model.embeddings.word_embeddings.weight.grad[0].abs().max() == 0
 
 
+def test_gradient_checkpointing_changes_neither_loss_nor_gradients(tokenizer):
+    model = tiny_v1_model(seed=6).train()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    pixels = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixels, return_loss=True)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers 5 renames it activation checkpointing
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in model.text_model.layers)
+    loss_gc, grads_gc = step()
+    assert torch.allclose(loss, loss_gc, atol=1e-6, rtol=0) and grads.keys() == grads_gc.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, grads_gc[name], atol=1e-6, rtol=1e-5), name
+
+
 # ----------------------------------------------------------------------------------------------------
 # 3. The vision tower at B/16 against timm's Eva
 # ----------------------------------------------------------------------------------------------------
@@ -414,6 +437,10 @@ def test_export_loads_in_a_fresh_process_through_automodel_and_sentence_transfor
     assert set(st_config["prompts"].values()) <= {""}  # no instruction in v1 (ST's own empty query / document)
     card = (folder / "README.md").read_text()
     assert "jina-clip-v1" in card and "not trained for truncation" in card and "truncate_dim=" not in card
+    from jina_clip_v2.hub.model_card import validate_model_card
+
+    data = validate_model_card(folder / "README.md")
+    assert data.language == ["en"] and "matryoshka" not in data.tags and "2405.20204" in card
     info, emb = _run_fresh(folder, tmp_path, image_paths)
     assert info["config"].startswith("transformers_modules.") and info["text_config"] == "JinaBertConfig"
     assert info["text_model"].startswith("transformers_modules.") and info["text_model"].endswith("modeling_jina_bert.JinaBertModel")
@@ -538,3 +565,18 @@ def test_evaluation_runs_v1_with_queries_encoded_without_an_instruction(model, t
     assert kinds == {"text-to-image retrieval", "image-to-text retrieval", "document retrieval"}
     for entry in result["results"]:
         assert entry["truncate_dim"] in (None, 48) and all(0 <= v <= 100 for v in entry["metrics"].values())
+
+
+def test_text_flops_count_the_gated_mlp():
+    """The benchmarks' FLOPs function counts 2 FLOPs per matmul weight per token: for JinaBERT that is
+    q, k, v, o and the three matrices of the gated unit (the embeddings do no matmul)."""
+    from jina_clip_v2.benchmarks.flops import text_forward_flops
+
+    config = JinaCLIPConfig(text_config={"model_type": "jina_bert"})
+    with torch.device("meta"):
+        text = JinaCLIPModel(config).text_model
+    matmul_weights = sum(
+        p.numel() for n, p in text.named_parameters() if n.endswith("weight") and p.ndim == 2 and "embeddings" not in n
+    )
+    parts = text_forward_flops(config.text_config, 1)
+    assert parts["qkvo"] + parts["mlp"] == 2 * matmul_weights
