@@ -104,12 +104,14 @@ def text_forward_flops(text_config, lengths: int | Iterable[int]) -> dict[str, i
     repeated for what a padded batch executes."""
     lengths = [int(lengths)] if isinstance(lengths, int) else [int(s) for s in lengths]
     d, i, layers = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
+    # v2's MLP is fc1 + fc2; jina-clip-v1's JinaBERT has a gated unit: gate, up and down projections.
+    mlp_matrices = 3 if getattr(text_config, "model_type", "") == "jina_bert" else 2
     tokens = sum(lengths)
     squares = sum(s * s for s in lengths)
     parts = {
         "qkvo": 2 * layers * tokens * 4 * d * d,
         "attention": 2 * layers * 2 * squares * d,
-        "mlp": 2 * layers * tokens * 2 * d * i,
+        "mlp": 2 * layers * tokens * mlp_matrices * d * i,
     }
     parts["total"] = sum(parts.values())
     parts["tokens"] = tokens

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +386,12 @@ class Embedder:
         for name, value in wanted.items():
             if _accepts(method, name):
                 kwargs[name] = value
+        instructions = getattr(getattr(self.model, "config", None), "task_instructions", None)
+        if task is not None and isinstance(instructions, Mapping) and task not in instructions:
+            # A model without this instruction (jina-clip-v1 has none) embeds queries like documents, as
+            # its paper evaluates it: the suite's "use the query instruction" means "none" here.
+            logger.info("the model has no %r instruction: encoding without one", task)
+            task = None
         if task is not None:
             if not _accepts(method, "task"):
                 raise TypeError(f"{type(self.model).__name__}.encode_text does not accept task={task!r}")

@@ -1,4 +1,4 @@
-"""Convert a local snapshot of the original jinaai/jina-clip-v2 release into a Hub-ready folder.
+"""Convert a local snapshot of the original jinaai/jina-clip-v2 (or jina-clip-v1) release into a Hub-ready folder.
 
     jina-clip convert --from <released snapshot folder> --out <folder>
         [--tokenizer <folder>] [--dtype bfloat16] [--max-shard-size 5GB] [--repo-id user/name]
@@ -6,12 +6,14 @@
 
 Reads the release's `config.json` and weights (`model.safetensors`, sharded safetensors, or
 `pytorch_model.bin` loaded with `torch.load(weights_only=True)`, never a full unpickler), converts them
-with `modeling.convert_jina_clip_release` (LoRA merged, Wqkv split, strict), takes the tokenizer and the
+with `modeling.convert_jina_clip_release` (v2: LoRA merged, Wqkv split; v1: Wqkv and gated_layers split;
+strict; the release is recognised from config.json), takes the tokenizer and the
 image preprocessing from the snapshot (`tokenizer.json`, `preprocessor_config.json`), exports the
 folder as `hub.export` does, then reloads it and checks it: the saved tensors equal the converted ones
 and AutoModel / SentenceTransformer embeddings of probe texts and images equal the converted model's.
 
-Download a snapshot first, e.g. `hf download jinaai/jina-clip-v2 --local-dir jina-clip-v2`.
+Download a snapshot first, e.g. `hf download jinaai/jina-clip-v2 --local-dir jina-clip-v2` (or
+`jinaai/jina-clip-v1`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .export import (
     check_export,
     export_model,
 )
-from .model_card import DEFAULT_LICENSE, RELEASE_REPO
+from .model_card import DEFAULT_LICENSE, RELEASE_REPO, V1_LICENSE, V1_RELEASE_REPO
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +74,25 @@ def release_image_processor(snapshot: Path, image_size: int) -> JinaCLIPImagePro
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         resample=_RESAMPLE[interpolation],
-        image_mean=list(settings.get("mean", settings.get("image_mean", OPENAI_CLIP_MEAN))),
-        image_std=list(settings.get("std", settings.get("image_std", OPENAI_CLIP_STD))),
+        # A null mean / std is the release class's default: the OpenAI CLIP values.
+        image_mean=list(settings.get("mean") or settings.get("image_mean") or OPENAI_CLIP_MEAN),
+        image_std=list(settings.get("std") or settings.get("image_std") or OPENAI_CLIP_STD),
     )
 
 
-def release_tokenizer(folder: Path):
-    """The XLM-RoBERTa tokenizer of the snapshot (its tokenizer.json), without any remote code."""
-    from transformers import XLMRobertaTokenizerFast
+def release_tokenizer(folder: Path, version: str = "v2"):
+    """The tokenizer of the snapshot (its tokenizer.json), without any remote code: XLM-RoBERTa for
+    jina-clip-v2, BERT WordPiece for jina-clip-v1."""
+    from transformers import BertTokenizerFast, XLMRobertaTokenizerFast
 
+    kind = "BERT WordPiece" if version == "v1" else "XLM-RoBERTa"
     if not (folder / "tokenizer.json").is_file():
         raise ExportError(
-            f"no tokenizer.json in {folder}: pass --tokenizer <folder holding the jina-clip-v2 / XLM-RoBERTa "
+            f"no tokenizer.json in {folder}: pass --tokenizer <folder holding the jina-clip-{version} / {kind} "
             "tokenizer.json>"
         )
-    return XLMRobertaTokenizerFast.from_pretrained(str(folder))
+    cls = BertTokenizerFast if version == "v1" else XLMRobertaTokenizerFast
+    return cls.from_pretrained(str(folder))
 
 
 def _check_saved_weights(folder: Path, model, dtype: torch.dtype | None) -> None:
@@ -113,8 +119,8 @@ def convert_release(
     tokenizer: str | os.PathLike | None = None,
     dtype: str | None = None,
     check: bool = True,
-    base_model: str | None = RELEASE_REPO,
-    license: str = DEFAULT_LICENSE,
+    base_model: str | None = None,
+    license: str | None = None,
     **export_kwargs,
 ) -> Path:
     """Convert a release snapshot folder and export it to `out` (see the module docstring).
@@ -125,6 +131,8 @@ def convert_release(
         tokenizer: folder with the tokenizer.json to ship (default: the snapshot).
         dtype: dtype of the exported weights (default float32: the LoRA merge stays unrounded).
         check: reload the folder and compare weights and embeddings with the converted model.
+        base_model, license: model card metadata (default: the release's repository and license,
+            jinaai/jina-clip-v2 cc-by-nc-4.0 or jinaai/jina-clip-v1 apache-2.0).
         export_kwargs: passed to `hub.export.export_model` (max_shard_size, repo_id, eval_results, ...).
     """
     snapshot = Path(snapshot)
@@ -136,16 +144,28 @@ def convert_release(
     model = convert_release_snapshot(snapshot, dtype=torch.float32)
     from transformers import CLIPProcessor
 
+    version = model.config.version
     processor = CLIPProcessor(
         image_processor=release_image_processor(snapshot, model.config.vision_config.image_size),
-        tokenizer=release_tokenizer(Path(tokenizer) if tokenizer is not None else snapshot),
+        tokenizer=release_tokenizer(Path(tokenizer) if tokenizer is not None else snapshot, version),
     )
     model.processor = processor
-    source_note = (
-        "The weights are the original jinaai/jina-clip-v2 checkpoint converted to this layout: the "
-        "`retrieval.query` LoRA adapter, which the release applies to every text, merged into the text "
-        "tower, and the fused QKV projection split (`jina-clip convert`)."
-    )
+    if version == "v1":
+        base_model = base_model or V1_RELEASE_REPO
+        license = license or V1_LICENSE
+        source_note = (
+            "The weights are the original jinaai/jina-clip-v1 checkpoint converted to this layout: the fused "
+            "QKV projection and the fused gate / value projection of the text tower's MLP split "
+            "(`jina-clip convert`)."
+        )
+    else:
+        base_model = base_model or RELEASE_REPO
+        license = license or DEFAULT_LICENSE
+        source_note = (
+            "The weights are the original jinaai/jina-clip-v2 checkpoint converted to this layout: the "
+            "`retrieval.query` LoRA adapter, which the release applies to every text, merged into the text "
+            "tower, and the fused QKV projection split (`jina-clip convert`)."
+        )
     folder = export_model(
         model,
         out,
@@ -168,12 +188,13 @@ def convert_release(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jina-clip convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from", dest="snapshot", required=True, type=Path, help="local snapshot of jinaai/jina-clip-v2")
+    parser.add_argument("--from", dest="snapshot", required=True, type=Path, help="local snapshot of jinaai/jina-clip-v2 or jina-clip-v1")
     parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json (default: the snapshot)")
     add_output_arguments(parser)
     parser.add_argument("--no-check", action="store_true", help="skip reloading and checking the folder")
     add_card_arguments(parser)
-    parser.set_defaults(base_model=RELEASE_REPO)
+    # Unset: the release's own repository and license (v2: jinaai/jina-clip-v2, cc-by-nc-4.0; v1: apache-2.0).
+    parser.set_defaults(base_model=None, license=None)
     args = parser.parse_args(argv)
     configure_logging()
     try:

@@ -198,10 +198,11 @@ def count_parameters(model: JinaCLIPModel) -> dict[str, int]:
 
 
 def _sentence_transformers_settings(config: JinaCLIPConfig) -> dict[str, Any]:
-    instruction = config.task_instructions["retrieval.query"]
+    instruction = config.task_instructions.get("retrieval.query")
     return {
         # The release's prompt; `query` makes encode_query() the same, `document` (encode_document) adds none.
-        "prompts": {"retrieval.query": instruction, "query": instruction, "document": ""},
+        # jina-clip-v1 has no instruction, hence no prompts.
+        "prompts": {"retrieval.query": instruction, "query": instruction, "document": ""} if instruction else {},
         # encode_text's default: texts longer than max_text_length tokens are truncated, not rejected.
         "processing_kwargs": {"text": {"max_length": config.max_text_length}},
     }
@@ -447,7 +448,9 @@ def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = No
     model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
     AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     texts, images = probe_inputs(model.config.vision_config.image_size)
-    text_emb = model.encode_text(texts, task="retrieval.query")
+    # The query instruction where the model has one (jina-clip-v1 has none).
+    task = "retrieval.query" if "retrieval.query" in model.config.task_instructions else None
+    text_emb = model.encode_text(texts, task=task)
     image_emb = model.encode_image(images)
     report: dict[str, float] = {}
 
@@ -461,7 +464,7 @@ def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = No
         if getattr(reference, "_processor", None) is None:
             reference.processor = model.processor
         reference = reference.float().eval()
-        compare("automodel_vs_reference_text", text_emb, reference.encode_text(texts, task="retrieval.query"))
+        compare("automodel_vs_reference_text", text_emb, reference.encode_text(texts, task=task))
         compare("automodel_vs_reference_image", image_emb, reference.encode_image(images))
     try:
         from sentence_transformers import SentenceTransformer
@@ -469,7 +472,7 @@ def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = No
         logger.warning("sentence-transformers is not installed: Sentence-Transformers loading not checked")
         return report
     st = SentenceTransformer(folder, trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.float32})
-    compare("sentence_transformers_text", st.encode(texts, prompt_name="retrieval.query"), text_emb)
+    compare("sentence_transformers_text", st.encode(texts, prompt_name=task), text_emb)
     compare("sentence_transformers_image", st.encode(images), image_emb)
     mixed = st.encode([texts[1], images[0], texts[2], images[1]])
     compare("sentence_transformers_mixed", mixed, np.stack([model.encode_text(texts[1]), image_emb[0], model.encode_text(texts[2]), image_emb[1]]))

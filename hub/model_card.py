@@ -112,6 +112,54 @@ CITATION = """\
 }"""
 
 
+# jina-clip-v1 (Koukounas et al., 2024, arXiv 2405.20204): English, 768-d, no Matryoshka, no instruction,
+# Apache-2.0 weights. The card of a v1 folder (config.version == "v1") says so instead of the v2 texts.
+V1_RELEASE_REPO = "jinaai/jina-clip-v1"
+V1_LICENSE = "apache-2.0"
+V1_TAGS = [tag for tag in TAGS if tag not in ("xlm-roberta", "multilingual", "matryoshka")] + ["jina-bert"]
+V1_CITATION = """\
+@misc{koukounas2024jinaclip,
+  title         = {Jina CLIP: Your CLIP Model Is Also Your Text Retriever},
+  author        = {Andreas Koukounas and Georgios Mastrapas and Michael G{\\"u}nther and Bo Wang and
+                   Scott Martens and Isabelle Mohr and Saba Sturua and Mohammad Kalim Akram and
+                   Joan Fontanals Mart{\\'i}nez and Saahil Ognawala and Susana Guzman and Maximilian Werk and
+                   Nan Wang and Han Xiao},
+  year          = {2024},
+  eprint        = {2405.20204},
+  archivePrefix = {arXiv},
+  url           = {https://arxiv.org/abs/2405.20204},
+}"""
+
+
+def _usage_v1(repo: str) -> str:
+    return f"""\
+### Transformers
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
+
+texts = ["a dog playing in the snow", "A golden retriever runs through fresh snow."]
+images = ["dog.jpg", "https://example.com/cat.png"]  # paths, URLs, data URIs or PIL images
+
+# No instructions and no truncation: jina-clip-v1 embeds queries and documents alike, at full width.
+text_embeddings = model.encode_text(texts)
+image_embeddings = model.encode_image(images)
+print(text_embeddings @ image_embeddings.T)  # L2-normalised: cosine similarities
+```
+
+### Sentence-Transformers
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{repo}", trust_remote_code=True)
+embeddings = model.encode(["a dog playing in the snow", "dog.jpg"])  # texts and images in one list
+print(model.similarity(embeddings, embeddings))  # cosine
+```"""
+
+
 class ModelCardError(ValueError):
     """An evaluation / training summary file or a model card that does not follow the expected format."""
 
@@ -343,7 +391,8 @@ def build_model_card(
         base_model = training.get("base_model")
     if datasets is None and training is not None:
         datasets = training.get("datasets")
-    name = model_name or (repo_id.split("/")[-1] if repo_id else "jina-clip-v2")
+    v1 = getattr(config, "version", "v2") == "v1"
+    name = model_name or (repo_id.split("/")[-1] if repo_id else "jina-clip-v1" if v1 else "jina-clip-v2")
     repo = repo_id or "path/to/exported-folder"
     text, vision = config.text_config, config.vision_config
     dims = list(config.matryoshka_dimensions)
@@ -356,8 +405,8 @@ def build_model_card(
         model_name=name,
         library_name=LIBRARY_NAME,
         pipeline_tag=PIPELINE_TAG,
-        tags=list(TAGS),
-        language=list(LANGUAGES),
+        tags=list(V1_TAGS if v1 else TAGS),
+        language=["en"] if v1 else list(LANGUAGES),
         license=license,
         base_model=base_model,
         datasets=list(datasets) if datasets else None,
@@ -372,26 +421,40 @@ def build_model_card(
             f"{_count(num_parameters.get('text', 0))}, vision tower {_count(num_parameters.get('vision', 0))})"
             + (f", stored in {dtype}." if dtype else ".")
         )
+    if v1:
+        intro = (
+            "An English multimodal embedding model in the architecture of jina-clip-v1 "
+            "([paper](https://arxiv.org/abs/2405.20204))"
+        )
+        text_tower = "JinaBERT (BERT geometry with ALiBi attention biases and a gated GELU MLP, `modeling_jina_bert.py`)"
+        matryoshka = f"- **Matryoshka**: not trained for truncation: use the full {config.projection_dim} dimensions.\n"
+    else:
+        intro = (
+            "A multilingual, multimodal embedding model in the architecture of jina-clip-v2 "
+            "([paper](https://arxiv.org/abs/2412.08802))"
+        )
+        text_tower = (
+            "XLM-RoBERTa geometry with rotary position embeddings (jina-embeddings-v3 backbone, "
+            "transformers' `JinaEmbeddingsV3Model`)"
+        )
+        matryoshka = f"- **Matryoshka**: embeddings can be truncated to {dims} dimensions (truncate, then normalise).\n"
     sections = [
         f"# {name}",
-        f"A multilingual, multimodal embedding model in the architecture of jina-clip-v2 "
-        f"([paper](https://arxiv.org/abs/2412.08802)): texts and images are embedded into one "
-        f"{config.projection_dim}-dimensional space, for text-to-image, image-to-text and text-to-text "
-        f"retrieval.{params}",
-        "- **Text tower**: XLM-RoBERTa geometry with rotary position embeddings (jina-embeddings-v3 backbone, "
-        f"transformers' `JinaEmbeddingsV3Model`): {text.num_hidden_layers} layers, width {text.hidden_size}, "
+        f"{intro}: texts and images are embedded into one {config.projection_dim}-dimensional space, for "
+        f"text-to-image, image-to-text and text-to-text retrieval.{params}",
+        f"- **Text tower**: {text_tower}: {text.num_hidden_layers} layers, width {text.hidden_size}, "
         f"{text.num_attention_heads} heads, vocabulary {text.vocab_size}; mean pooling; up to "
         f"{config.max_text_length} tokens per text by default.\n"
         f"- **Vision tower**: EVA02 ViT: {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
         f"patch {vision.patch_size}, {vision.image_size}x{vision.image_size} px input, 2D RoPE, SwiGLU; CLS pooling.\n"
-        f"- **Matryoshka**: embeddings can be truncated to {dims} dimensions (truncate, then normalise).\n"
-        "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, "
-        "`processing_jina_clip.py`, `custom_st.py`), safetensors weights, tokenizer and processor, "
-        "Sentence-Transformers configuration.",
+        + matryoshka
+        + "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, "
+        "`configuration_jina_bert.py`, `modeling_jina_bert.py`, `processing_jina_clip.py`, `custom_st.py`), "
+        "safetensors weights, tokenizer and processor, Sentence-Transformers configuration.",
     ]
     if source:
         sections.append(source)
-    sections += ["## Usage", _usage(repo, dims, instruction)]
+    sections += ["## Usage", _usage_v1(repo) if v1 else _usage(repo, dims, instruction)]
     if results_table is not None:
         model_note = f" of `{evaluation['model']}`" if evaluation.get("model") else ""
         sections += [
@@ -403,15 +466,15 @@ def build_model_card(
     if training is not None:
         sections += [
             "## Training",
-            "Trained in stages as in the jina-clip-v2 paper (section 3), each stage starting from the previous one:",
+            f"Trained in stages as in the jina-clip-{'v1' if v1 else 'v2'} paper, each stage starting from the previous one:",
             training_summary_to_table(training),
         ]
     sections += [
         "## License",
         f"The weights are released under `{license}`"
-        + (" (as the original jinaai/jina-clip-v2 weights)." if license == DEFAULT_LICENSE else "."),
+        + (" (as the original jinaai/jina-clip-v2 weights)." if license == DEFAULT_LICENSE and not v1 else "."),
         "## Citation",
-        f"```bibtex\n{CITATION}\n```",
+        f"```bibtex\n{V1_CITATION if v1 else CITATION}\n```",
     ]
     body = "\n\n".join(sections) + "\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
@@ -462,6 +525,8 @@ def validate_model_card(card: ModelCard | str | os.PathLike) -> ModelCardData:
 
 __all__ = [
     "DEFAULT_LICENSE",
+    "V1_LICENSE",
+    "V1_RELEASE_REPO",
     "ModelCardError",
     "build_model_card",
     "eval_results_to_card",

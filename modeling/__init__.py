@@ -1,7 +1,10 @@
-"""jina-clip-v2 model code. The two `*_jina_clip.py` files are also the Hub remote code copied into every
-exported folder; this package wrapper only registers them for auto-class use and `save_pretrained`."""
+"""jina-clip-v2 (and jina-clip-v1) model code. The `*_jina_clip.py` and `*_jina_bert.py` files are also the
+Hub remote code copied into every exported folder; this package wrapper only registers them for auto-class
+use and `save_pretrained`."""
 
+from .configuration_jina_bert import JinaBertConfig
 from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig, release_config_to_kwargs
+from .modeling_jina_bert import JinaBertModel
 from .modeling_jina_clip import JinaCLIPModel, JinaCLIPOutput, JinaCLIPPreTrainedModel, JinaCLIPVisionModel
 from .processing_jina_clip import ImageLoadError, JinaCLIPImageProcessor, load_image
 
@@ -15,6 +18,8 @@ JinaCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "ImageLoadError",
+    "JinaBertConfig",
+    "JinaBertModel",
     "JinaCLIPConfig",
     "JinaCLIPImageProcessor",
     "JinaCLIPVisionConfig",

@@ -1,6 +1,6 @@
-"""Convert the original jinaai/jina-clip-v2 checkpoint into this package's layout.
+"""Convert the original jinaai/jina-clip-v2 (or jina-clip-v1) checkpoint into this package's layout.
 
-The release (jinaai/jina-clip-implementation + jinaai/xlm-roberta-flash-implementation) stores its text
+jina-clip-v2 (jinaai/jina-clip-implementation + jinaai/xlm-roberta-flash-implementation) stores its text
 tower as `text_model.transformer.roberta.*` with a LoRA parametrization on every `nn.Linear` and
 `nn.Embedding` and a fused `mixer.Wqkv`. This package's text tower is transformers' own
 `JinaEmbeddingsV3Model`, so the converter
@@ -14,6 +14,13 @@ tower as `text_model.transformer.roberta.*` with a LoRA parametrization on every
   norm1 -> post_attention_layernorm, norm2 -> post_mlp_layernorm (as transformers' own
   jina_embeddings_v3 conversion mapping); mlp.fc1 / mlp.fc2 keep their names;
 - keeps `vision_model.*` (the vision tower uses the release's names) and `logit_scale` as they are.
+
+jina-clip-v1 (jinaai/jina-clip-implementation + jinaai/jina-bert-flash-implementation) stores its JinaBERT
+text tower as `text_model.transformer.*` without LoRA (docs/jina-clip-v1-release.md, section 2): the
+converter splits `mixer.Wqkv` into q/k/v and `mlp.gated_layers` (rows [gate; up]) into `mlp.gate_proj` /
+`mlp.up_proj`, and renames emb_ln -> embeddings.LayerNorm, encoder.layers -> layers, mixer.out_proj ->
+self_attn.o_proj, norm1 / norm2 -> post_attention_layernorm / post_mlp_layernorm, mlp.wo -> mlp.down_proj.
+Which release a snapshot is comes from its config.json (`text_config.hf_model_name_or_path`).
 
 It is strict: the rules are derived from `JinaCLIPModel(config)` built on the meta device, every release
 key must be consumed (only known non-persistent buffers are dropped) and every parameter filled with the
@@ -36,10 +43,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .configuration_jina_clip import JinaCLIPConfig, release_config_to_kwargs
+from .configuration_jina_clip import JinaCLIPConfig, release_config_to_kwargs, release_version
 from .modeling_jina_clip import JinaCLIPModel
 
-RELEASE_TEXT_PREFIX = "text_model.transformer.roberta."
+RELEASE_TEXT_PREFIX = "text_model.transformer.roberta."  # jina-clip-v2
+RELEASE_V1_TEXT_PREFIX = "text_model.transformer."  # jina-clip-v1
 TEXT_PREFIX = "text_model."
 
 # What `text_config.hf_model_config_kwargs` does not override comes from jinaai/jina-embeddings-v3's own
@@ -78,24 +86,37 @@ KNOWN_RELEASE_BUFFERS = re.compile(
     r"|embeddings\.(?:position_ids|token_type_ids)"
     r")"
     r"|vision_model\.(?:blocks\.\d+\.attn\.)?rope\.(?:freqs_cos|freqs_sin)"
+    # jina-clip-v1: the ALiBi tables of jina-bert-flash-implementation (mixer / inner attention buffers).
+    r"|text_model\.transformer\.encoder\.layers\.\d+\.mixer\.(?:inner_attn\.)?(?:linear_biases|alibi_slopes)"
 )
 
-# Our text module (relative to text_model.) -> release module (relative to text_model.transformer.roberta.)
-# and, for the fused QKV projection, the slot of the fused rows it takes.
-_TEXT_MODULE_RULES: tuple[tuple[re.Pattern, str, int | None], ...] = tuple(
-    (re.compile(pattern), template, slot)
-    for pattern, template, slot in (
-        (r"embeddings\.(word_embeddings|token_type_embeddings)", r"embeddings.\1", None),
-        (r"embeddings\.LayerNorm", "emb_ln", None),
-        (r"layers\.(\d+)\.self_attn\.q_proj", r"encoder.layers.\1.mixer.Wqkv", 0),
-        (r"layers\.(\d+)\.self_attn\.k_proj", r"encoder.layers.\1.mixer.Wqkv", 1),
-        (r"layers\.(\d+)\.self_attn\.v_proj", r"encoder.layers.\1.mixer.Wqkv", 2),
-        (r"layers\.(\d+)\.self_attn\.o_proj", r"encoder.layers.\1.mixer.out_proj", None),
-        (r"layers\.(\d+)\.post_attention_layernorm", r"encoder.layers.\1.norm1", None),
-        (r"layers\.(\d+)\.post_mlp_layernorm", r"encoder.layers.\1.norm2", None),
-        (r"layers\.(\d+)\.mlp\.(fc1|fc2)", r"encoder.layers.\1.mlp.\2", None),
-    )
+# Our text module (relative to text_model.) -> release module (relative to the release's text prefix)
+# and, for fused projections (QKV; v1's gate + up), the slot of the fused rows it takes.
+_SHARED_TEXT_RULES = (
+    (r"embeddings\.(word_embeddings|token_type_embeddings)", r"embeddings.\1", None),
+    (r"embeddings\.LayerNorm", "emb_ln", None),
+    (r"layers\.(\d+)\.self_attn\.q_proj", r"encoder.layers.\1.mixer.Wqkv", 0),
+    (r"layers\.(\d+)\.self_attn\.k_proj", r"encoder.layers.\1.mixer.Wqkv", 1),
+    (r"layers\.(\d+)\.self_attn\.v_proj", r"encoder.layers.\1.mixer.Wqkv", 2),
+    (r"layers\.(\d+)\.self_attn\.o_proj", r"encoder.layers.\1.mixer.out_proj", None),
+    (r"layers\.(\d+)\.post_attention_layernorm", r"encoder.layers.\1.norm1", None),
+    (r"layers\.(\d+)\.post_mlp_layernorm", r"encoder.layers.\1.norm2", None),
 )
+_TEXT_MODULE_RULES: dict[str, tuple[tuple[re.Pattern, str, int | None], ...]] = {
+    version: tuple((re.compile(pattern), template, slot) for pattern, template, slot in _SHARED_TEXT_RULES + extra)
+    for version, extra in (
+        ("v2", ((r"layers\.(\d+)\.mlp\.(fc1|fc2)", r"encoder.layers.\1.mlp.\2", None),)),
+        (
+            "v1",
+            (
+                (r"layers\.(\d+)\.mlp\.gate_proj", r"encoder.layers.\1.mlp.gated_layers", 0),
+                (r"layers\.(\d+)\.mlp\.up_proj", r"encoder.layers.\1.mlp.gated_layers", 1),
+                (r"layers\.(\d+)\.mlp\.down_proj", r"encoder.layers.\1.mlp.wo", None),
+            ),
+        ),
+    )
+}
+_RELEASE_TEXT_PREFIXES = {"v1": RELEASE_V1_TEXT_PREFIX, "v2": RELEASE_TEXT_PREFIX}
 
 _ORIGINAL = ".parametrizations.weight.original"
 _LORA_A = ".parametrizations.weight.0.lora_A"
@@ -138,8 +159,8 @@ class _Rule:
     target_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
-def _release_text_module(name: str) -> tuple[str, int | None] | None:
-    for pattern, template, slot in _TEXT_MODULE_RULES:
+def _release_text_module(name: str, version: str) -> tuple[str, int | None] | None:
+    for pattern, template, slot in _TEXT_MODULE_RULES[version]:
         match = pattern.fullmatch(name)
         if match:
             return match.expand(template), slot
@@ -169,19 +190,41 @@ def _meta_model(config: JinaCLIPConfig) -> JinaCLIPModel:
         return JinaCLIPModel(config)
 
 
+def _lora_rule(base: str, fused: tuple[int, ...], is_embedding: bool, lora_rank: int, weights, shapes) -> _Rule:
+    """A LoRA-parametrized release weight (original + lora_A + lora_B), merged into `weights`."""
+    if is_embedding:
+        num, dim = fused
+        lora_shapes = {"lora_A": (None, num, lora_rank), "lora_B": (None, lora_rank, dim)}
+    else:
+        out, inp = fused
+        lora_shapes = {"lora_A": (None, lora_rank, inp), "lora_B": (None, out, lora_rank)}
+    return _Rule(
+        "embedding" if is_embedding else "linear",
+        {"original": base + _ORIGINAL, "lora_A": base + _LORA_A, "lora_B": base + _LORA_B},
+        {"original": fused, **lora_shapes},
+        weights,
+        shapes,
+    )
+
+
 def _build_plan(model: nn.Module, lora_rank: int) -> tuple[list[_Rule], list[str]]:
-    """Rules covering every entry of `model.state_dict()`; the second list names entries no rule covers."""
+    """Rules covering every entry of `model.state_dict()`; the second list names entries no rule covers.
+    jina-clip-v2's text weights are LoRA-parametrized (merged); jina-clip-v1's are plain tensors."""
+    version = model.config.version
+    lora = version == "v2"
+    prefix = _RELEASE_TEXT_PREFIXES[version]
     target_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     rules: list[_Rule] = []
     covered: set[str] = set()
     text = model.text_model
-    # Parametrized (LoRA) weights grouped by release module; the fused Wqkv collects q, k and v.
+    # Linear / Embedding weights grouped by release module; a fused tensor (Wqkv, v1's gated_layers)
+    # collects its parts in slot order.
     groups: dict[str, list[tuple[int, str, nn.Module]]] = {}
     for module_name, module in text.named_modules():
         own = dict(module.named_parameters(recurse=False))
         if not own:
             continue
-        mapped = _release_text_module(module_name)
+        mapped = _release_text_module(module_name, version)
         if mapped is None or not isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
             continue  # left uncovered: reported as a parameter without a conversion rule
         release_module, slot = mapped
@@ -190,7 +233,7 @@ def _build_plan(model: nn.Module, lora_rank: int) -> tuple[list[_Rule], list[str
         else:  # LayerNorm: plain copies
             for param_name in own:
                 target = f"{TEXT_PREFIX}{module_name}.{param_name}"
-                source = f"{RELEASE_TEXT_PREFIX}{release_module}.{param_name}"
+                source = f"{prefix}{release_module}.{param_name}"
                 rules.append(_Rule("copy", {"tensor": source}, {"tensor": target_shapes[target]}, [target]))
                 covered.add(target)
 
@@ -207,22 +250,12 @@ def _build_plan(model: nn.Module, lora_rank: int) -> tuple[list[_Rule], list[str
         if len({shape[1:] for shape in shapes}) != 1:
             continue
         fused = (sum(shape[0] for shape in shapes), *shapes[0][1:])
-        base = RELEASE_TEXT_PREFIX + release_module
-        if is_embedding:
-            num, dim = fused
-            lora_shapes = {"lora_A": (None, num, lora_rank), "lora_B": (None, lora_rank, dim)}
+        base = prefix + release_module
+        if lora:
+            rules.append(_lora_rule(base, fused, is_embedding, lora_rank, weights, shapes))
         else:
-            out, inp = fused
-            lora_shapes = {"lora_A": (None, lora_rank, inp), "lora_B": (None, out, lora_rank)}
-        rules.append(
-            _Rule(
-                "embedding" if is_embedding else "linear",
-                {"original": base + _ORIGINAL, "lora_A": base + _LORA_A, "lora_B": base + _LORA_B},
-                {"original": fused, **lora_shapes},
-                weights,
-                shapes,
-            )
-        )
+            kind = "copy" if len(members) == 1 else "split"
+            rules.append(_Rule(kind, {"tensor": base + ".weight"}, {"tensor": fused}, weights, shapes))
         covered.update(weights)
         biases = [
             f"{TEXT_PREFIX}{name}.bias" for _, name, module in members if getattr(module, "bias", None) is not None
@@ -293,7 +326,8 @@ def _raise_report(unexpected: list[str], missing: list[str], mismatched: list[st
     lines += _section("shape mismatches (checkpoint vs expected)", mismatched)
     lines.append(
         "Check that config.json belongs to these weights (text backbone sizes come from "
-        "text_config.hf_model_config_kwargs, else jina-embeddings-v3's defaults)."
+        "text_config.hf_model_config_kwargs, else the backbone's defaults: jina-embeddings-v3 for "
+        "jina-clip-v2, jina-bert-flash-implementation for jina-clip-v1)."
     )
     raise ReleaseCheckpointError("\n".join(lines), unexpected, missing, mismatched)
 
@@ -310,13 +344,14 @@ def convert_release_state_dict(
     """Map a release state dict onto `JinaCLIPModel(config).state_dict()` keys (see the module docstring).
 
     Args:
-        release_state_dict: the release's tensors (`text_model.transformer.roberta.*`, `vision_model.*`,
-            `logit_scale`).
+        release_state_dict: the release's tensors (v2: `text_model.transformer.roberta.*`, v1:
+            `text_model.transformer.*`; `vision_model.*`, `logit_scale`).
         config: the target config (e.g. from `config_from_release`); shapes are checked against it.
         lora_alpha, lora_rank: from the release's `text_config.hf_model_config_kwargs` (release: 4 and 4,
             scaling 1.0). `lora_rank` must equal the rank dimension of every lora_A / lora_B.
         adapter_index: which LoRA adapter to merge: the position of `default_lora_task`
-            ("retrieval.query") in `lora_adaptations` (0 in the release).
+            ("retrieval.query") in `lora_adaptations` (0 in the release). The LoRA arguments are unused for
+            jina-clip-v1 (`config.version == "v1"`), whose text tower has no adapters.
         dtype: dtype of the returned tensors; None keeps each tensor's checkpoint dtype. Merges always run
             in float32 (at least) and are cast once at the end.
 
@@ -391,21 +426,35 @@ def convert_release_state_dict(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _release_version(release: Mapping) -> str:
+    try:
+        return release_version(dict(release))
+    except ValueError as err:
+        raise ReleaseCheckpointError(f"unsupported release config: {err}") from err
+
+
 def _is_release_config(release: Mapping) -> bool:
     text = release.get("text_config") or {}
     return isinstance(text, Mapping) and ("hf_model_config_kwargs" in text or "hf_model_name_or_path" in text)
 
 
-def config_from_release(release: Mapping) -> JinaCLIPConfig:
-    """Our `JinaCLIPConfig` for a release `config.json` (as a dict).
+# jina-bert-flash-implementation options whose non-default values change the math (v1 release reference,
+# section 1.2): only the plain GLU encoder with full attention over every token is implemented.
+_V1_BACKBONE_DEFAULTS = {"mlp_type": "glu", "use_qk_norm": False, "window_size": [-1, -1], "last_layer_subset": False}
 
-    The release takes its text backbone sizes from jinaai/jina-embeddings-v3's config updated with
-    `text_config.hf_model_config_kwargs`; the v3 values are `JinaEmbeddingsV3Config`'s defaults, and any
-    backbone key present in those kwargs overrides them here too."""
+
+def config_from_release(release: Mapping) -> JinaCLIPConfig:
+    """Our `JinaCLIPConfig` for a release `config.json` (as a dict), jina-clip-v2's or jina-clip-v1's.
+
+    The release takes its text backbone sizes from the backbone's own config (v2: jinaai/jina-embeddings-v3,
+    v1: jinaai/jina-bert-flash-implementation) updated with `text_config.hf_model_config_kwargs`; the
+    backbone values are `JinaEmbeddingsV3Config`'s / `JinaBertConfig`'s defaults, and any backbone key
+    present in those kwargs overrides them here too."""
     if not _is_release_config(release):
         raise ReleaseCheckpointError(
-            "not a config.json of the original jinaai/jina-clip-v2 release (no text_config.hf_model_config_kwargs / "
-            "hf_model_name_or_path); an already converted folder loads with JinaCLIPModel.from_pretrained"
+            "not a config.json of the original jinaai/jina-clip-v1 / jina-clip-v2 release (no "
+            "text_config.hf_model_config_kwargs / hf_model_name_or_path); an already converted folder loads "
+            "with JinaCLIPModel.from_pretrained"
         )
     try:
         kwargs = release_config_to_kwargs(dict(release))
@@ -419,11 +468,19 @@ def config_from_release(release: Mapping) -> JinaCLIPConfig:
             f"release text backbone hidden_size ({backbone_width}) differs from text_config.embed_dim "
             f"({text['hidden_size']}): the release would add a text projection, which this package does not have"
         )
-    embedding_type = hf_kwargs.get("position_embedding_type", "rotary")
-    if embedding_type != "rotary":
-        raise ReleaseCheckpointError(
-            f"release text backbone uses position_embedding_type={embedding_type!r}; only 'rotary' is supported"
-        )
+    if kwargs["text_config"].get("model_type") == "jina_bert":
+        for key, default in _V1_BACKBONE_DEFAULTS.items():
+            value = hf_kwargs.get(key, default)
+            if (list(value) if isinstance(value, (list, tuple)) else value) != default:
+                raise ReleaseCheckpointError(
+                    f"release text backbone has {key}={value!r}; only {key}={default!r} (jina-clip-v1's) is supported"
+                )
+    else:
+        embedding_type = hf_kwargs.get("position_embedding_type", "rotary")
+        if embedding_type != "rotary":
+            raise ReleaseCheckpointError(
+                f"release text backbone uses position_embedding_type={embedding_type!r}; only 'rotary' is supported"
+            )
     for key in _BACKBONE_KEYS:
         if key in hf_kwargs and key not in text:
             text[key] = hf_kwargs[key]
@@ -436,7 +493,9 @@ def config_from_release(release: Mapping) -> JinaCLIPConfig:
 
 def release_lora_settings(release: Mapping) -> dict:
     """`lora_alpha`, `lora_rank` and `adapter_index` (of `default_lora_task`) of a release config.json,
-    as keyword arguments for `convert_release_state_dict`."""
+    as keyword arguments for `convert_release_state_dict`; empty for jina-clip-v1, which has no LoRA."""
+    if _release_version(release) == "v1":
+        return {}
     text = release.get("text_config") or {}
     hf_kwargs = {**V3_LORA_DEFAULTS, **(text.get("hf_model_config_kwargs") or {})}
     task = text.get("default_lora_task")
@@ -527,7 +586,7 @@ def load_release_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
 def _read_release_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder} (a snapshot of jinaai/jina-clip-v2 is expected)")
+        raise FileNotFoundError(f"no config.json in {folder} (a snapshot of jinaai/jina-clip-v1 or jina-clip-v2 is expected)")
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 

@@ -1,8 +1,10 @@
 """jina-clip-v2 (Koukounas et al., 2024): a multilingual text tower and an EVA02 vision tower embedding
-into one 1024-d space, with Matryoshka truncation.
+into one 1024-d space, with Matryoshka truncation; and its predecessor jina-clip-v1 (English JinaBERT text
+tower, EVA02-B/16 at 224 px, 768-d), served by the same class (the config's text tower type decides).
 
-- Text tower: transformers' own `JinaEmbeddingsV3Model` (XLM-R geometry, RoPE base 20000, post-LN), with
-  masked mean pooling over every non-pad token (special tokens included) and no projection, as released.
+- Text tower: v2: transformers' own `JinaEmbeddingsV3Model` (XLM-R geometry, RoPE base 20000, post-LN);
+  v1: `JinaBertModel` (modeling_jina_bert.py: ALiBi, gated MLP, post-LN). Both with masked mean pooling
+  over every non-pad token (special tokens included) and no projection, as released.
 - Vision tower: EVA02-L/14 (Fang et al., 2023) written here with the release's parameter names:
   2D RoPE on patch tokens, q/v biases only, sub-LN inside attention and SwiGLU, CLS output.
 - One `attn_implementation` (eager / sdpa / flash_attention_2) drives both towers through the
@@ -28,7 +30,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
+from .configuration_jina_bert import JinaBertConfig
 from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig
+from .modeling_jina_bert import JinaBertModel
 
 logger = logging.get_logger(__name__)
 
@@ -249,7 +253,7 @@ class JinaCLIPPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
-    _no_split_modules = ["JinaCLIPVisionBlock", "JinaEmbeddingsV3Layer"]
+    _no_split_modules = ["JinaCLIPVisionBlock", "JinaEmbeddingsV3Layer", "JinaBertLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
         # Called by transformers only for parameters a checkpoint did not fill (torch.nn.init is guarded).
@@ -365,8 +369,16 @@ def _as_list(inputs, kind: str) -> tuple[list, bool]:
 # ----------------------------------------------------------------------------------------------------
 
 
+def build_text_model(config) -> PreTrainedModel:
+    """The text tower for `config.text_config`'s type: jina-clip-v1's JinaBERT or jina-clip-v2's
+    jina-embeddings-v3 backbone (transformers' own class, without its pooler, as the release)."""
+    if config.text_config.model_type == JinaBertConfig.model_type:
+        return JinaBertModel(config.text_config)
+    return JinaEmbeddingsV3Model(config.text_config, add_pooling_layer=False)
+
+
 class JinaCLIPModel(JinaCLIPPreTrainedModel):
-    """jina-clip-v2 dual encoder.
+    """jina-clip-v2 (or jina-clip-v1) dual encoder.
 
     `get_text_features` / `get_image_features` return raw (un-normalised) embeddings in `pooler_output`;
     `encode_text` / `encode_image` take raw inputs (strings, images) and return truncated, normalised
@@ -377,9 +389,9 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
 
     def __init__(self, config: JinaCLIPConfig):
         super().__init__(config)
-        self.text_model = JinaEmbeddingsV3Model(config.text_config, add_pooling_layer=False)
+        self.text_model = build_text_model(config)
         self.vision_model = JinaCLIPVisionModel(config.vision_config)
-        # The release has no projection layers (add_projections=false): both towers are 1024-d already.
+        # The releases have no projection layers (add_projections=false): both towers are 1024-d (v1: 768-d).
         self.text_projection = nn.Identity()
         self.visual_projection = nn.Identity()
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
@@ -454,8 +466,8 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         """Text embeddings: masked mean of the last hidden states over every non-pad token (<s> and </s>
         included), no projection. `pooler_output` holds the raw (un-normalised) embedding.
 
-        `unpadded` packs the batch's real tokens into one row (RoPE positions restart per text, attention stays
-        inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
+        `unpadded` packs the batch's real tokens into one row (positions restart per text, so RoPE (v2) and
+        ALiBi distances (v1) are each text's own; attention stays inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
         FlashAttention backend, whose variable-length kernels make it free; eager/sdpa then need a (T, T)
         block mask, correct but only worth it for very uneven batches.
         """
@@ -592,6 +604,12 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         if truncate_dim is None:
             return None
         dims = self.config.matryoshka_dimensions
+        if not dims:
+            raise ValueError(
+                f"truncate_dim={truncate_dim!r}: this model was not trained with Matryoshka representation learning "
+                f"(jina-clip-v1; config.matryoshka_dimensions is empty), so truncated embeddings would not be "
+                f"meaningful; use the full {self.config.projection_dim}-d embeddings (truncate_dim=None)"
+            )
         # Only the trained Matryoshka prefixes; bool and float are refused although True == 1 and 8.0 == 8
         # (a float cannot slice, and True is a mistake, not a width).
         if (
@@ -645,7 +663,8 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         """Embed texts. Returns a (n, dim) float32 array by default (a vector for a single string).
 
         Args:
-            task: "retrieval.query" prepends the release's query instruction; None adds nothing.
+            task: "retrieval.query" prepends the release's query instruction; None adds nothing. (jina-clip-v1
+                has no instructions: any task is an error there.)
             truncate_dim: keep the first k dims (one of `config.matryoshka_dimensions`), then L2-normalise.
             max_length: tokens per text (default `config.max_text_length`, 512 as in the release).
             max_tokens_per_batch: token budget per batch (texts x longest text) instead of a fixed number of
@@ -657,6 +676,11 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 raise TypeError(f"texts must be strings; item {index} is {type(text).__name__}")
         truncate_dim = self._check_truncate_dim(truncate_dim)
         if task is not None:
+            if not self.config.task_instructions:
+                raise ValueError(
+                    f"task={task!r}: this model has no task instructions (jina-clip-v1 embeds queries and documents "
+                    "alike); call encode_text without task"
+                )
             if task not in self.config.task_instructions:
                 raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.config.task_instructions)}")
             texts = [self.config.task_instructions[task] + text for text in texts]
@@ -762,4 +786,11 @@ def _set_processor_image_size(processor, image_size: int) -> None:
     image_processor.crop_size = {"height": image_size, "width": image_size}
 
 
-__all__ = ["JinaCLIPModel", "JinaCLIPVisionModel", "JinaCLIPPreTrainedModel", "JinaCLIPOutput"]
+__all__ = [
+    "JinaBertModel",
+    "JinaCLIPModel",
+    "JinaCLIPVisionModel",
+    "JinaCLIPPreTrainedModel",
+    "JinaCLIPOutput",
+    "build_text_model",
+]

@@ -193,6 +193,7 @@ def test_export_writes_a_complete_hub_folder(exported):
     files = {str(p) for p in folder_files(exported)}
     expected = {
         "README.md", "config.json", "configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py",
+        "configuration_jina_bert.py", "modeling_jina_bert.py",  # jina-clip-v1's text tower: imported by both
         "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
         "custom_st.py", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
         "1_Normalize/config.json",
@@ -204,7 +205,8 @@ def test_export_writes_a_complete_hub_folder(exported):
         "AutoModel": "modeling_jina_clip.JinaCLIPModel",
     }
     assert config["architectures"] == ["JinaCLIPModel"]
-    for name in ("configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py"):
+    for name in ("configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py",
+                 "configuration_jina_bert.py", "modeling_jina_bert.py"):
         assert (exported / name).read_bytes() == (ROOT / "modeling" / name).read_bytes()
     assert (exported / "custom_st.py").read_bytes() == (ROOT / "hub" / "custom_st.py").read_bytes()
     processor = json.loads((exported / "processor_config.json").read_text())

@@ -81,7 +81,8 @@ TEXT_KINDS = ("text_pairs", "text_triplets")
 IMAGE_TEXT_KINDS = ("image_text_short", "image_text_long")
 # Default LoRA targets: every linear layer of the blocks.
 DEFAULT_LORA_TARGETS = {
-    "text": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"],
+    # fc1 / fc2: jina-clip-v2's MLP; gate_proj / up_proj / down_proj: jina-clip-v1's gated MLP (JinaBERT).
+    "text": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "gate_proj", "up_proj", "down_proj"],
     "vision": ["q_proj", "k_proj", "v_proj", "attn.proj", "w1", "w2", "w3"],
 }
 # Dense bf16 peak of one accelerator, for the MFU estimate (TFLOP/s); override with train.peak_tflops.
@@ -689,7 +690,11 @@ def initial_temperatures(cfg: StageConfig, model: nn.Module) -> dict[str, float]
     }
 
 
-def matryoshka_dims(section: LossSection, width: int) -> list[int]:
+def matryoshka_dims(section: LossSection, width: int, trained: list | None = None) -> list[int]:
+    """The widths the loss is summed over: the config's, else the paper's (64 ... width), or only the full
+    width for a model whose config says it is not trained for truncation (`trained == []`, jina-clip-v1)."""
+    if section.matryoshka_dims is None and trained is not None and not trained:
+        return [width]
     if section.matryoshka_dims is not None:
         dims = [int(d) for d in section.matryoshka_dims]
         bad = [d for d in dims if d > width or d < 1]
@@ -890,7 +895,7 @@ class Stage:
         self.model, self.processor = build_model(cfg.model, cfg.train.seed)
         self.peft_towers = apply_peft(self.model, cfg.peft) if cfg.peft is not None else []
         self.temperatures = Temperatures(cfg.loss, initial_temperatures(cfg, self.model))
-        self.dims = matryoshka_dims(cfg.loss, self.model.config.projection_dim)
+        self.dims = matryoshka_dims(cfg.loss, self.model.config.projection_dim, self.model.config.matryoshka_dimensions)
         self.start_image_size = self.model.config.vision_config.image_size
         # A resumed run past the resolution switch continues at the new size: set it before the
         # optimiser and the wrappers see the parameters, so the checkpoint's shapes fit.
