@@ -24,6 +24,7 @@ from _tiny import ROOT, build_tokenizer, tiny_model
 
 from jina_clip_v2.training import checkpoint as ckpt
 from jina_clip_v2.training import stage as S
+from jina_clip_v2.training.images import augment_views
 from jina_clip_v2.training.optim import build_optimizer, build_scheduler, classify_parameter
 
 TINY = ROOT / "training" / "configs" / "tiny.yaml"
@@ -323,14 +324,14 @@ def test_unified_batch_runs_and_learns(assets, tmp_path):
 def test_augment_views_shapes_and_randomness():
     torch.manual_seed(0)
     pixels = torch.randn(4, 3, 28, 28)
-    a = S.augment_views(pixels)
-    b = S.augment_views(pixels)
+    a = augment_views(pixels)
+    b = augment_views(pixels)
     assert a.shape == pixels.shape and torch.isfinite(a).all()
     assert not torch.allclose(a, b)
     torch.manual_seed(1)
-    c = S.augment_views(pixels)
+    c = augment_views(pixels)
     torch.manual_seed(1)
-    assert torch.equal(c, S.augment_views(pixels))  # drawn from the global generator: checkpointable
+    assert torch.equal(c, augment_views(pixels))  # drawn from the global generator: checkpointable
 
 
 def test_peft_lora_merges_into_plain_weights(assets, tmp_path):

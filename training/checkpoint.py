@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from jina_clip_v2._io import atomic_write, remove_folder, replace_folder
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -87,24 +89,9 @@ def clean_incomplete(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def save_checkpoint(
@@ -145,20 +132,10 @@ def save_checkpoint(
         state.update(step=step, world_size=accelerator.num_processes)
         # Written last: a folder without it is never treated as a checkpoint.
         _write_json(staging / TRAINER_STATE, state)
-        _fsync_dir(staging)
-        if final.exists():  # a re-run over the same step: swap, never leave a gap under the final name
-            doomed = root / (final.name + ".old.tmp")
-            os.replace(final, doomed)
-            os.replace(staging, final)
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-        _fsync_dir(root)
+        replace_folder(staging, final)  # a re-run over the same step swaps: no gap under the final name
         if keep_last is not None and keep_last > 0:
             for _, old in list_checkpoints(root)[:-keep_last]:
-                doomed = root / (old.name + ".tmp")
-                os.replace(old, doomed)  # invisible as a checkpoint before its files start to go
-                shutil.rmtree(doomed, ignore_errors=True)
+                remove_folder(old)  # invisible as a checkpoint before its files start to go
     accelerator.wait_for_everyone()
     return final
 

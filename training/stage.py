@@ -59,16 +59,15 @@ import yaml
 from torch import nn
 
 from jina_clip_v2.training import checkpoint as ckpt
+from jina_clip_v2.training.grad_cache import grad_cache_step, split_batch
+from jina_clip_v2.training.images import augment_views
 from jina_clip_v2.training.losses import (
     MATRYOSHKA_DIMS,
-    JointLoss,
     LearnableTemperature,
-    TaskLoss,
+    LossOutput,
     average_gradients,
     contrastive_loss,
-    grad_cache_step,
     joint_loss,
-    split_batch,
 )
 from jina_clip_v2.training.optim import build_optimizer, build_scheduler
 
@@ -245,7 +244,7 @@ class ConfigError(ValueError):
 
 
 def _source_class():
-    from jina_clip_v2.training.data import SourceConfig
+    from jina_clip_v2.training.sources import SourceConfig
 
     return SourceConfig
 
@@ -700,37 +699,6 @@ def matryoshka_dims(section: LossSection, width: int) -> list[int]:
     return dims + [width]
 
 
-def augment_views(pixels: torch.Tensor, scale: tuple[float, float] = (0.25, 1.0)) -> torch.Tensor:
-    """A SimCLR-style augmented view of a normalised pixel batch, on the fly: a random resized crop
-    (area fraction in ``scale``, aspect 3/4..4/3) back to the same size, a horizontal flip with
-    probability 1/2 and brightness / contrast jitter (+-0.4), drawn from torch's global generator (so
-    checkpoints restore it). Used for the unified-batch ablation, whose second image view the data
-    stream does not provide."""
-    batch, _, height, width = pixels.shape
-    generator_device = "cpu"
-    area = torch.empty(batch, device=generator_device).uniform_(scale[0], scale[1])
-    log_ratio = torch.empty(batch, device=generator_device).uniform_(math.log(3 / 4), math.log(4 / 3))
-    ratio = log_ratio.exp()
-    crop_w = (area * ratio).sqrt().clamp(max=1.0)
-    crop_h = (area / ratio).sqrt().clamp(max=1.0)
-    centre_x = (torch.rand(batch) * 2 - 1) * (1 - crop_w)
-    centre_y = (torch.rand(batch) * 2 - 1) * (1 - crop_h)
-    flip = torch.where(torch.rand(batch) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(batch, 2, 3)
-    theta[:, 0, 0] = crop_w * flip
-    theta[:, 0, 2] = centre_x
-    theta[:, 1, 1] = crop_h
-    theta[:, 1, 2] = centre_y
-    brightness = torch.empty(batch, 1, 1, 1).uniform_(-0.4, 0.4)
-    contrast = torch.empty(batch, 1, 1, 1).uniform_(0.6, 1.4)
-    theta = theta.to(device=pixels.device, dtype=pixels.dtype)
-    grid = F.affine_grid(theta, [batch, pixels.shape[1], height, width], align_corners=False)
-    view = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    mean = view.mean(dim=(1, 2, 3), keepdim=True)
-    view = (view - mean) * contrast.to(view) + mean + brightness.to(view)
-    return view
-
-
 def concat_encodings(encodings: list[dict], pad_id: int = 1) -> dict[str, torch.Tensor]:
     """Concatenate tokenised batches of different padded lengths (right padding with ``pad_id``)."""
     length = max(e["input_ids"].shape[1] for e in encodings)
@@ -984,7 +952,7 @@ class Stage:
             images["view_b"] = augment_views(image_batch["pixel_values"], scale)
         return texts, images
 
-    def loss_fn(self, emb: dict[str, torch.Tensor], num_negatives: int | None = None) -> JointLoss | TaskLoss:
+    def loss_fn(self, emb: dict[str, torch.Tensor], num_negatives: int | None = None) -> LossOutput:
         gather = self.cfg.loss.gather
         if self.cfg.loss.unified_batch:
             first = [emb["image"], emb["query"]]
@@ -1010,7 +978,7 @@ class Stage:
             gather=gather,
         )
 
-    def train_step(self, text_batch: dict, image_batch: dict) -> JointLoss | TaskLoss:
+    def train_step(self, text_batch: dict, image_batch: dict) -> LossOutput:
         """Forward, eq. 3 (or the unified loss), backward, optimiser and schedule step. Returns the
         detached loss of this process's rows (the mean over processes is the global-batch loss)."""
         acc = self.accelerator
@@ -1444,11 +1412,9 @@ def check_launch_environment(env: dict) -> None:
         raise RuntimeError(MULTI_CPU_HINT)
 
 
-def _loss_terms(output: JointLoss | TaskLoss) -> dict[str, torch.Tensor]:
+def _loss_terms(output: LossOutput) -> dict[str, torch.Tensor]:
     """Detached loss tensors (no host sync: they are read only at logging steps)."""
-    if isinstance(output, JointLoss):
-        return {"loss": output.loss, "loss/text": output.text.loss, "loss/image_text": output.image_text.loss}
-    return {"loss": output.loss}
+    return output.terms()
 
 
 def _postfix(record: dict) -> dict:
@@ -1487,7 +1453,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def demo_sources(demo_dir: Path, split: str = "train", langs: list | None = None) -> dict:
     """The bundled demo data as training sources (``training.demo_data.write_demo_sources``), written
     once per (split, languages) under ``demo_dir`` and reused afterwards (the files are deterministic)."""
-    from jina_clip_v2.training.data import SourceConfig
+    from jina_clip_v2.training.sources import SourceConfig
     from jina_clip_v2.training.demo_data import write_demo_sources
 
     name = split if langs is None else f"{split}-{'-'.join(langs)}"
