@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from jina_clip_v2.benchmarks import common
-from jina_clip_v2.benchmarks.flops import detect_peak_tflops, mfu, text_forward_flops, vision_forward_flops
+from jina_clip_v2.training.flops import detect_peak_tflops, mfu, text_forward_flops, vision_forward_flops
 
 # A transformers attention function registered by this benchmark. "flash" in the name is transformers' (and the
 # model's) convention for flash-style backends: sequence boundaries come as cu_seq_lens kwargs, no mask is built.
@@ -578,10 +578,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, run, write ``--out`` (JSON) and its ``.md``; returns the result dict."""
-    args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    with common.cpu_threads(args.threads, tiny=args.tiny, device=device):
-        return run(args, device)
+    return common.run_benchmark(parse_args(argv), run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:

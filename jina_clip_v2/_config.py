@@ -236,6 +236,7 @@ def build(schema: type[T], *layers: Mapping | None, overrides: Sequence[tuple[st
             config = OmegaConf.merge(config, layer)
         for key, value in overrides:
             _check_override(schema, key, value)
+            _make_parents(config, schema, key)
             OmegaConf.update(config, key, value, merge=True)
         obj = OmegaConf.to_object(config)
     except OmegaConfBaseException as err:
@@ -342,6 +343,20 @@ def _check_list_items(schema: Any, data: Any, path: str) -> None:
                 OmegaConf.merge(OmegaConf.structured(args[0]), item)
             except OmegaConfBaseException as err:
                 raise _config_error(schema, err, f"{path}.{index}") from None
+
+
+def _make_parents(config: DictConfig, schema: Any, key: str) -> None:
+    """Before ``OmegaConf.update`` sets ``key``: an optional section that is null along the way gets its
+    defaults (``peft.r=4`` with ``peft: null``), and a list index past the end is an error."""
+    parts = _split_key(key)
+    for depth in range(1, len(parts)):
+        where = ".".join(parts[:depth])
+        node = OmegaConf.select(config, where, default=None)
+        if isinstance(node, ListConfig) and parts[depth].isdigit() and int(parts[depth]) >= len(node):
+            raise ConfigError(f"cannot set '{key}': '{where}' has {len(node)} item(s)")
+        hint = _type_at(schema, parts[:depth])
+        if node is None and dataclasses.is_dataclass(hint):
+            OmegaConf.update(config, where, OmegaConf.structured(hint), merge=False)
 
 
 def _check_override(schema: Any, key: str, value: Any) -> None:

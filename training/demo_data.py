@@ -35,6 +35,7 @@ disjoint from the training sources.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -57,6 +58,7 @@ DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
 DEMO_LANGS = ("en", "de", "fr", "es", "it", "pt-br", "ru", "ja", "zh-cn", "ko", "ar", "hi")
 
 NUM_NEGATIVES = 7
+DEMO_PREFIX = "demo://"  # a source path naming the bundled demo data in a stage config
 
 
 def load_records(data_root: str | Path | None = None) -> list[dict]:
@@ -293,6 +295,37 @@ def write_demo_sources(
     }
 
 
+def demo_sources(demo_dir: str | Path, split: str = "train", langs=None) -> dict[str, SourceConfig]:
+    """``write_demo_sources`` once per (split, languages) under ``demo_dir``, reused afterwards (the files
+    are deterministic): the sources ``demo://<name>`` in a stage config stand for."""
+    name = split if langs is None else f"{split}-{'-'.join(langs)}"
+    folder = Path(demo_dir) / name
+    index = folder / "sources.json"
+    if index.is_file():
+        return {key: SourceConfig(**value) for key, value in json.loads(index.read_text(encoding="utf-8")).items()}
+    sources = write_demo_sources(folder, split=split, langs=langs)
+    with atomic_write(index) as handle:  # written last: a folder without it is rewritten
+        json.dump({key: dataclasses.asdict(value) for key, value in sources.items()}, handle, indent=2)
+    return sources
+
+
+def resolve_sources(sources: list[SourceConfig], demo_dir: str | Path, langs=None) -> list[SourceConfig]:
+    """Replace ``demo://<name>`` sources by the bundled demo data written under ``demo_dir``."""
+    resolved, written = [], {}
+    for source in sources:
+        if isinstance(source.path, str) and source.path.startswith(DEMO_PREFIX):
+            key = source.path[len(DEMO_PREFIX):]
+            split = source.split or "train"
+            if split not in written:
+                written[split] = demo_sources(demo_dir, split, langs)
+            if key not in written[split]:
+                raise ValueError(f"unknown demo source {source.path!r}; available: {sorted(written[split])}")
+            resolved.append(dataclasses.replace(written[split][key], weight=source.weight))
+        else:
+            resolved.append(source)
+    return resolved
+
+
 def heldout_eval_set(
     split: str = "test", langs=None, *, data_root: str | Path | None = None
 ) -> tuple[list[Image.Image], list[tuple[str, int, str]]]:
@@ -311,4 +344,12 @@ def heldout_eval_set(
     return images, entries
 
 
-__all__ = ["DEMO_LANGS", "heldout_eval_set", "load_records", "load_split", "write_demo_sources"]
+__all__ = [
+    "DEMO_LANGS",
+    "demo_sources",
+    "heldout_eval_set",
+    "load_records",
+    "load_split",
+    "resolve_sources",
+    "write_demo_sources",
+]
