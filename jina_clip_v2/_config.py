@@ -56,7 +56,12 @@ Check = Callable[[Any], "str | None"]
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit the schema (the message names the dotted key)."""
+    """A config file or override that does not fit the schema. The message names the dotted key; ``key``
+    holds it and ``problem`` says what is wrong ("unknown", "type", "missing", "range"), where known."""
+
+    def __init__(self, message: str, *, key: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.key, self.problem = key, problem
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,9 +121,10 @@ def load_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}: {err}") from err
 
 
-def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
-    """``["train.steps=10", "peft={r: 4}"]`` -> ``[("train.steps", 10), ("peft", {"r": 4})]``; an empty
-    value is null."""
+def parse_overrides(items: Iterable[str], schema: Any = None) -> list[tuple[str, Any]]:
+    """``["train.steps=10", "peft={r: 4}"]`` -> ``[("train.steps", 10), ("peft", {"r": 4})]``: each value is
+    YAML (an empty value is null), except that a text field of ``schema`` takes a scalar as written
+    (``revision=00123`` stays ``"00123"``, ``language=no`` stays ``"no"``)."""
     overrides = []
     for item in items:
         key, equals, text = item.partition("=")
@@ -131,6 +137,9 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
             value = parse_yaml_value(text) if text.strip() else None
         except ConfigError as err:
             raise ConfigError(f"override {item!r}: {err}") from err
+        if schema is not None and value is not None and not isinstance(value, (dict, list)):
+            if _type_at(schema, _split_key(key)) is str:
+                value = text.strip()
         overrides.append((key, value))
     return overrides
 
@@ -207,7 +216,7 @@ def check_values(obj: Any, path: str = "") -> None:
         if check is not None and value is not None:
             problem = check(value)
             if problem:
-                raise ConfigError(f"'{key}' must be {problem}, got {value!r}")
+                raise ConfigError(f"'{key}' must be {problem}, got {value!r}", key=key, problem="range")
         items = value if isinstance(value, (list, tuple)) else [value]
         for index, item in enumerate(items):
             if dataclasses.is_dataclass(item) and not isinstance(item, type):
@@ -318,14 +327,16 @@ def _config_error(schema: Any, err: OmegaConfBaseException, prefix: str) -> Conf
         owner = _type_at(schema, parent)
         where = ".".join(parent)
         valid = sorted(f.name for f in dataclasses.fields(owner)) if dataclasses.is_dataclass(owner) else []
-        return ConfigError(f"unknown config key '{key}'; valid keys{' of ' + where if where else ''}: {valid}")
+        return ConfigError(
+            f"unknown config key '{key}'; valid keys{' of ' + where if where else ''}: {valid}", key=key, problem="unknown"
+        )
     if isinstance(err, MissingMandatoryValue):
-        return ConfigError(f"missing required config key '{key}'")
+        return ConfigError(f"missing required config key '{key}'", key=key, problem="missing")
     hint = _type_at(schema, _split_key(key))
     if hint is not Any:
         value = err.value if not isinstance(err.value, (DictConfig, ListConfig)) else OmegaConf.to_container(err.value)
-        return ConfigError(f"'{key}' must be {_describe(hint)}, got {value!r}")
-    return ConfigError(f"'{key}': {err.msg}")
+        return ConfigError(f"'{key}' must be {_describe(hint)}, got {value!r}", key=key, problem="type")
+    return ConfigError(f"'{key}': {err.msg}", key=key)
 
 
 def _check_list_items(schema: Any, data: Any, path: str) -> None:

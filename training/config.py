@@ -238,7 +238,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict | No
         raw = load_yaml(resolve_path(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(overrides or [])
+    pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(overrides or [], StageConfig)
     stages = raw.pop("stages", None) or {}
     if not isinstance(stages, dict):
         raise ConfigError("'stages' must map stage numbers to blocks of overrides")
