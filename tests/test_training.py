@@ -8,6 +8,7 @@ Python interpreters and take ~10-30 s each.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -487,6 +488,44 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(assets, tmp_p
             assert record["loss/image_text"] == pytest.approx(float(output.image_text.loss), rel=1e-5, abs=1e-5)
     finally:
         reset_accelerate_state()
+
+
+def test_benchmark_times_the_trainers_own_step(assets, tmp_path):
+    """benchmarks/train_step.py on the tiny config, fed training's first batch with training's seed, gives the loss
+    training logged for that step (it runs the same TrainStep: optimizer groups, clipping, Matryoshka widths,
+    temperatures), and counts the step's FLOPs with the function behind the logged MFU, so both MFUs agree."""
+    from accelerate.utils import set_seed
+
+    from jina_clip_v2.benchmarks import train_step as bench
+    from jina_clip_v2.training import flops
+    from jina_clip_v2.training.launch import build_accelerator
+    from jina_clip_v2.training.step import TrainStep
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(assets, out, "train.steps=1", "train.dump_batches=1", "train.peak_tflops=100",
+                               "train.checkpoint_every=100")
+    stage_main(["--config", str(TINY), *overrides])
+    record = read_metrics(out)[1]
+    batch = torch.load(out / "debug" / "batch_step0_rank0.pt")
+    text, image = TextBatch.from_stream(batch["text"]), ImageTextBatch.from_stream(batch["image_text"])
+
+    cfg = load_config(TINY, overrides)
+    model, _ = build_model(cfg.model, cfg.train.seed)
+    accelerator = build_accelerator(cfg, tmp_path / "bench")
+    try:
+        step = TrainStep(cfg, model, accelerator)
+        set_seed(cfg.train.seed, device_specific=True)  # what the loop does before its first step
+        args = argparse.Namespace(warmup=0, iters=1, chunks=4)
+        run = bench.run_variant(step, text, image, "plain", args)
+        assert run["status"] == "ok" and run["loss"] == record["loss"]
+        counted = bench.count_step(step, text, image, bench.VARIANTS["plain"])
+    finally:
+        reset_accelerate_state()
+    assert counted["model"] == record["model_flops_per_step"]
+    assert counted["samples"] == 32 and record["model_flops_per_step"] > 0
+    # The same step time gives the same MFU: training's record and the benchmark's function.
+    assert flops.mfu(counted["model"], record["seconds_per_step"], 100.0) == pytest.approx(record["mfu"], rel=1e-12)
+    assert record["tflops_per_s"] == pytest.approx(counted["model"] / record["seconds_per_step"] / 1e12, rel=1e-12)
 
 
 def test_cpu_launch_without_mpi_is_refused():
