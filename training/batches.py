@@ -29,7 +29,7 @@ def _to(encoding: Encoding, device: torch.device | str) -> Encoding:
 
 
 def concat_encodings(encodings: Sequence[Encoding], pad_id: int = 1) -> Encoding:
-    """Concatenate tokenised batches of different padded lengths (right padding with ``pad_id``)."""
+    """Concatenate tokenized batches of different padded lengths (right padding with ``pad_id``)."""
     length = max(e["input_ids"].shape[1] for e in encodings)
     ids, masks = [], []
     for e in encodings:
@@ -96,7 +96,7 @@ class TextBatch:
 
 @dataclass
 class ImageTextBatch:
-    """The image-text task of one step: normalised pixels (rows, 3, S, S) and their captions."""
+    """The image-text task of one step: normalized pixels (rows, 3, S, S) and their captions."""
 
     pixel_values: Tensor
     caption: Encoding

@@ -106,12 +106,12 @@ def save_checkpoint(
     """Write a checkpoint of the current step on every rank (a collective: all ranks must call it).
 
     Args:
-        accelerator: the run's ``Accelerator``; ``save_state`` writes the prepared model, optimiser,
+        accelerator: the run's ``Accelerator``; ``save_state`` writes the prepared model, optimizer,
             scheduler, registered objects (temperatures) and every rank's RNG states.
         root: the checkpoints folder.
-        step: completed optimiser steps.
+        step: completed optimizer steps.
         data_state: this rank's data stream states (``{"text": ..., "image_text": ...}``).
-        trainer_state: JSON-serialisable run state (step, samples seen, resolution, config).
+        trainer_state: JSON-serializable run state (step, samples seen, resolution, config).
         keep_last: keep only the newest ``keep_last`` complete checkpoints (None: keep all).
     """
     root = Path(root)
@@ -141,7 +141,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator, path: str | os.PathLike) -> tuple[dict, dict]:
-    """Restore model, optimiser, scheduler, temperatures and RNG states from a checkpoint folder and
+    """Restore model, optimizer, scheduler, temperatures and RNG states from a checkpoint folder and
     return ``(trainer_state, data_state of this rank)``. Call it after ``accelerator.prepare`` and as
     the last thing before training resumes (anything drawing random numbers after it would break
     bit-exact resumption)."""

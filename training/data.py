@@ -40,8 +40,8 @@ Pipeline (every source is a streaming ``datasets.IterableDataset``)::
 
     load_dataset(..., streaming=True)          # Hub id, local folder (Hub layout or plain), file, glob
       .decode(False)                           # images stay bytes/paths until a batch needs them
-      .map(rename + normalise, features=...)   # common schema, so sources can be interleaved
-    interleave_datasets(probabilities=normalised weights, seed, stopping_strategy="all_exhausted")
+      .map(rename + normalize, features=...)   # common schema, so sources can be interleaved
+    interleave_datasets(probabilities=normalized weights, seed, stopping_strategy="all_exhausted")
       .shuffle(seed, buffer_size)              # train only
     split_dataset_by_node(rank, world_size)    # disjoint shards (or 1-in-world_size examples) per rank
       .set_epoch(epoch)                        # new shard order, interleaving and buffer seeds each epoch
@@ -50,7 +50,7 @@ Images are decoded in the main process after the stream: RGB, transparency compo
 train time the release's augmentation, ``RandomResizedCrop(image_size, scale=(0.9, 1.0),
 ratio=(3/4, 4/3), bicubic)`` (as torchvision's, reimplemented with PIL and a ``random.Random`` seeded from
 (seed, rank, epoch, example index) so that a resumed run draws the same crops), then the processor's
-rescale and CLIP mean/std normalisation; at eval time the processor's own resize + centre crop. An image
+rescale and CLIP mean/std normalization; at eval time the processor's own resize + center crop. An image
 that fails to decode is skipped (the batch is filled with the next example) and counted in
 ``TaskStream.skipped``, with a logged warning.
 
@@ -60,11 +60,11 @@ stream refills the buffer with new data and yields different examples (datasets 
 ``tests/test_data.py`` checks it: after a shuffled resume the next examples differ). Exact resume is
 therefore done by deterministic replay: the state records ``(epoch, examples consumed in that epoch on
 this rank)``; loading it rebuilds the same seeded pipeline, sets the epoch and skips that many raw
-examples. Skipping reads but does not decode images or tokenise, and never costs more than one epoch of
+examples. Skipping reads but does not decode images or tokenize, and never costs more than one epoch of
 this rank's shard. ``exact_resume=False`` uses datasets' own state instead (instant, but the shuffle
 buffer's content is lost as described); the state always carries datasets' state dict as well.
 
-Costs to know: examples are read, decoded and tokenised in the calling process (``num_threads`` decodes
+Costs to know: examples are read, decoded and tokenized in the calling process (``num_threads`` decodes
 a batch's images in a thread pool); datasets sleeps 5 s (``datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN``,
 a workaround for apache/arrow#45214) whenever an interleaved or shuffled iterator over parquet ends or
 is dropped, i.e. once per epoch and once per resume.
@@ -80,7 +80,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
-from jina_clip_v2.training.images import default_image_size, load_image, normalise_images, random_resized_crop
+from jina_clip_v2.training.images import default_image_size, load_image, normalize_images, random_resized_crop
 from jina_clip_v2.training.sources import IMAGE_KINDS, KIND_COLUMNS, KINDS, SourceConfig, load_source
 
 logger = logging.getLogger(__name__)
@@ -305,7 +305,7 @@ class TaskStream:
         if kind in IMAGE_KINDS:
             images = [e["image"] for e in examples]
             if self.train:
-                pixels = normalise_images(images, self.image_processor)
+                pixels = normalize_images(images, self.image_processor)
             else:
                 size = self.image_size
                 pixels = self.image_processor(
@@ -403,7 +403,7 @@ def build_task_stream(
 ) -> TaskStream:
     """The batch stream of one task for one process: ``build_dataset`` + ``TaskStream``.
 
-    ``train=False`` skips the shuffle buffer and uses the processor's eval resize/centre crop. ``options``
+    ``train=False`` skips the shuffle buffer and uses the processor's eval resize/center crop. ``options``
     go to ``TaskStream``: ``epochs`` bounds the stream (default: infinite when training, one pass otherwise;
     a last partial batch is then yielded), ``exact_resume=False`` resumes with datasets' own state dict
     (fast; loses the shuffle buffer's content), ``num_threads`` decodes/crops a batch's images in a thread

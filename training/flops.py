@@ -1,4 +1,4 @@
-"""Analytic FLOPs of jina-clip-v2, computed from the config, and model FLOPs utilisation (MFU): the one
+"""Analytic FLOPs of jina-clip-v2, computed from the config, and model FLOPs utilization (MFU): the one
 FLOPs module, behind the MFU of the training logs (``training.metrics``) and of the benchmarks
 (``benchmarks/train_step.py``), which count a step with the same function, ``step_flops``.
 
@@ -20,7 +20,7 @@ Conventions (as in the PaLM / Megatron MFU accounting):
     MLP               2 * L * s * 2 * D * I
   The embedding lookup costs no FLOPs. *Model* FLOPs use each sequence's real length (what an unpadded
   kernel executes); padded paths execute more (``text_forward_flops(config, [padded_len] * batch)``) and
-  their MFU is still quoted on the real-token FLOPs, so padding shows up as lost utilisation.
+  their MFU is still quoted on the real-token FLOPs, so padding shows up as lost utilization.
 - Training step: backward = 2 x forward, so a step is 3 x forward (model FLOPs, used for MFU). Gradient
   checkpointing recomputes the forward once more (+1 x forward) and gradient caching runs an extra
   no-grad embedding pass (+1 x forward); both are counted only in *hardware* FLOPs (HFU), never in MFU.

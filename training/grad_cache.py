@@ -48,7 +48,7 @@ class _RngState:
 
     @classmethod
     def capture(cls) -> _RngState:
-        # CUDA states only when CUDA is in use: initialising it here would be a side effect.
+        # CUDA states only when CUDA is in use: initializing it here would be a side effect.
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
         return cls(torch.get_rng_state(), cuda)
 

@@ -1,5 +1,5 @@
 """Images for training: decoding (any value an image column holds -> RGB), the release's train-time crop,
-normalisation to the processor's pixel statistics, and the on-the-fly augmented views of the unified-batch
+normalization to the processor's pixel statistics, and the on-the-fly augmented views of the unified-batch
 ablation.
 
 ``load_image`` is the one decoder the data streams use (RGB, transparency composited onto white). The
@@ -108,7 +108,7 @@ def random_resized_crop(image: Image.Image, size: int, rng: random.Random, scale
     return image.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
 
 
-def normalise_images(images: list[Image.Image], image_processor) -> torch.Tensor:
+def normalize_images(images: list[Image.Image], image_processor) -> torch.Tensor:
     """(B, 3, H, W) float32 from same-size RGB images: rescale (1/255), then the processor's mean/std
     (CLIP's), computed on the whole batch at once."""
     pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images])).float()
@@ -129,7 +129,7 @@ def default_image_size(image_processor) -> int:
 
 
 def augment_views(pixels: torch.Tensor, scale: tuple[float, float] = (0.25, 1.0)) -> torch.Tensor:
-    """A SimCLR-style augmented view of a normalised pixel batch, on the fly: a random resized crop
+    """A SimCLR-style augmented view of a normalized pixel batch, on the fly: a random resized crop
     (area fraction in ``scale``, aspect 3/4..4/3) back to the same size, a horizontal flip with
     probability 1/2 and brightness / contrast jitter (+-0.4), drawn from torch's global generator (so
     checkpoints restore it). Used for the unified-batch ablation, whose second image view the data
@@ -141,14 +141,14 @@ def augment_views(pixels: torch.Tensor, scale: tuple[float, float] = (0.25, 1.0)
     ratio = log_ratio.exp()
     crop_w = (area * ratio).sqrt().clamp(max=1.0)
     crop_h = (area / ratio).sqrt().clamp(max=1.0)
-    centre_x = (torch.rand(batch) * 2 - 1) * (1 - crop_w)
-    centre_y = (torch.rand(batch) * 2 - 1) * (1 - crop_h)
+    center_x = (torch.rand(batch) * 2 - 1) * (1 - crop_w)
+    center_y = (torch.rand(batch) * 2 - 1) * (1 - crop_h)
     flip = torch.where(torch.rand(batch) < 0.5, -1.0, 1.0)
     theta = torch.zeros(batch, 2, 3)
     theta[:, 0, 0] = crop_w * flip
-    theta[:, 0, 2] = centre_x
+    theta[:, 0, 2] = center_x
     theta[:, 1, 1] = crop_h
-    theta[:, 1, 2] = centre_y
+    theta[:, 1, 2] = center_y
     brightness = torch.empty(batch, 1, 1, 1).uniform_(-0.4, 0.4)
     contrast = torch.empty(batch, 1, 1, 1).uniform_(0.6, 1.4)
     theta = theta.to(device=pixels.device, dtype=pixels.dtype)
@@ -165,7 +165,7 @@ __all__ = [
     "augment_views",
     "default_image_size",
     "load_image",
-    "normalise_images",
+    "normalize_images",
     "random_resized_crop",
     "random_resized_crop_box",
     "to_rgb",

@@ -1,6 +1,6 @@
 """Contrastive losses of jina-clip-v2 (paper sections 3.3 and 3.4), computed on embeddings only.
 
-Every function takes raw (unnormalised) embeddings; nothing here knows about the model.
+Every function takes raw (unnormalized) embeddings; nothing here knows about the model.
 
 - ``info_nce`` (eq. 1) and ``info_nce_plus`` (eq. 2): the two losses at one embedding width, scored
   against the local batch or against candidates gathered from every rank.
@@ -8,7 +8,7 @@ Every function takes raw (unnormalised) embeddings; nothing here knows about the
   3.4), with global in-batch negatives.
 - ``joint_loss``: eq. 3, the text task plus the image-text task, each with its own temperature.
 - ``LearnableTemperature``: CLIP's clamped logit scale, one instance per task.
-- ``LossOutput``: what every loss returns (the optimised value, its Matryoshka terms, its parts).
+- ``LossOutput``: what every loss returns (the optimized value, its Matryoshka terms, its parts).
 - ``gather_with_grad`` and ``average_gradients``: the distributed plumbing.
 
 Gradient caching (``training.grad_cache``) evaluates these losses on embeddings computed chunk by chunk.
@@ -61,10 +61,10 @@ Temperature = Union[Tensor, float]
 class LearnableTemperature(nn.Module):
     """A learnable softmax temperature tau, stored as CLIP's logit scale ``log(1 / tau)``.
 
-    Learning the log of the inverse keeps tau positive and makes optimiser steps relative rather than
+    Learning the log of the inverse keeps tau positive and makes optimizer steps relative rather than
     absolute (Radford et al., 2021). The scale is capped at ``max_scale`` (100, i.e. tau >= 0.01) as in
     CLIP, because an unbounded scale makes the softmax arbitrarily sharp and training unstable.
-    ``forward`` applies the cap; call ``clamp_()`` after every optimiser step, as CLIP does, so the raw
+    ``forward`` applies the cap; call ``clamp_()`` after every optimizer step, as CLIP does, so the raw
     parameter never drifts above the cap, where the clamp would give it a zero gradient forever.
 
     Eq. 3 sums two independently tempered losses: use one instance for the text task and one for the
@@ -252,7 +252,7 @@ def _check_temperature(temperature: Temperature) -> None:
 
 @dataclass
 class LossOutput:
-    """What every loss returns: ``loss``, the value that is optimised; for one task its Matryoshka terms
+    """What every loss returns: ``loss``, the value that is optimized; for one task its Matryoshka terms
     (``per_dim``: width -> detached term); for eq. 3 its two tasks (``parts``: ``text``, ``image_text``)."""
 
     loss: Tensor
@@ -299,7 +299,7 @@ def contrastive_loss(
     """One task's loss: eq. 1, or eq. 2 when ``negatives`` are given, summed over Matryoshka widths.
 
     Every width is computed from the same embeddings (one forward pass). Each term truncates to the
-    first d features and only then normalises, as section 3.4 and inference-time truncation do.
+    first d features and only then normalizes, as section 3.4 and inference-time truncation do.
 
     Args:
         q, p: (b, D) raw embeddings of the queries and their positives.
@@ -396,7 +396,7 @@ def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
     """All-gather ``tensor`` along dim 0 from every rank, keeping the autograd graph.
 
     Returns ``(gathered, offset)``: the rows of all ranks in rank order, and the index of this rank's
-    first row in them. Without an initialised process group, or with a single process, returns
+    first row in them. Without an initialized process group, or with a single process, returns
     ``(tensor, 0)``. Every rank must call it (a collective) with the same trailing shape; local batch
     sizes may differ.
     """

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of jina-clip-v2 (paper Table 6).
+"""Optimizer and learning-rate schedule of jina-clip-v2 (paper Table 6).
 
 AdamW with betas (0.9, 0.98), eps 1e-6 and weight decay 0.02, a separate peak learning rate per tower,
 layer-wise learning-rate decay (LLRD) inside each tower, and a cosine schedule with linear warmup.
@@ -14,12 +14,12 @@ the tower gets the tower's peak LR; stage 2 uses 0.98. Temperatures (and any oth
 two towers) train at ``temperature_lr`` (default: the larger tower peak LR), without decay.
 
 Weight decay applies to weight matrices only: biases (also the vision tower's ``q_bias`` / ``v_bias``),
-every normalisation layer, the embeddings (word, token type, position table, CLS token) and the
+every normalization layer, the embeddings (word, token type, position table, CLS token) and the
 temperatures are excluded, which for this model is exactly "every parameter with at most one dimension,
 plus the embedding tables".
 
 Parameters that do not require gradients (frozen towers, PEFT base weights, the model's own
-``logit_scale``, which training replaces by per-task temperatures) are left out of the optimiser.
+``logit_scale``, which training replaces by per-task temperatures) are left out of the optimizer.
 """
 
 from __future__ import annotations

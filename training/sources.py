@@ -79,7 +79,7 @@ def _features(kind: str):
     return Features(cols)
 
 
-def _normalise_format(fmt: str | None) -> str | None:
+def _normalize_format(fmt: str | None) -> str | None:
     if fmt is None:
         return None
     fmt = _FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
@@ -111,7 +111,7 @@ def load_source(src: SourceConfig, kind: str, index: int = 0):
     """One source as a streaming IterableDataset in the kind's common schema (images undecoded)."""
     from datasets import load_dataset
 
-    fmt = _normalise_format(src.format)
+    fmt = _normalize_format(src.format)
     files = _local_files(src.path)
     image_root = src.image_root
     if files is not None:
@@ -131,7 +131,7 @@ def load_source(src: SourceConfig, kind: str, index: int = 0):
     except Exception:  # pragma: no cover - features unknown and nothing decodable
         pass
     features = _features(kind)
-    fn = partial(_normalise_example, kind=kind, columns=dict(src.columns), index=index, image_root=image_root)
+    fn = partial(_normalize_example, kind=kind, columns=dict(src.columns), index=index, image_root=image_root)
     return ds.map(fn, features=features).select_columns(list(features))
 
 
@@ -180,7 +180,7 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
-def _normalise_example(example: dict, *, kind: str, columns: dict, index: int, image_root: str | None) -> dict:
+def _normalize_example(example: dict, *, kind: str, columns: dict, index: int, image_root: str | None) -> dict:
     out: dict[str, Any] = {"_source": index}
     if kind in IMAGE_KINDS:
         out["image"] = _as_image_record(_column(example, "image", columns), image_root)
