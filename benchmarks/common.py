@@ -150,6 +150,11 @@ def cpu_threads(threads: int | None, tiny: bool, device: torch.device):
         torch.set_num_threads(previous)
 
 
+def results_path(name: str, tiny: bool) -> str:
+    """The default ``--out``: ``benchmarks/results/<name>[_tiny].json``."""
+    return str(ROOT / "benchmarks" / "results" / (f"{name}_tiny.json" if tiny else f"{name}.json"))
+
+
 def run_benchmark(args, run: Callable[[Any, torch.device], dict]) -> dict:
     """``run(args, device)`` on ``args.device`` with ``args.threads`` CPU threads (``cpu_threads``)."""
     device = resolve_device(args.device)
@@ -375,6 +380,28 @@ def write_results(result: dict, markdown: str, out: str | Path) -> tuple[Path, P
     md = out.with_suffix(".md")
     md.write_text(markdown, encoding="utf-8")
     return out, md
+
+
+def publish(result: dict, markdown: str, out: str | Path) -> dict:
+    """Write the result (``write_results``), print where and the targets table; return the result."""
+    json_path, md_path = write_results(result, markdown, out)
+    print(f"wrote {json_path} and {md_path}")
+    print(md_targets(result["targets"]))
+    return result
+
+
+def result_header(benchmark: str, device: torch.device, settings: dict, config, model, peak, peak_source, **extra) -> dict:
+    """The fields every benchmark result starts with (``header`` + environment, settings, config, sizes, peak)."""
+    return header({
+        "benchmark": benchmark,
+        "env": env_info(device),
+        "settings": settings,
+        "config": config_summary(config),
+        "parameters": {"text": count_parameters(model.text_model), "vision": count_parameters(model.vision_model)},
+        "peak_tflops": peak,
+        "peak_tflops_source": peak_source,
+        **extra,
+    })
 
 
 def header(result: dict) -> dict:

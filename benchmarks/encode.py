@@ -571,8 +571,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.out is None:
-        args.out = str(common.ROOT / "benchmarks" / "results" / ("encode_tiny.json" if args.tiny else "encode.json"))
+    args.out = args.out or common.results_path("encode", args.tiny)
     return args
 
 
@@ -594,16 +593,10 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     base_pos = model.vision_model.pos_embed.detach().float().clone()
     settings = {k: v for k, v in vars(args).items()}
     settings["dtype"] = common.dtype_name(dtype)
-    result = common.header({
-        "benchmark": "encode",
-        "env": common.env_info(device),
-        "settings": settings,
-        "config": common.config_summary(config),
-        "parameters": {"text": common.count_parameters(model.text_model), "vision": common.count_parameters(model.vision_model)},
-        "peak_tflops": peak,
-        "peak_tflops_source": peak_source,
-        "flops_per_image": {str(s): vision_forward_flops(config.vision_config, s) for s in args.image_sizes},
-    })
+    result = common.result_header(
+        "encode", device, settings, config, model, peak, peak_source,
+        flops_per_image={str(s): vision_forward_flops(config.vision_config, s) for s in args.image_sizes},
+    )
 
     # fp32 SDPA references (TF32 off), before the model is cast.
     common.set_attn(model, "sdpa")
@@ -629,10 +622,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     if not args.skip_text:
         bench_text(model, runner, refs, args.attn, result)
     result["targets"] = compute_targets(result)
-    json_path, md_path = common.write_results(result, markdown(result), args.out)
-    print(f"wrote {json_path} and {md_path}")
-    print(common.md_targets(result["targets"]))
-    return result
+    return common.publish(result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

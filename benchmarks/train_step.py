@@ -361,25 +361,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="torch CPU threads (default: 1 with --tiny on CPU, where thread sync costs more than tiny ops; else torch's)")
     p.add_argument("--out", default=None, help="JSON path (markdown next to it); default benchmarks/results/train_step[_tiny].json")
     args = p.parse_args(argv)
-    if args.warmup is None:
-        args.warmup = 1 if args.tiny else 2
-    if args.iters is None:
-        args.iters = 2 if args.tiny else 5
-    if args.out is None:
-        args.out = str(common.ROOT / "benchmarks" / "results" / ("train_step_tiny.json" if args.tiny else "train_step.json"))
+    defaults = {"warmup": 1 if args.tiny else 2, "iters": 2 if args.tiny else 5, "out": common.results_path("train_step", args.tiny)}
+    for key, value in defaults.items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Parse ``argv``, run, write ``--out`` (JSON) and its ``.md``; returns the result dict."""
+    """``python -m jina_clip_v2.benchmarks.train_step``: writes ``--out`` (JSON) and its ``.md``, returns the result."""
     return common.run_benchmark(parse_args(argv), run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
-    dtype = common.resolve_dtype(args.dtype, device)
-    peak, peak_source = detect_peak_tflops(device, dtype, args.peak_tflops)
     config = common.build_config(args.tiny, args.model)
     model = common.build_model(config, device, args.model, seed=args.seed).train()
+    dtype = common.resolve_dtype(args.dtype, device)
+    peak, peak_source = detect_peak_tflops(device, dtype, args.peak_tflops)
     common.set_attn(model, "sdpa")
     base_size = config.vision_config.image_size
     base_pos = model.vision_model.pos_embed.detach().float().clone()
@@ -394,26 +391,14 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     settings["dtype"] = common.dtype_name(dtype)
     settings["precision"] = f"Accelerator(mixed_precision={precision!r}): fp32 weights + optimizer, autocast {common.dtype_name(dtype)}"
     settings["optimizer"] = "training.optim.build_optimizer from each stage config's optim section (training.step.TrainStep)"
-    result = common.header({
-        "benchmark": "train_step",
-        "env": common.env_info(device),
-        "settings": settings,
-        "config": common.config_summary(config),
-        "parameters": {"text": common.count_parameters(model.text_model), "vision": common.count_parameters(model.vision_model)},
-        "peak_tflops": peak,
-        "peak_tflops_source": peak_source,
-        "stages": [],
-    })
+    result = common.result_header("train_step", device, settings, config, model, peak, peak_source, stages=[])
     try:
         for stage_id in args.stages:
             result["stages"].append(bench_stage(model, accelerator, stage_id, args, base_pos, base_size, peak, config))
     finally:
         reset_accelerate_state()
     result["targets"] = compute_targets(result)
-    json_path, md_path = common.write_results(result, markdown(result), args.out)
-    print(f"wrote {json_path} and {md_path}")
-    print(common.md_targets(result["targets"]))
-    return result
+    return common.publish(result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

@@ -104,57 +104,33 @@ MTEB_STS_MULTI_TASKS = ("STS17", "STS22", "STSBenchmarkMultilingualSTS")
 def _clip_benchmark() -> list[Task]:
     return [
         CrossModalRetrievalTask(
-            name="Flickr30K",
-            dataset="nlphuji/flickr_1k_test_image_text_retrieval",
-            split="test",
-            image_column="image",
-            caption_column="caption",
-            group=CLIP_BENCHMARK,
-        ),
-        CrossModalRetrievalTask(
-            name="MS COCO",
-            dataset="nlphuji/mscoco_2014_5k_test_image_text_retrieval",
-            split="test",
-            image_column="image",
-            caption_column="caption",
-            group=CLIP_BENCHMARK,
-        ),
+            name=name, dataset=dataset, split="test", image_column="image", caption_column="caption", group=CLIP_BENCHMARK
+        )
+        for name, dataset in (
+            ("Flickr30K", "nlphuji/flickr_1k_test_image_text_retrieval"),
+            ("MS COCO", "nlphuji/mscoco_2014_5k_test_image_text_retrieval"),
+        )
+    ]
+
+
+def _per_language(group: str, languages: Iterable[str], **fields: Any) -> list[Task]:
+    """One cross-modal task per language (split = language), as the multilingual benchmarks are laid out."""
+    return [
+        CrossModalRetrievalTask(name=group, split=lang, language=lang, group=group, multilingual=True, **fields)
+        for lang in languages
     ]
 
 
 def _xm3600(languages: Iterable[str] = XM3600_LANGUAGES) -> list[Task]:
-    return [
-        CrossModalRetrievalTask(
-            name=XM3600,
-            dataset=XM3600_DATASET,
-            revision=XM3600_REVISION,
-            split=lang,
-            language=lang,
-            image_column="image",
-            caption_column="captions",
-            group=XM3600,
-            multilingual=True,
-        )
-        for lang in languages
-    ]
+    return _per_language(
+        XM3600, languages, dataset=XM3600_DATASET, revision=XM3600_REVISION, image_column="image", caption_column="captions"
+    )
 
 
 def _multilingual_coco(languages: Iterable[str] = XTD10_LANGUAGES) -> list[Task]:
     # No Hub copy known: `dataset` stays unset until a local folder is given (prepare-xtd10 layout:
     # data/<lang>-00000-of-00001.parquet with `image` (path relative to the folder) and `caption`).
-    return [
-        CrossModalRetrievalTask(
-            name=MULTILINGUAL_COCO,
-            dataset=None,
-            split=lang,
-            language=lang,
-            image_column="image",
-            caption_column="caption",
-            group=MULTILINGUAL_COCO,
-            multilingual=True,
-        )
-        for lang in languages
-    ]
+    return _per_language(MULTILINGUAL_COCO, languages, dataset=None, image_column="image", caption_column="caption")
 
 
 def _vidore(names: Iterable[str] | None = None) -> list[Task]:

@@ -129,6 +129,18 @@ def _display(dataset: str | None) -> str | None:
     return None if dataset is None else str(dataset)
 
 
+def _dataset_info(task: Any, config: str | None) -> dict:
+    """What a report says about a task's data (``dataset_info`` of the image tasks)."""
+    return {
+        "name": task.name,
+        "id": _display(task.dataset),
+        "split": task.split,
+        "language": task.language,
+        "config": config,
+        "revision": task.revision,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Base
 # --------------------------------------------------------------------------------------------
@@ -251,14 +263,7 @@ class CrossModalRetrievalTask(_TaskBase):
         return CrossModalData(images=images, captions=captions, text_to_image=np.asarray(owner, dtype=np.int64))
 
     def dataset_info(self) -> dict:
-        return {
-            "name": self.name,
-            "id": _display(self.dataset),
-            "split": self.split,
-            "language": self.language,
-            "config": self.config,
-            "revision": self.revision,
-        }
+        return _dataset_info(self, self.config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,14 +382,7 @@ class DocumentRetrievalTask(_TaskBase):
         )
 
     def dataset_info(self) -> dict:
-        return {
-            "name": self.name,
-            "id": _display(self.dataset),
-            "split": self.split,
-            "language": self.language,
-            "config": self.config if self.layout == "pairs" else None,
-            "revision": self.revision,
-        }
+        return _dataset_info(self, self.config if self.layout == "pairs" else None)
 
 
 def _limit_documents(data: DocumentData, limit: int) -> DocumentData:

@@ -25,24 +25,31 @@ TINY = ROOT / "training" / "configs" / "tiny.yaml"
 # --------------------------------------------------------------------------------------------------
 
 
+# override(s) (`;`-separated) -> a part of the error message
+SCHEMA_ERRORS = """
+optim.lr=1e-3                           -> unknown config key 'optim.lr'
+trian.steps=3                           -> unknown config key 'trian'
+data.text.sources.0.pth=x               -> unknown config key 'data.text.sources.0.pth'
+data.text.sources=[{path: a, wieght: 2}] -> unknown config key 'data.text.sources.0.wieght'
+train.grad_cache.chunk=4                -> unknown config key 'train.grad_cache.chunk'
+train.steps=many                        -> 'train.steps' must be an integer, got 'many'
+train.steps=2.5                         -> 'train.steps' must be an integer, got 2.5
+optim.text_lr=fast                      -> 'optim.text_lr' must be a number, got 'fast'
+train.deterministic=maybe               -> 'train.deterministic' must be true or false, got 'maybe'
+train.log_with=tensorboard              -> 'train.log_with' must be a list, got 'tensorboard'
+data.text.sources.0.weight=heavy        -> 'data.text.sources.0.weight' must be a number, got 'heavy'
+data.text.sources=[{weight: 2}]         -> missing required config key 'data.text.sources.0.path'
+stage=2; train.resolution_switch={at_step: 3} -> missing required config key 'train.resolution_switch.image_size'
+data.text.batch_size=null               -> 'data.text.batch_size' must be an integer, got None
+data.text.sources.3.path=x              -> cannot set 'data.text.sources.3.path': 'data.text.sources' has 1 item
+"""
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["optim.lr=1e-3"], "unknown config key 'optim.lr'"),
-        (["trian.steps=3"], "unknown config key 'trian'"),
-        (["data.text.sources.0.pth=x"], "unknown config key 'data.text.sources.0.pth'"),
-        (["data.text.sources=[{path: a, wieght: 2}]"], "unknown config key 'data.text.sources.0.wieght'"),
-        (["train.grad_cache.chunk=4"], "unknown config key 'train.grad_cache.chunk'"),
-        (["train.steps=many"], "'train.steps' must be an integer, got 'many'"),
-        (["train.steps=2.5"], "'train.steps' must be an integer, got 2.5"),
-        (["optim.text_lr=fast"], "'optim.text_lr' must be a number, got 'fast'"),
-        (["train.deterministic=maybe"], "'train.deterministic' must be true or false, got 'maybe'"),
-        (["train.log_with=tensorboard"], "'train.log_with' must be a list, got 'tensorboard'"),
-        (["data.text.sources.0.weight=heavy"], "'data.text.sources.0.weight' must be a number, got 'heavy'"),
-        (["data.text.sources=[{weight: 2}]"], "missing required config key 'data.text.sources.0.path'"),
-        (["stage=2", "train.resolution_switch={at_step: 3}"], "missing required config key 'train.resolution_switch.image_size'"),
-        (["data.text.batch_size=null"], "'data.text.batch_size' must be an integer, got None"),
-        (["data.text.sources.3.path=x"], "cannot set 'data.text.sources.3.path': 'data.text.sources' has 1 item"),
+        ([item.strip() for item in line.split(" -> ")[0].split(";")], line.split(" -> ")[1].strip())
+        for line in SCHEMA_ERRORS.strip().splitlines()
     ],
 )
 def test_schema_errors_name_the_dotted_key(overrides, message):
