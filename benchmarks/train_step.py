@@ -211,7 +211,9 @@ def count_step(step: TrainStep, text: TextBatch, image: ImageTextBatch, variant:
 # ----------------------------------------------------------------------------------------------------
 
 
-def bench_stage(model, accelerator, stage_id: int, args, base_pos, base_size, peak, config) -> dict:
+def bench_stage(model, accelerator, stage_id: int, args, base, peak, config) -> dict:
+    """Every variant of one stage at the largest micro batch that fits. ``base``: the model's original
+    ``pos_embed``, ``image_size`` and ``patch_dropout`` (the default when the stage config names none)."""
     device = accelerator.device
     cfg, _ = stage_config(stage_id, Path(args.configs_dir) if args.configs_dir else None)
     stage = stage_settings(stage_id, Path(args.configs_dir) if args.configs_dir else None)
@@ -222,7 +224,7 @@ def bench_stage(model, accelerator, stage_id: int, args, base_pos, base_size, pe
     text_batch = args.text_batch or text_batch
     image_batch = args.image_batch or image_batch
     # Patch dropout keeps fewer vision tokens at train time (the FLOPs follow the config): the stage's, else the model's.
-    model.config.vision_config.patch_dropout = stage.get("patch_dropout", args.base_patch_dropout)
+    model.config.vision_config.patch_dropout = stage.get("patch_dropout", base["patch_dropout"])
     stage["patch_dropout_used"] = model.config.vision_config.patch_dropout
     out = {"stage": stage_id, "settings": stage,
            "global_batch_per_gpu_at_8_gpus": {"text": stage["text_batch"] // PAPER_GPUS, "image_text": stage["image_text_batch"] // PAPER_GPUS},
@@ -231,7 +233,7 @@ def bench_stage(model, accelerator, stage_id: int, args, base_pos, base_size, pe
     # The largest batch (halving from the start) at which the first variant fits; every variant then uses it.
     while True:
         accelerator.free_memory()  # drop the previous step's wrappers and optimizer state
-        common.use_image_size(model, stage["image_size"], base_pos, base_size)
+        common.use_image_size(model, stage["image_size"], base["pos_embed"], base["image_size"])
         step = TrainStep(bench_config(cfg, config, args.chunks, text_batch * max(1, stage["negatives"]), image_batch),
                          model, accelerator)
         text, image = make_batches(config, stage, text_batch, image_batch, args.seed)
@@ -378,23 +380,25 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     dtype = common.resolve_dtype(args.dtype, device)
     peak, peak_source = detect_peak_tflops(device, dtype, args.peak_tflops)
     common.set_attn(model, "sdpa")
-    base_size = config.vision_config.image_size
-    base_pos = model.vision_model.pos_embed.detach().float().clone()
-    args.base_patch_dropout = config.vision_config.patch_dropout
+    base = {
+        "pos_embed": model.vision_model.pos_embed.detach().float().clone(),
+        "image_size": config.vision_config.image_size,
+        "patch_dropout": config.vision_config.patch_dropout,
+    }
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     cfg, _ = stage_config(args.stages[0], Path(args.configs_dir) if args.configs_dir else None)
     accelerator = build_accelerator(
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=precision, log_with=[])),
         Path(args.out).parent, cpu=device.type == "cpu",
     )
-    settings = {k: v for k, v in vars(args).items() if k != "base_patch_dropout"}
+    settings = dict(vars(args))
     settings["dtype"] = common.dtype_name(dtype)
     settings["precision"] = f"Accelerator(mixed_precision={precision!r}): fp32 weights + optimizer, autocast {common.dtype_name(dtype)}"
     settings["optimizer"] = "training.optim.build_optimizer from each stage config's optim section (training.step.TrainStep)"
     result = common.result_header("train_step", device, settings, config, model, peak, peak_source, stages=[])
     try:
         for stage_id in args.stages:
-            result["stages"].append(bench_stage(model, accelerator, stage_id, args, base_pos, base_size, peak, config))
+            result["stages"].append(bench_stage(model, accelerator, stage_id, args, base, peak, config))
     finally:
         reset_accelerate_state()
     result["targets"] = compute_targets(result)
