@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,18 +106,6 @@ def set_attn(model, implementation: str) -> str | None:
     return None
 
 
-def set_checkpointing(model, enabled: bool) -> None:
-    """Activation (gradient) checkpointing on every layer of both towers, non-reentrant (transformers' default)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # gradient_* names are deprecated aliases in transformers 5
-        if enabled:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable()
-        else:
-            disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
-            disable()
-
-
 def use_image_size(model, size: int, base_pos: torch.Tensor, base_size: int) -> None:
     """Put the vision tower at ``size`` px, resampling the position table from the same fp32 original every time
     (so every dtype / implementation sees the same weights), then cast the table to the tower's dtype."""
@@ -161,6 +148,18 @@ def cpu_threads(threads: int | None, tiny: bool, device: torch.device):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def results_path(name: str, tiny: bool) -> str:
+    """The default ``--out``: ``benchmarks/results/<name>[_tiny].json``."""
+    return str(ROOT / "benchmarks" / "results" / (f"{name}_tiny.json" if tiny else f"{name}.json"))
+
+
+def run_benchmark(args, run: Callable[[Any, torch.device], dict]) -> dict:
+    """``run(args, device)`` on ``args.device`` with ``args.threads`` CPU threads (``cpu_threads``)."""
+    device = resolve_device(args.device)
+    with cpu_threads(args.threads, tiny=args.tiny, device=device):
+        return run(args, device)
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -381,6 +380,28 @@ def write_results(result: dict, markdown: str, out: str | Path) -> tuple[Path, P
     md = out.with_suffix(".md")
     md.write_text(markdown, encoding="utf-8")
     return out, md
+
+
+def publish(result: dict, markdown: str, out: str | Path) -> dict:
+    """Write the result (``write_results``), print where and the targets table; return the result."""
+    json_path, md_path = write_results(result, markdown, out)
+    print(f"wrote {json_path} and {md_path}")
+    print(md_targets(result["targets"]))
+    return result
+
+
+def result_header(benchmark: str, device: torch.device, settings: dict, config, model, peak, peak_source, **extra) -> dict:
+    """The fields every benchmark result starts with (``header`` + environment, settings, config, sizes, peak)."""
+    return header({
+        "benchmark": benchmark,
+        "env": env_info(device),
+        "settings": settings,
+        "config": config_summary(config),
+        "parameters": {"text": count_parameters(model.text_model), "vision": count_parameters(model.vision_model)},
+        "peak_tflops": peak,
+        "peak_tflops_source": peak_source,
+        **extra,
+    })
 
 
 def header(result: dict) -> dict:

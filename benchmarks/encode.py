@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from jina_clip_v2.benchmarks import common
-from jina_clip_v2.benchmarks.flops import detect_peak_tflops, mfu, text_forward_flops, vision_forward_flops
+from jina_clip_v2.training.flops import detect_peak_tflops, mfu, text_forward_flops, vision_forward_flops
 
 # A transformers attention function registered by this benchmark. "flash" in the name is transformers' (and the
 # model's) convention for flash-style backends: sequence boundaries come as cu_seq_lens kwargs, no mask is built.
@@ -571,17 +571,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.out is None:
-        args.out = str(common.ROOT / "benchmarks" / "results" / ("encode_tiny.json" if args.tiny else "encode.json"))
+    args.out = args.out or common.results_path("encode", args.tiny)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, run, write ``--out`` (JSON) and its ``.md``; returns the result dict."""
-    args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    with common.cpu_threads(args.threads, tiny=args.tiny, device=device):
-        return run(args, device)
+    return common.run_benchmark(parse_args(argv), run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
@@ -597,16 +593,10 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     base_pos = model.vision_model.pos_embed.detach().float().clone()
     settings = {k: v for k, v in vars(args).items()}
     settings["dtype"] = common.dtype_name(dtype)
-    result = common.header({
-        "benchmark": "encode",
-        "env": common.env_info(device),
-        "settings": settings,
-        "config": common.config_summary(config),
-        "parameters": {"text": common.count_parameters(model.text_model), "vision": common.count_parameters(model.vision_model)},
-        "peak_tflops": peak,
-        "peak_tflops_source": peak_source,
-        "flops_per_image": {str(s): vision_forward_flops(config.vision_config, s) for s in args.image_sizes},
-    })
+    result = common.result_header(
+        "encode", device, settings, config, model, peak, peak_source,
+        flops_per_image={str(s): vision_forward_flops(config.vision_config, s) for s in args.image_sizes},
+    )
 
     # fp32 SDPA references (TF32 off), before the model is cast.
     common.set_attn(model, "sdpa")
@@ -632,10 +622,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     if not args.skip_text:
         bench_text(model, runner, refs, args.attn, result)
     result["targets"] = compute_targets(result)
-    json_path, md_path = common.write_results(result, markdown(result), args.out)
-    print(f"wrote {json_path} and {md_path}")
-    print(common.md_targets(result["targets"]))
-    return result
+    return common.publish(result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

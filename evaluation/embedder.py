@@ -29,12 +29,13 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jina_clip_v2._io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -280,20 +281,10 @@ class EmbeddingCache:
     def save(self, model_fp: str, key: str, label: str, array: np.ndarray, meta: dict) -> Path:
         path = self.path(model_fp, key, label)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for suffix, write in (
-            (".npy", lambda handle: np.save(handle, array, allow_pickle=False)),
-            (".json", lambda handle: handle.write(json.dumps(meta, indent=1, sort_keys=True).encode())),
-        ):
-            target = path.with_suffix(suffix)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    write(handle)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+        with atomic_write(path.with_suffix(".npy"), "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        with atomic_write(path.with_suffix(".json")) as handle:
+            handle.write(json.dumps(meta, indent=1, sort_keys=True))
         return path
 
 

@@ -461,39 +461,29 @@ def _as_1d_float64(x: Any, name: str) -> np.ndarray:
 
 
 def rankdata(values: Any) -> np.ndarray:
-    """1-based ranks (float64), ties get the average of the ranks they span (scipy's ``"average"``)."""
-    x = _as_1d_float64(values, "values")
-    order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    # start of each run of equal values in sorted order, plus the end sentinel
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], x.size]
-    average = (starts + 1 + ends) / 2.0  # mean of the 1-based ranks starts+1 .. ends
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(average, ends - starts)
-    return ranks
+    """1-based ranks (float64), ties get the average of the ranks they span (``scipy.stats.rankdata``)."""
+    from scipy.stats import rankdata as scipy_rankdata
+
+    return scipy_rankdata(_as_1d_float64(values, "values"), method="average").astype(np.float64)
 
 
 def spearman(pred_scores: Any, gold_scores: Any) -> float:
-    """Spearman's rank correlation (-1..1): Pearson correlation of average-tie ranks.
+    """Spearman's rank correlation (-1..1), ``scipy.stats.spearmanr``.
 
-    Equals ``scipy.stats.spearmanr``. Returns NaN when either input is constant (undefined, as
-    in scipy); raises ``ValueError`` on length mismatch, fewer than 2 items, or NaN/inf.
+    Returns NaN when either input is constant (undefined, as in scipy, without its warning); raises
+    ``ValueError`` on length mismatch, fewer than 2 items, or NaN/inf.
     """
+    from scipy.stats import spearmanr
+
     pred = _as_1d_float64(pred_scores, "pred_scores")
     gold = _as_1d_float64(gold_scores, "gold_scores")
     if pred.shape != gold.shape:
         raise ValueError(f"length mismatch: {pred.size} predictions vs {gold.size} gold scores")
     if pred.size < 2:
         raise ValueError("spearman needs at least 2 pairs")
-    a = rankdata(pred)
-    b = rankdata(gold)
-    a -= a.mean()
-    b -= b.mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    if denom == 0.0:
+    if np.ptp(pred) == 0 or np.ptp(gold) == 0:
         return float("nan")
-    return float(min(1.0, max(-1.0, float(a @ b) / denom)))
+    return float(min(1.0, max(-1.0, float(spearmanr(pred, gold).statistic))))
 
 
 def paired_cosine(emb1: Any, emb2: Any, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:

@@ -41,10 +41,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from jina_clip_v2._config import ConfigError, build, load_yaml, parse_overrides, to_dict
 
 from .tasks import CrossModalRetrievalTask, DocumentRetrievalTask, MTEBTask, Task, task_from_dict
 
@@ -102,57 +104,33 @@ MTEB_STS_MULTI_TASKS = ("STS17", "STS22", "STSBenchmarkMultilingualSTS")
 def _clip_benchmark() -> list[Task]:
     return [
         CrossModalRetrievalTask(
-            name="Flickr30K",
-            dataset="nlphuji/flickr_1k_test_image_text_retrieval",
-            split="test",
-            image_column="image",
-            caption_column="caption",
-            group=CLIP_BENCHMARK,
-        ),
-        CrossModalRetrievalTask(
-            name="MS COCO",
-            dataset="nlphuji/mscoco_2014_5k_test_image_text_retrieval",
-            split="test",
-            image_column="image",
-            caption_column="caption",
-            group=CLIP_BENCHMARK,
-        ),
+            name=name, dataset=dataset, split="test", image_column="image", caption_column="caption", group=CLIP_BENCHMARK
+        )
+        for name, dataset in (
+            ("Flickr30K", "nlphuji/flickr_1k_test_image_text_retrieval"),
+            ("MS COCO", "nlphuji/mscoco_2014_5k_test_image_text_retrieval"),
+        )
+    ]
+
+
+def _per_language(group: str, languages: Iterable[str], **fields: Any) -> list[Task]:
+    """One cross-modal task per language (split = language), as the multilingual benchmarks are laid out."""
+    return [
+        CrossModalRetrievalTask(name=group, split=lang, language=lang, group=group, multilingual=True, **fields)
+        for lang in languages
     ]
 
 
 def _xm3600(languages: Iterable[str] = XM3600_LANGUAGES) -> list[Task]:
-    return [
-        CrossModalRetrievalTask(
-            name=XM3600,
-            dataset=XM3600_DATASET,
-            revision=XM3600_REVISION,
-            split=lang,
-            language=lang,
-            image_column="image",
-            caption_column="captions",
-            group=XM3600,
-            multilingual=True,
-        )
-        for lang in languages
-    ]
+    return _per_language(
+        XM3600, languages, dataset=XM3600_DATASET, revision=XM3600_REVISION, image_column="image", caption_column="captions"
+    )
 
 
 def _multilingual_coco(languages: Iterable[str] = XTD10_LANGUAGES) -> list[Task]:
     # No Hub copy known: `dataset` stays unset until a local folder is given (prepare-xtd10 layout:
     # data/<lang>-00000-of-00001.parquet with `image` (path relative to the folder) and `caption`).
-    return [
-        CrossModalRetrievalTask(
-            name=MULTILINGUAL_COCO,
-            dataset=None,
-            split=lang,
-            language=lang,
-            image_column="image",
-            caption_column="caption",
-            group=MULTILINGUAL_COCO,
-            multilingual=True,
-        )
-        for lang in languages
-    ]
+    return _per_language(MULTILINGUAL_COCO, languages, dataset=None, image_column="image", caption_column="caption")
 
 
 def _vidore(names: Iterable[str] | None = None) -> list[Task]:
@@ -199,50 +177,31 @@ SUITES = {"paper": paper_suite, "quick": quick_suite}
 # --------------------------------------------------------------------------------------------
 
 
-def _yaml_loader():
-    """A safe YAML loader whose booleans are only true/false: language codes like ``no`` stay strings."""
-    import yaml
+@dataclass
+class SuiteFile:
+    """A suite file (YAML or JSON): ``base`` (a built-in suite to start from), ``tasks`` (more tasks, with the
+    fields of the task dataclasses in ``evaluation.tasks`` and their ``kind``), ``overrides`` (``--set``
+    syntax). A bare list is a list of tasks."""
 
-    class Loader(yaml.SafeLoader):
-        pass
-
-    bool_tag = "tag:yaml.org,2002:bool"
-    Loader.yaml_implicit_resolvers = {
-        key: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
-        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-    return Loader
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        import yaml
-    except ImportError:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+    base: str | None = None
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
 
 
 def load_suite_file(path: str | Path) -> list[Task]:
+    """Read a suite file with the package's one config reader (``jina_clip_v2._config``: the YAML that
+    training reads the same way; ``no`` is the string "no")."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        data = _parse_value(text)
+    data = json.loads(path.read_text(encoding="utf-8")) if path.suffix.lower() == ".json" else load_yaml(path)
     if isinstance(data, list):
         data = {"tasks": data}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a suite file holds a mapping (base / tasks / overrides) or a list of tasks")
-    unknown = sorted(set(data) - {"base", "tasks", "overrides"})
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; use base, tasks, overrides")
-    tasks = get_suite(data["base"]) if data.get("base") else []
-    tasks += [task_from_dict(entry) for entry in data.get("tasks") or []]
-    return apply_overrides(tasks, data.get("overrides") or [])
+    try:
+        suite = build(SuiteFile, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    tasks = get_suite(suite.base) if suite.base else []
+    tasks += [task_from_dict(entry) for entry in suite.tasks]
+    return apply_overrides(tasks, suite.overrides)
 
 
 def get_suite(name_or_path: str | Path | Sequence[Task]) -> list[Task]:
@@ -276,41 +235,28 @@ def select_tasks(tasks: Sequence[Task], patterns: str | Sequence[str] | None) ->
     return [t for t in tasks if any(_matches(t, p) for p in patterns)]
 
 
-def _coerce(task: Task, field: dataclasses.Field, value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in ("null", "none", "~"):
-        return None
-    if field.name == "ks" and value is not None:
-        return tuple(int(k) for k in (value if isinstance(value, (list, tuple)) else [value]))
-    return value
-
-
 def apply_overrides(tasks: Sequence[Task], overrides: Iterable[str]) -> list[Task]:
     """Apply ``PATTERN.field=value`` overrides (PATTERN as in :func:`select_tasks`; ``*`` for all).
 
-    Values are YAML scalars/lists (``[en-en]``, ``null``, ``5``); plain words stay strings.
-    """
+    Values are YAML (``[en-en]``, ``null``, ``5``) converted to the field's type; a text field takes a
+    scalar as written (``no``, ``1e5``, ``00123`` stay text)."""
     tasks = list(tasks)
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"override {item!r} must look like PATTERN.field=value")
         lhs, raw = item.split("=", 1)
         pattern, name = lhs.rsplit(".", 1)
-        value = _parse_value(raw) if raw.strip() else ""
-        if not isinstance(value, (list, dict)) and value is not None:
-            value = raw if not isinstance(value, bool) else value  # keep "no", "1e5", "00123" verbatim
         hits = 0
         for index, task in enumerate(tasks):
             if not _matches(task, pattern):
                 continue
-            fields = {f.name: f for f in dataclasses.fields(task)}
+            fields = sorted(f.name for f in dataclasses.fields(task))
             if name not in fields:
-                raise ValueError(f"override {item!r}: {type(task).__name__} has no field {name!r}; fields: {sorted(fields)}")
-            coerced = _coerce(task, fields[name], value)
-            if isinstance(getattr(task, name), bool) and not isinstance(coerced, bool):
-                coerced = str(coerced).lower() in ("1", "true", "yes")
-            if isinstance(getattr(task, name), int) and not isinstance(getattr(task, name), bool) and isinstance(coerced, str):
-                coerced = int(coerced)
-            tasks[index] = dataclasses.replace(task, **{name: coerced})
+                raise ValueError(f"override {item!r}: {type(task).__name__} has no field {name!r}; fields: {fields}")
+            try:
+                tasks[index] = build(type(task), to_dict(task), overrides=parse_overrides([f"{name}={raw}"], type(task)))
+            except ConfigError as err:
+                raise ConfigError(f"override {item!r}: {err}") from None
             hits += 1
         if not hits:
             raise ValueError(f"override {item!r}: no task matches {pattern!r}")

@@ -39,6 +39,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from jina_clip_v2._config import ConfigError, build
+
 from .embedder import ImageList
 
 logger = logging.getLogger(__name__)
@@ -125,6 +127,18 @@ def _captions_of(value: Any) -> list[str]:
 
 def _display(dataset: str | None) -> str | None:
     return None if dataset is None else str(dataset)
+
+
+def _dataset_info(task: Any, config: str | None) -> dict:
+    """What a report says about a task's data (``dataset_info`` of the image tasks)."""
+    return {
+        "name": task.name,
+        "id": _display(task.dataset),
+        "split": task.split,
+        "language": task.language,
+        "config": config,
+        "revision": task.revision,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,14 +263,7 @@ class CrossModalRetrievalTask(_TaskBase):
         return CrossModalData(images=images, captions=captions, text_to_image=np.asarray(owner, dtype=np.int64))
 
     def dataset_info(self) -> dict:
-        return {
-            "name": self.name,
-            "id": _display(self.dataset),
-            "split": self.split,
-            "language": self.language,
-            "config": self.config,
-            "revision": self.revision,
-        }
+        return _dataset_info(self, self.config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,14 +382,7 @@ class DocumentRetrievalTask(_TaskBase):
         )
 
     def dataset_info(self) -> dict:
-        return {
-            "name": self.name,
-            "id": _display(self.dataset),
-            "split": self.split,
-            "language": self.language,
-            "config": self.config if self.layout == "pairs" else None,
-            "revision": self.revision,
-        }
+        return _dataset_info(self, self.config if self.layout == "pairs" else None)
 
 
 def _limit_documents(data: DocumentData, limit: int) -> DocumentData:
@@ -454,19 +454,20 @@ Task = CrossModalRetrievalTask | DocumentRetrievalTask | MTEBTask
 
 
 def task_from_dict(data: dict) -> Task:
-    """Build a task from a plain dict (a suite YAML entry): ``{"kind": "crossmodal", "name": ..., ...}``."""
+    """Build a task from a plain dict (a suite YAML entry): ``{"kind": "crossmodal", "name": ..., ...}``;
+    unknown fields, wrong types and missing required ones are a ``ConfigError`` naming the field."""
     data = dict(data)
     kind = data.pop("kind", None)
     if kind not in TASK_KINDS:
         raise ValueError(f"task {data.get('name')!r}: 'kind' must be one of {sorted(TASK_KINDS)}, got {kind!r}")
     cls = TASK_KINDS[kind]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"task {data.get('name')!r} ({kind}): unknown field(s) {unknown}; known: {sorted(known)}")
-    if "ks" in data and data["ks"] is not None:
-        data["ks"] = tuple(int(k) for k in data["ks"])
-    return cls(**data)
+    try:
+        return build(cls, data)
+    except ConfigError as err:
+        if err.problem == "unknown":
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"task {data.get('name')!r} ({kind}): unknown field {err.key!r}; known: {known}") from None
+        raise ConfigError(f"task {data.get('name')!r} ({kind}): {err}") from None
 
 
 __all__ = [

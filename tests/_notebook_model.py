@@ -33,19 +33,16 @@ def export_tiny_model(folder: str | os.PathLike) -> Path:
 
 
 def notebook_env(model_dir: str | os.PathLike, work_dir: str | os.PathLike) -> dict[str, str]:
-    """The kernel's environment: test mode, the tiny model, the Hub offline, this repository importable
-    (for the demo data and the packages, as an installed package would be), a private HF cache, a
-    non-interactive matplotlib backend and one CPU thread."""
+    """The kernel's environment: test mode, the tiny model, the Hub offline, a private HF cache, a
+    non-interactive matplotlib backend and one CPU thread. The notebooks import the installed package
+    (this interpreter's editable install) and take the demo data and the stage configs from it, as on Colab."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "JINA_CLIP_", "MPLBACKEND"))}
-    python_path = [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update(
         JINA_CLIP_NOTEBOOK_TEST="1",
         JINA_CLIP_NOTEBOOK_MODEL=str(model_dir),
-        JINA_CLIP_REPO=str(ROOT),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         HF_HOME=str(Path(work_dir) / "hf_home"),
-        PYTHONPATH=os.pathsep.join(python_path),
         MPLBACKEND="Agg",
         TOKENIZERS_PARALLELISM="false",
         # the tiny model's matrices are too small to share: one thread each is several times faster on a

@@ -1,5 +1,6 @@
-"""Tests of benchmarks/: the analytic FLOPs against torch's FlopCounterMode, the GPU peak table, the stage-settings
-reader, and both benchmark scripts end to end on the tiny config (valid strict JSON with the documented keys, a
+"""Tests of benchmarks/ and of the FLOPs module (training/flops.py): the analytic FLOPs against torch's
+FlopCounterMode, the GPU peak table, the stage settings (read by training's config loader), and both benchmark
+scripts end to end on the tiny config (valid strict JSON with the documented keys, a
 markdown report, passing parity). GPU-only checks (bf16 vs fp32, FlashAttention-2 vs SDPA, the packed varlen path)
 are marked `gpu` and skipped without CUDA.
 
@@ -19,7 +20,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from _tiny import ROOT
-from jina_clip_v2.benchmarks import common, encode, flops, train_step
+from jina_clip_v2.benchmarks import common, encode, train_step
+from jina_clip_v2.benchmarks import flops as flops_cli
+from jina_clip_v2.training import flops
+from jina_clip_v2.training.config import ConfigError
 
 STATUSES = {"pass", "fail", "unmeasured"}
 
@@ -134,18 +138,30 @@ def test_peak_table_and_mfu():
 # ----------------------------------------------------------------------------------------------------
 
 
+TINY_STAGE_YAML = (
+    "output_dir: unused\n"
+    "model: {processor_from: tokenizer, image_size: 224, config: {vision_config: {image_size: 56}}}\n"
+    "data:\n"
+    "  text: {kind: text_pairs, batch_size: 4096, max_length: 77, sources: [{path: pairs}]}\n"
+    "  image_text: {kind: image_text_short, batch_size: 2048, max_length: 77, sources: [{path: captions}]}\n"
+    "optim: {text_lr: 0.0001}\n"
+    "train: {steps: 10}\n"
+)
+
+
 def test_stage_settings_from_yaml_and_fallback(tmp_path):
-    (tmp_path / "stage1.yaml").write_text(
-        "model:\n  image_size: [224, 384]\ndata:\n  max_length: 77\n"
-        "batch_size:\n  text: 4096\n  image_text: 2048\nlr: {text: 0.0001}\n",
-        encoding="utf-8",
-    )
+    """The settings are read by training's loader (so a file training would reject is rejected here too, naming the
+    key); without a file, the shipped stage config (the paper's Table 6)."""
+    (tmp_path / "stage1.yaml").write_text("stage: 1\n" + TINY_STAGE_YAML, encoding="utf-8")
     s1 = train_step.stage_settings(1, tmp_path)
     assert (s1["image_size"], s1["seq_len"], s1["text_batch"], s1["image_text_batch"]) == (224, 77, 4096, 2048)
-    assert s1["sources"]["text_batch"].endswith("batch_size.text")
+    assert s1["sources"]["text_batch"].endswith("data.text.batch_size")
     s2 = train_step.stage_settings(2, tmp_path)  # no file: the paper's Table 6
     assert (s2["seq_len"], s2["image_size"], s2["image_text_batch"], s2["text_batch"], s2["negatives"]) == (512, 384, 8192, 8192, 0)
     assert set(s2["sources"].values()) == {"paper Table 6"}
+    (tmp_path / "stage3.yaml").write_text("stage: 3\nbatch_size: {text: 4096}\n" + TINY_STAGE_YAML, encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown config key 'batch_size'"):
+        train_step.stage_settings(3, tmp_path)
 
 
 def test_stage_settings_read_training_stage_layout(tmp_path):
@@ -153,11 +169,12 @@ def test_stage_settings_read_training_stage_layout(tmp_path):
     per-stage overrides under `stages:` on a base block (whose resolution_switch must not be taken)."""
     (tmp_path / "stage3.yaml").write_text(
         "stage: 1\n"
-        "model: {image_size: null, config: {vision_config: {image_size: 56}}}\n"
+        "output_dir: unused\n"
+        "model: {image_size: null, processor_from: tokenizer, config: {vision_config: {image_size: 56}}}\n"
         "data:\n"
-        "  text: {kind: text_pairs, batch_size: 32, max_length: 16}\n"
-        "  image_text: {kind: image_text_short, batch_size: 32, max_length: 16}\n"
-        "train: {resolution_switch: {at_step: 100, image_size: 70}}\n"
+        "  text: {kind: text_pairs, batch_size: 32, max_length: 16, sources: [{path: pairs}]}\n"
+        "  image_text: {kind: image_text_short, batch_size: 32, max_length: 16, sources: [{path: captions}]}\n"
+        "train: {steps: 200, resolution_switch: {at_step: 100, image_size: 70}}\n"
         "stages:\n"
         "  3:\n"
         "    model: {image_size: 84}\n"
@@ -339,7 +356,7 @@ def test_train_step_tiny_cpu(tmp_path):
 
 
 def test_flops_cli(capsys):
-    summary = flops.main(["--tiny", "--image-sizes", "56", "--seq-lens", "16"])
+    summary = flops_cli.main(["--tiny", "--image-sizes", "56", "--seq-lens", "16"])
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(summary))
     assert summary["train_step_multipliers"]["plain"] == 3.0
 

@@ -17,13 +17,8 @@ import torch
 from PIL import Image
 
 from _tiny import build_processor, build_tokenizer  # noqa: E402  (also puts the repo on sys.path)
-from jina_clip_v2.training.data import (
-    SourceConfig,
-    TaskDataConfig,
-    build_task_stream,
-    image_from_record,
-    random_resized_crop_box,
-)
+from jina_clip_v2.training.data import SourceConfig, TaskDataConfig, build_task_stream
+from jina_clip_v2.training.images import image_from_record, random_resized_crop_box
 
 pytest.importorskip("datasets")
 

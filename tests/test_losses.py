@@ -14,18 +14,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+from jina_clip_v2.training.grad_cache import grad_cache_step, split_batch
 from jina_clip_v2.training.losses import (
-    JointLoss,
     LearnableTemperature,
-    TaskLoss,
+    LossOutput,
     average_gradients,
     contrastive_loss,
     gather_with_grad,
-    grad_cache_step,
     info_nce,
     info_nce_plus,
     joint_loss,
-    split_batch,
 )
 
 TOL = 1e-5
@@ -250,10 +248,10 @@ def _distributed_setup() -> tuple[LearnableTemperature, LearnableTemperature, nn
 
 def _distributed_losses(
     batch: dict[str, Tensor], text_t: LearnableTemperature, image_t: LearnableTemperature
-) -> Callable[[Tensor], JointLoss]:
+) -> Callable[[Tensor], LossOutput]:
     """Eq. 3 where the image embeddings come from an encoder (exercised through grad_cache_step)."""
 
-    def loss_fn(images: Tensor) -> JointLoss:
+    def loss_fn(images: Tensor) -> LossOutput:
         return joint_loss(
             batch["tq"], batch["tp"], batch["captions"], images,
             text_temperature=text_t(), image_temperature=image_t(),
@@ -368,7 +366,7 @@ def _encoder(in_features: int, seed: int) -> nn.Module:
     ).train()
 
 
-def _image_text_case() -> tuple[list[nn.Module], list, Callable[..., TaskLoss]]:
+def _image_text_case() -> tuple[list[nn.Module], list, Callable[..., LossOutput]]:
     text_encoder, image_encoder = _encoder(12, seed=0), _encoder(20, seed=1)
     temperature = LearnableTemperature(0.07)
     captions, images = torch.randn(8, 12), torch.randn(8, 20)
@@ -377,13 +375,13 @@ def _image_text_case() -> tuple[list[nn.Module], list, Callable[..., TaskLoss]]:
         (image_encoder, split_batch(images, 3)),
     ]
 
-    def loss_fn(caption_embeddings: Tensor, image_embeddings: Tensor) -> TaskLoss:
+    def loss_fn(caption_embeddings: Tensor, image_embeddings: Tensor) -> LossOutput:
         return contrastive_loss(caption_embeddings, image_embeddings, temperature(), dims=(8, 16))
 
     return [text_encoder, image_encoder, temperature], groups, loss_fn
 
 
-def _hard_negative_text_case() -> tuple[list[nn.Module], list, Callable[..., TaskLoss]]:
+def _hard_negative_text_case() -> tuple[list[nn.Module], list, Callable[..., LossOutput]]:
     encoder = _encoder(12, seed=2)  # one text encoder for queries, documents and negatives
     temperature = LearnableTemperature(0.05)
     batch, num_negatives = 4, 7
@@ -395,7 +393,7 @@ def _hard_negative_text_case() -> tuple[list[nn.Module], list, Callable[..., Tas
         (encoder, split_batch(negatives, 5)),
     ]
 
-    def loss_fn(q: Tensor, p: Tensor, n: Tensor) -> TaskLoss:
+    def loss_fn(q: Tensor, p: Tensor, n: Tensor) -> LossOutput:
         return contrastive_loss(
             q, p, temperature(), negatives=n.view(batch, num_negatives, -1), dims=(8, 16)
         )
@@ -403,7 +401,7 @@ def _hard_negative_text_case() -> tuple[list[nn.Module], list, Callable[..., Tas
     return [encoder, temperature], groups, loss_fn
 
 
-def _plain_step(groups: list, loss_fn: Callable[..., TaskLoss]) -> Tensor:
+def _plain_step(groups: list, loss_fn: Callable[..., LossOutput]) -> Tensor:
     """The reference: encode the same chunks in the same order with a graph, one backward."""
     embeddings = [torch.cat([encode(chunk) for chunk in chunks]) for encode, chunks in groups]
     loss = loss_fn(*embeddings).loss

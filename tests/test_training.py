@@ -1,4 +1,5 @@
-"""The training stage (training/stage.py), optimiser (training/optim.py) and checkpoints.
+"""The training stage (training/stage.py -> training/loop.py, training/step.py), optimizer (training/optim.py)
+and checkpoints; the config's own errors and ranges are in tests/test_config.py.
 
 Every run here is a tiny model (32 wide, 2+2 layers, the small test tokenizer) on the bundled demo data,
 on CPU. The subprocess tests (two processes with `accelerate launch`, SIGKILL + resume) start fresh
@@ -7,6 +8,7 @@ Python interpreters and take ~10-30 s each.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -23,8 +25,15 @@ import torch
 from _tiny import ROOT, build_tokenizer, tiny_model
 
 from jina_clip_v2.training import checkpoint as ckpt
-from jina_clip_v2.training import stage as S
+from jina_clip_v2.training.batches import ImageTextBatch, TextBatch
+from jina_clip_v2.training.builders import Temperatures, apply_peft, build_model, merge_peft
+from jina_clip_v2.training.config import ConfigError, LossSection, OptimSection, PeftSection, load_config, parse_overrides, validate_config
+from jina_clip_v2.training.demo_data import demo_sources
+from jina_clip_v2.training.images import augment_views
+from jina_clip_v2.training.launch import check_launch_environment, reset_accelerate_state
+from jina_clip_v2.training.loop import Stage
 from jina_clip_v2.training.optim import build_optimizer, build_scheduler, classify_parameter
+from jina_clip_v2.training.stage import main as stage_main
 
 TINY = ROOT / "training" / "configs" / "tiny.yaml"
 ENV = {
@@ -49,7 +58,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("training_assets")
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(root / "tokenizer")
-    S.demo_sources(root / "demo", "train", DEMO_LANGS)
+    demo_sources(root / "demo", "train", DEMO_LANGS)
     return {"tokenizer": root / "tokenizer", "demo": root / "demo"}
 
 
@@ -93,11 +102,11 @@ def free_port() -> int:
 def test_optimizer_groups_cover_every_parameter_once_with_the_right_lr_and_decay():
     model = tiny_model()
     model.logit_scale.requires_grad_(False)
-    temperatures = S.Temperatures(S.LossSection(), {"text": 0.07, "image_text": 0.07})
+    temperatures = Temperatures(LossSection(), {"text": 0.07, "image_text": 0.07})
     optimizer = build_optimizer(
         {"": model, "temperatures": temperatures},
-        text_lr=1e-4, vision_lr=2e-4, text_layer_decay=0.9, vision_layer_decay=0.8, weight_decay=0.02,
-        temperature_lr=3e-4,
+        OptimSection(text_lr=1e-4, vision_lr=2e-4, text_layer_decay=0.9, vision_layer_decay=0.8, weight_decay=0.02,
+                     temperature_lr=3e-4),
     )
     named = dict(model.named_parameters()) | {f"temperatures.{n}": p for n, p in temperatures.named_parameters()}
     owner = {}
@@ -182,9 +191,9 @@ def test_cosine_schedule_with_warmup():
 
 
 def test_config_overrides_stage_blocks_and_errors():
-    cfg = S.load_config(TINY)
+    cfg = load_config(TINY)
     assert cfg.stage == 1 and cfg.data.text.kind == "text_pairs" and cfg.train.resolution_switch.image_size == 70
-    cfg = S.load_config(TINY, ["stage=3", "optim.text_lr=1e-4", "train.steps=7", "data.text.sources.0.weight=2",
+    cfg = load_config(TINY, ["stage=3", "optim.text_lr=1e-4", "train.steps=7", "data.text.sources.0.weight=2",
                                "peft={tower: text, r: 4}"])
     assert cfg.stage == 3 and cfg.data.text.kind == "text_triplets" and cfg.model.image_size == 84
     assert cfg.optim.text_lr == 1e-4 and isinstance(cfg.optim.text_lr, float)  # YAML reads "1e-4" as a string
@@ -192,20 +201,19 @@ def test_config_overrides_stage_blocks_and_errors():
     assert cfg.peft.tower == "text" and cfg.peft.r == 4 and cfg.peft.alpha == 16.0
     assert cfg.train.resolution_switch is None
 
-    with pytest.raises(S.ConfigError, match="unknown config key 'optim.lr'"):
-        S.load_config(TINY, ["optim.lr=1e-3"])
-    with pytest.raises(S.ConfigError, match="unknown config key 'data.text.sources.0.pth'"):
-        S.load_config(TINY, ["data.text.sources.0.pth=x"])
-    with pytest.raises(S.ConfigError, match="'train.steps' must be an integer"):
-        S.load_config(TINY, ["train.steps=many"])
-    with pytest.raises(S.ConfigError, match="key=value"):
-        S.parse_overrides(["train.steps"])
-    cfg = S.load_config(TINY, ["data.image_text.kind=text_pairs"])
-    with pytest.raises(S.ConfigError, match="data.image_text.kind"):
-        S.validate_config(cfg)
-    cfg = S.load_config(TINY, ["stage=3", "loss.unified_batch=true"])
-    with pytest.raises(S.ConfigError, match="unified_batch"):
-        S.validate_config(cfg)
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lr'"):
+        load_config(TINY, ["optim.lr=1e-3"])
+    with pytest.raises(ConfigError, match="unknown config key 'data.text.sources.0.pth'"):
+        load_config(TINY, ["data.text.sources.0.pth=x"])
+    with pytest.raises(ConfigError, match="'train.steps' must be an integer"):
+        load_config(TINY, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["train.steps"])
+    # Checks across fields run when the config is read (load_config validates).
+    with pytest.raises(ConfigError, match="data.image_text.kind"):
+        load_config(TINY, ["data.image_text.kind=text_pairs"])
+    with pytest.raises(ConfigError, match="unified_batch"):
+        load_config(TINY, ["stage=3", "loss.unified_batch=true"])
 
 
 def test_stage_configs_carry_table_6():
@@ -216,8 +224,8 @@ def test_stage_configs_carry_table_6():
         3: (5e-6, 1.0, 1e-4, 1.0, 1024, 128, 16000, 512, 512),
     }
     for stage, values in expected.items():
-        cfg = S.load_config(ROOT / "training" / "configs" / f"stage{stage}.yaml")
-        S.validate_config(cfg)
+        cfg = load_config(ROOT / "training" / "configs" / f"stage{stage}.yaml")
+        validate_config(cfg)
         o = cfg.optim
         got = (o.vision_lr, o.vision_layer_decay, o.text_lr, o.text_layer_decay, cfg.data.image_text.batch_size,
                cfg.data.text.batch_size, cfg.train.steps, cfg.data.text.max_length, cfg.model.image_size)
@@ -226,7 +234,7 @@ def test_stage_configs_carry_table_6():
         assert (tuple(o.betas), o.eps, o.weight_decay) == ((0.9, 0.98), 1e-6, 0.02)
         assert cfg.train.mixed_precision == "bf16" and cfg.loss.matryoshka_dims == [64, 128, 256, 512, 768, 1024]
         assert cfg.stage == stage
-    s1, s2, s3 = (S.load_config(ROOT / "training" / "configs" / f"stage{i}.yaml") for i in (1, 2, 3))
+    s1, s2, s3 = (load_config(ROOT / "training" / "configs" / f"stage{i}.yaml") for i in (1, 2, 3))
     assert s1.train.resolution_switch.image_size == 384 and s1.train.resolution_switch.at_step < s1.train.steps
     assert s1.data.image_text.kind == "image_text_short" and s2.data.image_text.kind == "image_text_long"
     assert s3.data.text.kind == "text_triplets" and s3.data.text.num_negatives == 7
@@ -288,7 +296,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
 
 def test_short_run_loss_falls_and_resolution_switch(assets, tmp_path):
     out = tmp_path / "run"
-    summary = S.main(["--config", str(TINY), *tiny_overrides(
+    summary = stage_main(["--config", str(TINY), *tiny_overrides(
         assets, out, "train.steps=12", "train.checkpoint_every=100", "optim.text_lr=5e-3", "optim.vision_lr=5e-3",
         "train.resolution_switch={at_step: 8, image_size: 70}",
     )])
@@ -306,7 +314,7 @@ def test_short_run_loss_falls_and_resolution_switch(assets, tmp_path):
 
 def test_unified_batch_runs_and_learns(assets, tmp_path):
     out = tmp_path / "unified"
-    summary = S.main(["--config", str(TINY), *tiny_overrides(
+    summary = stage_main(["--config", str(TINY), *tiny_overrides(
         assets, out, "train.steps=10", "train.checkpoint_every=100", "loss.unified_batch=true",
         "optim.text_lr=5e-3", "optim.vision_lr=5e-3",
     )])
@@ -323,14 +331,14 @@ def test_unified_batch_runs_and_learns(assets, tmp_path):
 def test_augment_views_shapes_and_randomness():
     torch.manual_seed(0)
     pixels = torch.randn(4, 3, 28, 28)
-    a = S.augment_views(pixels)
-    b = S.augment_views(pixels)
+    a = augment_views(pixels)
+    b = augment_views(pixels)
     assert a.shape == pixels.shape and torch.isfinite(a).all()
     assert not torch.allclose(a, b)
     torch.manual_seed(1)
-    c = S.augment_views(pixels)
+    c = augment_views(pixels)
     torch.manual_seed(1)
-    assert torch.equal(c, S.augment_views(pixels))  # drawn from the global generator: checkpointable
+    assert torch.equal(c, augment_views(pixels))  # drawn from the global generator: checkpointable
 
 
 def test_peft_lora_merges_into_plain_weights(assets, tmp_path):
@@ -339,7 +347,7 @@ def test_peft_lora_merges_into_plain_weights(assets, tmp_path):
 
     # Merging: the merged model computes what the adapted model computed.
     model = tiny_model()
-    S.apply_peft(model, S.PeftSection(tower="both", r=4, alpha=8))
+    apply_peft(model, PeftSection(tower="both", r=4, alpha=8))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -353,7 +361,7 @@ def test_peft_lora_merges_into_plain_weights(assets, tmp_path):
     with torch.no_grad():
         text_before = model.get_text_features(ids, mask).pooler_output
         image_before = model.get_image_features(pixels).pooler_output
-    assert S.merge_peft(model) > 0
+    assert merge_peft(model) > 0
     assert not any("lora" in k or "base_layer" in k for k in model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model.get_text_features(ids, mask).pooler_output, text_before, atol=1e-5, rtol=1e-5)
@@ -361,7 +369,7 @@ def test_peft_lora_merges_into_plain_weights(assets, tmp_path):
 
     # A LoRA run: base weights stay frozen, the export is a plain model that AutoModel loads.
     out = tmp_path / "lora"
-    S.main(["--config", str(TINY), *tiny_overrides(
+    stage_main(["--config", str(TINY), *tiny_overrides(
         assets, out, "train.steps=3", "train.checkpoint_every=100", "train.export=true",
         "peft={tower: text, r: 4, alpha: 8}", "optim.text_lr=1e-2",
     )])
@@ -370,8 +378,8 @@ def test_peft_lora_merges_into_plain_weights(assets, tmp_path):
     reloaded = AutoModel.from_pretrained(str(out / "model"), trust_remote_code=True)
     assert reloaded.encode_text(["Ein Hund"]).shape == (1, 64)
     # Only the text tower's adapters trained: the vision tower and the text embeddings are as initialised.
-    cfg = S.load_config(TINY, tiny_overrides(assets, out))
-    initial, _ = S.build_model(cfg.model, cfg.train.seed)
+    cfg = load_config(TINY, tiny_overrides(assets, out))
+    initial, _ = build_model(cfg.model, cfg.train.seed)
     initial_state = initial.state_dict()
     for key in ("vision_model.blocks.0.attn.q_proj.weight", "text_model.embeddings.word_embeddings.weight"):
         torch.testing.assert_close(exported[key], initial_state[key], atol=0, rtol=0)
@@ -384,7 +392,7 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
     common = [f"train.steps={steps}", "train.checkpoint_every=4", "train.keep_last=2"]
     # Reference: an uninterrupted run.
     reference = tmp_path / "reference"
-    S.main(["--config", str(TINY), *tiny_overrides(assets, reference, *common)])
+    stage_main(["--config", str(TINY), *tiny_overrides(assets, reference, *common)])
     expected = read_metrics(reference)
 
     # The same run in a subprocess, killed with SIGKILL once a checkpoint is complete, preferably while
@@ -420,7 +428,7 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
     assert start % 4 == 0 and 4 <= start < steps
     assert max(read_metrics(out)) < steps
 
-    summary = S.main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, *common)])
+    summary = stage_main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, *common)])
     resumed = read_metrics(out)
     assert sorted(resumed) == list(range(1, steps + 1))
     for step in range(start + 1, steps + 1):
@@ -463,23 +471,61 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(assets, tmp_p
         assert (out / "checkpoints" / "step_0000002" / ckpt.data_state_file(rank)).is_file()
 
     # One process, same initial weights (seeded init), the two ranks' rows concatenated in rank order.
-    cfg = S.load_config(TINY, tiny_overrides(assets, tmp_path / "single", "train.steps=2"))
-    stage = S.Stage(cfg)
+    cfg = load_config(TINY, tiny_overrides(assets, tmp_path / "single", "train.steps=2"))
+    stage = Stage(cfg)
     try:
         for step in (0, 1):
             if step == 1:
                 stage.set_image_size(70)
             batches = [torch.load(out / "debug" / f"batch_step{step}_rank{r}.pt") for r in (0, 1)]
             assert batches[0]["text"]["query"]["input_ids"].shape[0] == 8  # 16 global / 2 processes
-            text = S.concat_batches([b["text"] for b in batches])
-            image = S.concat_batches([b["image_text"] for b in batches])
-            output = stage.train_step(text, image)
+            text = TextBatch.concat([TextBatch.from_stream(b["text"]) for b in batches])
+            image = ImageTextBatch.concat([ImageTextBatch.from_stream(b["image_text"]) for b in batches])
+            output = stage.step(text, image)
             record = metrics[step + 1]
             assert record["loss"] == pytest.approx(float(output.loss), rel=1e-5, abs=1e-5), step
             assert record["loss/text"] == pytest.approx(float(output.text.loss), rel=1e-5, abs=1e-5)
             assert record["loss/image_text"] == pytest.approx(float(output.image_text.loss), rel=1e-5, abs=1e-5)
     finally:
-        S._reset_accelerate_state()
+        reset_accelerate_state()
+
+
+def test_benchmark_times_the_trainers_own_step(assets, tmp_path):
+    """benchmarks/train_step.py on the tiny config, fed training's first batch with training's seed, gives the loss
+    training logged for that step (it runs the same TrainStep: optimizer groups, clipping, Matryoshka widths,
+    temperatures), and counts the step's FLOPs with the function behind the logged MFU, so both MFUs agree."""
+    from accelerate.utils import set_seed
+
+    from jina_clip_v2.benchmarks import train_step as bench
+    from jina_clip_v2.training import flops
+    from jina_clip_v2.training.launch import build_accelerator
+    from jina_clip_v2.training.step import TrainStep
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(assets, out, "train.steps=1", "train.dump_batches=1", "train.peak_tflops=100",
+                               "train.checkpoint_every=100")
+    stage_main(["--config", str(TINY), *overrides])
+    record = read_metrics(out)[1]
+    batch = torch.load(out / "debug" / "batch_step0_rank0.pt")
+    text, image = TextBatch.from_stream(batch["text"]), ImageTextBatch.from_stream(batch["image_text"])
+
+    cfg = load_config(TINY, overrides)
+    model, _ = build_model(cfg.model, cfg.train.seed)
+    accelerator = build_accelerator(cfg, tmp_path / "bench")
+    try:
+        step = TrainStep(cfg, model, accelerator)
+        set_seed(cfg.train.seed, device_specific=True)  # what the loop does before its first step
+        args = argparse.Namespace(warmup=0, iters=1, chunks=4)
+        run = bench.run_variant(step, text, image, "plain", args)
+        assert run["status"] == "ok" and run["loss"] == record["loss"]
+        counted = bench.count_step(step, text, image, bench.VARIANTS["plain"])
+    finally:
+        reset_accelerate_state()
+    assert counted["model"] == record["model_flops_per_step"]
+    assert counted["samples"] == 32 and record["model_flops_per_step"] > 0
+    # The same step time gives the same MFU: training's record and the benchmark's function.
+    assert flops.mfu(counted["model"], record["seconds_per_step"], 100.0) == pytest.approx(record["mfu"], rel=1e-12)
+    assert record["tflops_per_s"] == pytest.approx(counted["model"] / record["seconds_per_step"] / 1e12, rel=1e-12)
 
 
 def test_cpu_launch_without_mpi_is_refused():
@@ -487,10 +533,10 @@ def test_cpu_launch_without_mpi_is_refused():
     set and no rank variables: refused with a hint, instead of training on half the processes."""
     launched = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     with pytest.raises(RuntimeError, match="--multi_gpu"):
-        S.check_launch_environment(launched)
-    S.check_launch_environment({**launched, "WORLD_SIZE": "2", "LOCAL_RANK": "0"})  # torchrun
-    S.check_launch_environment({**launched, "OMPI_COMM_WORLD_SIZE": "2"})  # mpirun
-    S.check_launch_environment({"ACCELERATE_USE_CPU": "True"})  # --cpu, one process
+        check_launch_environment(launched)
+    check_launch_environment({**launched, "WORLD_SIZE": "2", "LOCAL_RANK": "0"})  # torchrun
+    check_launch_environment({**launched, "OMPI_COMM_WORLD_SIZE": "2"})  # mpirun
+    check_launch_environment({"ACCELERATE_USE_CPU": "True"})  # --cpu, one process
 
 
 @pytest.mark.slow
@@ -511,8 +557,8 @@ def test_three_stage_chain_on_demo_data(assets, tmp_path):
     entries = [(r["captions"][lang], i, lang) for i, r in enumerate(records) for lang in DEMO_LANGS]
 
     init = tmp_path / "init"
-    cfg = S.load_config(TINY, tiny_overrides(assets, tmp_path / "unused"))
-    model, processor = S.build_model(cfg.model, 0)
+    cfg = load_config(TINY, tiny_overrides(assets, tmp_path / "unused"))
+    model, processor = build_model(cfg.model, 0)
     model.save_pretrained(init)
     processor.save_pretrained(init)
     before = evaluate(model, images, entries)
@@ -532,7 +578,7 @@ def test_three_stage_chain_on_demo_data(assets, tmp_path):
             extra += ["train.steps=30", "model.image_size=70", "data.text.batch_size=64", "data.image_text.batch_size=64"]
         else:
             extra += ["train.steps=30", "model.image_size=84", "data.text.batch_size=16", "data.image_text.batch_size=64"]
-        summary = S.main(["--config", str(TINY), *tiny_overrides(assets, out, *extra)])
+        summary = stage_main(["--config", str(TINY), *tiny_overrides(assets, out, *extra)])
         metrics = read_metrics(out)
         losses = [metrics[s]["loss"] for s in sorted(metrics)]
         assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, (stage, losses)

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from jina_clip_v2._io import atomic_write, remove_folder, replace_folder
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -87,24 +89,9 @@ def clean_incomplete(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def save_checkpoint(
@@ -119,12 +106,12 @@ def save_checkpoint(
     """Write a checkpoint of the current step on every rank (a collective: all ranks must call it).
 
     Args:
-        accelerator: the run's ``Accelerator``; ``save_state`` writes the prepared model, optimiser,
+        accelerator: the run's ``Accelerator``; ``save_state`` writes the prepared model, optimizer,
             scheduler, registered objects (temperatures) and every rank's RNG states.
         root: the checkpoints folder.
-        step: completed optimiser steps.
+        step: completed optimizer steps.
         data_state: this rank's data stream states (``{"text": ..., "image_text": ...}``).
-        trainer_state: JSON-serialisable run state (step, samples seen, resolution, config).
+        trainer_state: JSON-serializable run state (step, samples seen, resolution, config).
         keep_last: keep only the newest ``keep_last`` complete checkpoints (None: keep all).
     """
     root = Path(root)
@@ -145,26 +132,16 @@ def save_checkpoint(
         state.update(step=step, world_size=accelerator.num_processes)
         # Written last: a folder without it is never treated as a checkpoint.
         _write_json(staging / TRAINER_STATE, state)
-        _fsync_dir(staging)
-        if final.exists():  # a re-run over the same step: swap, never leave a gap under the final name
-            doomed = root / (final.name + ".old.tmp")
-            os.replace(final, doomed)
-            os.replace(staging, final)
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-        _fsync_dir(root)
+        replace_folder(staging, final)  # a re-run over the same step swaps: no gap under the final name
         if keep_last is not None and keep_last > 0:
             for _, old in list_checkpoints(root)[:-keep_last]:
-                doomed = root / (old.name + ".tmp")
-                os.replace(old, doomed)  # invisible as a checkpoint before its files start to go
-                shutil.rmtree(doomed, ignore_errors=True)
+                remove_folder(old)  # invisible as a checkpoint before its files start to go
     accelerator.wait_for_everyone()
     return final
 
 
 def load_checkpoint(accelerator, path: str | os.PathLike) -> tuple[dict, dict]:
-    """Restore model, optimiser, scheduler, temperatures and RNG states from a checkpoint folder and
+    """Restore model, optimizer, scheduler, temperatures and RNG states from a checkpoint folder and
     return ``(trainer_state, data_state of this rank)``. Call it after ``accelerator.prepare`` and as
     the last thing before training resumes (anything drawing random numbers after it would break
     bit-exact resumption)."""

@@ -40,8 +40,8 @@ Pipeline (every source is a streaming ``datasets.IterableDataset``)::
 
     load_dataset(..., streaming=True)          # Hub id, local folder (Hub layout or plain), file, glob
       .decode(False)                           # images stay bytes/paths until a batch needs them
-      .map(rename + normalise, features=...)   # common schema, so sources can be interleaved
-    interleave_datasets(probabilities=normalised weights, seed, stopping_strategy="all_exhausted")
+      .map(rename + normalize, features=...)   # common schema, so sources can be interleaved
+    interleave_datasets(probabilities=normalized weights, seed, stopping_strategy="all_exhausted")
       .shuffle(seed, buffer_size)              # train only
     split_dataset_by_node(rank, world_size)    # disjoint shards (or 1-in-world_size examples) per rank
       .set_epoch(epoch)                        # new shard order, interleaving and buffer seeds each epoch
@@ -50,7 +50,7 @@ Images are decoded in the main process after the stream: RGB, transparency compo
 train time the release's augmentation, ``RandomResizedCrop(image_size, scale=(0.9, 1.0),
 ratio=(3/4, 4/3), bicubic)`` (as torchvision's, reimplemented with PIL and a ``random.Random`` seeded from
 (seed, rank, epoch, example index) so that a resumed run draws the same crops), then the processor's
-rescale and CLIP mean/std normalisation; at eval time the processor's own resize + centre crop. An image
+rescale and CLIP mean/std normalization; at eval time the processor's own resize + center crop. An image
 that fails to decode is skipped (the batch is filled with the next example) and counted in
 ``TaskStream.skipped``, with a logged warning.
 
@@ -60,11 +60,11 @@ stream refills the buffer with new data and yields different examples (datasets 
 ``tests/test_data.py`` checks it: after a shuffled resume the next examples differ). Exact resume is
 therefore done by deterministic replay: the state records ``(epoch, examples consumed in that epoch on
 this rank)``; loading it rebuilds the same seeded pipeline, sets the epoch and skips that many raw
-examples. Skipping reads but does not decode images or tokenise, and never costs more than one epoch of
+examples. Skipping reads but does not decode images or tokenize, and never costs more than one epoch of
 this rank's shard. ``exact_resume=False`` uses datasets' own state instead (instant, but the shuffle
 buffer's content is lost as described); the state always carries datasets' state dict as well.
 
-Costs to know: examples are read, decoded and tokenised in the calling process (``num_threads`` decodes
+Costs to know: examples are read, decoded and tokenized in the calling process (``num_threads`` decodes
 a batch's images in a thread pool); datasets sleeps 5 s (``datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN``,
 a workaround for apache/arrow#45214) whenever an interleaved or shuffled iterator over parquet ends or
 is dropped, i.e. once per epoch and once per resume.
@@ -72,66 +72,20 @@ is dropped, i.e. once per epoch and once per resume.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import math
-import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
-from glob import glob
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
-import numpy as np
-import torch
-from PIL import Image
-
-from jina_clip_v2.modeling.processing_jina_clip import load_image as decode_image
+from jina_clip_v2.training.images import default_image_size, image_from_record, normalize_images, random_resized_crop
+from jina_clip_v2.training.sources import IMAGE_KINDS, KIND_COLUMNS, KINDS, SourceConfig, load_source
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("text_pairs", "text_triplets", "image_text_short", "image_text_long")
-IMAGE_KINDS = ("image_text_short", "image_text_long")
-FORMATS = ("parquet", "json", "webdataset")
-_FORMAT_ALIASES = {"jsonl": "json", "ndjson": "json", "tar": "webdataset", "wds": "webdataset", "pq": "parquet"}
-_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".tar": "webdataset"}
-
-# The release's training transform: open_clip-style RandomResizedCrop with scale (0.9, 1.0), bicubic.
-CROP_SCALE = (0.9, 1.0)
-CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-
-KIND_COLUMNS = {
-    "text_pairs": ("query", "document"),
-    "text_triplets": ("query", "positive", "negatives"),
-    "image_text_short": ("image", "caption"),
-    "image_text_long": ("image", "caption"),
-}
-_CANDIDATES = {
-    "query": ("query", "anchor", "question"),
-    "document": ("document", "positive", "pos", "answer"),
-    "positive": ("positive", "document", "pos"),
-    "negatives": ("negatives", "negative", "neg"),
-    "image": ("image", "jpg", "jpeg", "png", "webp", "img"),
-    "caption": ("caption", "txt", "text", "json.caption", "json.text"),
-}
-_MISSING = object()
-
-
-@dataclass
-class SourceConfig:
-    """One dataset source."""
-
-    path: str  # Hub dataset id, or local folder / file / glob
-    format: str | None = None  # "parquet" | "json" (jsonl) | "webdataset" | None (inferred)
-    weight: float = 1.0  # sampling weight when several sources are interleaved
-    split: str = "train"
-    columns: dict[str, str] = field(default_factory=dict)  # our column name -> the source's column name
-    data_files: str | list[str] | None = None
-    name: str | None = None  # dataset config name
-    image_root: str | None = None  # base of relative image paths (default: the local source's folder)
+_END = object()  # the end of an iterator, for next(iterator, _END)
 
 
 @dataclass
@@ -153,163 +107,6 @@ class TaskDataConfig:
             raise ValueError("a task needs at least one source")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Loading and normalising one source
-
-
-def _features(kind: str):
-    from datasets import Features, List, Value
-    from datasets import Image as HFImage
-
-    cols: dict[str, Any] = {}
-    if kind == "text_pairs":
-        cols = {"query": Value("string"), "document": Value("string")}
-    elif kind == "text_triplets":
-        cols = {"query": Value("string"), "positive": Value("string"), "negatives": List(Value("string"))}
-    else:
-        cols = {"image": HFImage(decode=False), "caption": Value("string")}
-    cols["_source"] = Value("int32")
-    return Features(cols)
-
-
-def _normalise_format(fmt: str | None) -> str | None:
-    if fmt is None:
-        return None
-    fmt = _FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown source format {fmt!r}; expected one of {FORMATS} or None")
-    return fmt
-
-
-def _local_files(path: str) -> list[str] | None:
-    """The files a local file path or glob names; None when it is no local file (a folder or a Hub id)."""
-    if os.path.isfile(path):
-        return [path]
-    if any(char in path for char in "*?["):
-        files = sorted(f for f in glob(path, recursive=True) if os.path.isfile(f))
-        if files:
-            return files
-    return None
-
-
-def _infer_format(files: list[str]) -> str:
-    for f in files:
-        for ext, fmt in _EXTENSIONS.items():
-            if f.endswith(ext) or f.endswith(ext + ".gz") or f.endswith(ext + ".zst"):
-                return fmt
-    raise ValueError(f"cannot infer the format of {files[:3]}; set SourceConfig.format")
-
-
-def load_source(src: SourceConfig, kind: str, index: int = 0):
-    """One source as a streaming IterableDataset in the kind's common schema (images undecoded)."""
-    from datasets import load_dataset
-
-    fmt = _normalise_format(src.format)
-    files = _local_files(src.path)
-    image_root = src.image_root
-    if files is not None:
-        fmt = fmt or _infer_format(files)
-        ds = load_dataset(fmt, data_files={src.split: files}, split=src.split, streaming=True)
-        image_root = image_root or os.path.dirname(os.path.abspath(files[0]))
-    elif os.path.isdir(src.path):
-        image_root = image_root or os.path.abspath(src.path)
-        if fmt is None:  # a folder laid out like a Hub dataset repo (README configs, data/ files), or plain
-            ds = load_dataset(src.path, name=src.name, data_files=src.data_files, split=src.split, streaming=True)
-        else:
-            ds = load_dataset(fmt, data_dir=src.path, data_files=src.data_files, split=src.split, streaming=True)
-    else:  # a Hub dataset id; datasets infers the builder from the repo's files (format is for defaults)
-        ds = load_dataset(src.path, name=src.name, data_files=src.data_files, split=src.split, streaming=True)
-    try:
-        ds = ds.decode(False)
-    except Exception:  # pragma: no cover - features unknown and nothing decodable
-        pass
-    features = _features(kind)
-    fn = partial(_normalise_example, kind=kind, columns=dict(src.columns), index=index, image_root=image_root)
-    return ds.map(fn, features=features).select_columns(list(features))
-
-
-def _lookup(example: dict, name: str) -> Any:
-    if name in example:
-        return example[name]
-    head, dot, rest = name.partition(".")
-    if dot and head in example:
-        value = example[head]
-        if isinstance(value, (str, bytes)):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                return _MISSING
-        if isinstance(value, dict):
-            return _lookup(value, rest)
-    return _MISSING
-
-
-def _column(example: dict, column: str, columns: dict[str, str]) -> Any:
-    """The value of one of our columns: the mapped source column, else the first alias present and not
-    null; None when present but null everywhere (the example is skipped later); KeyError when absent."""
-    names = (columns[column],) if column in columns else _CANDIDATES[column]
-    present = False
-    for name in names:
-        value = _lookup(example, name)
-        if value is _MISSING:
-            continue
-        present = True
-        if value is not None:
-            return value
-    if present:
-        return None
-    found = sorted(k for k in example if not k.startswith("__"))
-    raise KeyError(
-        f"column {column!r} not found (looked for {list(names)}; the source has {found}); "
-        "map it with SourceConfig.columns"
-    )
-
-
-def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _as_image_record(value: Any, image_root: str | None) -> dict | None:
-    """Anything an image column may hold -> datasets' undecoded {"bytes", "path"} form."""
-    if value is None:
-        return None
-    if isinstance(value, Image.Image):
-        buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
-        return {"bytes": buffer.getvalue(), "path": None}
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"bytes": bytes(value), "path": None}
-    if isinstance(value, str):
-        value = {"bytes": None, "path": value}
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-        if data is None and path and image_root and not os.path.isabs(path) and "://" not in path:
-            path = os.path.join(image_root, path)
-        return {"bytes": data, "path": path}
-    raise TypeError(f"unsupported image value of type {type(value).__name__}")
-
-
-def _normalise_example(example: dict, *, kind: str, columns: dict, index: int, image_root: str | None) -> dict:
-    out: dict[str, Any] = {"_source": index}
-    if kind in IMAGE_KINDS:
-        out["image"] = _as_image_record(_column(example, "image", columns), image_root)
-        out["caption"] = _as_text(_column(example, "caption", columns))
-        return out
-    for column in KIND_COLUMNS[kind]:
-        value = _column(example, column, columns)
-        if column == "negatives":
-            if isinstance(value, str):
-                value = json.loads(value)
-            out[column] = None if value is None else [_as_text(v) for v in value]
-        else:
-            out[column] = _as_text(value)
-    return out
 
 
 def build_dataset(cfg: TaskDataConfig, *, rank: int = 0, world_size: int = 1, train: bool = True):
@@ -339,77 +136,6 @@ def build_dataset(cfg: TaskDataConfig, *, rank: int = 0, world_size: int = 1, tr
         ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     return ds
 
-
-# --------------------------------------------------------------------------------------------------------
-# Images
-
-
-def image_from_record(value: Any, image_root: str | None = None, image_processor=None) -> Image.Image:
-    """A PIL image / bytes / {"bytes", "path"} dict / path (or URL) as a fully loaded RGB image, decoded by the
-    package's one decoder (`processing_jina_clip.load_image`): with `image_processor`'s decoding options when
-    given (a `JinaCLIPImageProcessor`), else the release's defaults."""
-    if isinstance(value, Image.Image):
-        source = value
-    else:
-        record = _as_image_record(value, image_root)
-        if record is None or (record["bytes"] is None and not record["path"]):
-            raise ValueError("missing image")
-        source = record["bytes"] if record["bytes"] is not None else record["path"]
-    return image_processor.load_image(source) if image_processor is not None else decode_image(source)
-
-
-def random_resized_crop_box(
-    width: int, height: int, rng: random.Random, scale=CROP_SCALE, ratio=CROP_RATIO
-) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params (top, left, h, w), drawing from a python Random."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = rng.randint(0, height - h)
-            left = rng.randint(0, width - w)
-            return top, left, h, w
-    in_ratio = width / height  # fallback: the central crop with the aspect clamped into `ratio`
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def random_resized_crop(image: Image.Image, size: int, rng: random.Random, scale=CROP_SCALE, ratio=CROP_RATIO):
-    top, left, h, w = random_resized_crop_box(image.width, image.height, rng, scale, ratio)
-    return image.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
-
-
-def normalise_images(images: list[Image.Image], image_processor) -> torch.Tensor:
-    """(B, 3, H, W) float32 from same-size RGB images: rescale (1/255), then the processor's mean/std
-    (CLIP's), computed on the whole batch at once."""
-    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images])).float()
-    pixels.mul_(float(getattr(image_processor, "rescale_factor", 1 / 255)))  # (B, H, W, 3), in place
-    pixels.sub_(torch.tensor(image_processor.image_mean, dtype=torch.float32))
-    pixels.div_(torch.tensor(image_processor.image_std, dtype=torch.float32))
-    return pixels.permute(0, 3, 1, 2).contiguous()
-
-
-def _default_image_size(image_processor) -> int:
-    crop = getattr(image_processor, "crop_size", None)
-    if crop is not None:
-        height = crop["height"] if isinstance(crop, dict) else getattr(crop, "height", None)
-        if height:
-            return int(height)
-    size = image_processor.size
-    return int(size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The stream
 
 
 class TaskStream:
@@ -446,7 +172,7 @@ class TaskStream:
             if self.image_processor is None:
                 raise ValueError("image kinds need a processor with an image_processor")
             if self.image_size is None:
-                self.image_size = _default_image_size(self.image_processor)
+                self.image_size = default_image_size(self.image_processor)
         self.epoch = 0
         self.consumed = 0  # raw examples this rank has read in the current epoch
         self.examples_seen = 0  # raw examples read in all epochs (bookkeeping)
@@ -494,7 +220,7 @@ class TaskStream:
             self._native_state = None
         iterator = iter(self.dataset)
         for done in range(skip):  # deterministic replay: same seeds, same order, nothing decoded
-            if next(iterator, _MISSING) is _MISSING:
+            if next(iterator, _END) is _END:
                 raise RuntimeError(
                     f"cannot resume the {self.cfg.kind} data at epoch {self.epoch}, example {skip}: this rank's "
                     f"stream now ends after {done} examples (did the sources or world size change?)"
@@ -579,7 +305,7 @@ class TaskStream:
         if kind in IMAGE_KINDS:
             images = [e["image"] for e in examples]
             if self.train:
-                pixels = normalise_images(images, self.image_processor)
+                pixels = normalize_images(images, self.image_processor)
             else:
                 size = self.image_size
                 pixels = self.image_processor(
@@ -673,53 +399,22 @@ class TaskStream:
 
 
 def build_task_stream(
-    cfg: TaskDataConfig,
-    processor,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    train: bool = True,
-    epochs: int | None = None,
-    exact_resume: bool = True,
-    keep_raw: bool = False,
-    num_threads: int = 0,
+    cfg: TaskDataConfig, processor, *, rank: int = 0, world_size: int = 1, train: bool = True, **options
 ) -> TaskStream:
-    """The batch stream of one task for one process.
+    """The batch stream of one task for one process: ``build_dataset`` + ``TaskStream``.
 
-    ``train=False`` skips the shuffle buffer and uses the processor's eval resize/centre crop; ``epochs``
-    bounds the stream (default: infinite when training, one pass otherwise; a last partial batch is then
-    yielded). ``exact_resume=False`` resumes with datasets' own state dict (fast; loses the shuffle
-    buffer's content). ``num_threads`` decodes/crops a batch's images in a thread pool (order is kept).
+    ``train=False`` skips the shuffle buffer and uses the processor's eval resize/center crop. ``options``
+    go to ``TaskStream``: ``epochs`` bounds the stream (default: infinite when training, one pass otherwise;
+    a last partial batch is then yielded), ``exact_resume=False`` resumes with datasets' own state dict
+    (fast; loses the shuffle buffer's content), ``num_threads`` decodes/crops a batch's images in a thread
+    pool (order is kept), ``keep_raw`` adds the examples' texts to every batch.
     """
     if not isinstance(cfg, TaskDataConfig):
         cfg = TaskDataConfig(**cfg)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     dataset = build_dataset(cfg, rank=rank, world_size=world_size, train=train)
-    return TaskStream(
-        cfg,
-        processor,
-        dataset,
-        rank=rank,
-        world_size=world_size,
-        train=train,
-        epochs=epochs,
-        exact_resume=exact_resume,
-        keep_raw=keep_raw,
-        num_threads=num_threads,
-    )
+    return TaskStream(cfg, processor, dataset, rank=rank, world_size=world_size, train=train, **options)
 
 
-__all__ = [
-    "KINDS",
-    "SourceConfig",
-    "TaskDataConfig",
-    "TaskStream",
-    "build_dataset",
-    "build_task_stream",
-    "image_from_record",
-    "load_source",
-    "normalise_images",
-    "random_resized_crop",
-    "random_resized_crop_box",
-]
+__all__ = ["KINDS", "SourceConfig", "TaskDataConfig", "TaskStream", "build_dataset", "build_task_stream"]

@@ -37,6 +37,11 @@ from pathlib import Path
 import torch
 
 from jina_clip_v2.assets import default_tokenizer_dir, fetch_tokenizer
+from jina_clip_v2.evaluation.metrics import image_text_retrieval
+from jina_clip_v2.training.builders import build_model
+from jina_clip_v2.training.config import load_config
+from jina_clip_v2.training.demo_data import DEMO_LANGS, demo_sources, heldout_eval_set
+from jina_clip_v2.training.stage import main as run_stage_here
 
 # Languages with (near) full coverage in data/tuxpaint that the demo never trains on.
 HELDOUT_LANGS = ("ca", "cs", "da", "nl", "pl", "sv", "tr", "uk")
@@ -56,25 +61,13 @@ def evaluate(model, images, entries, *, batch_size: int = 256) -> dict[str, floa
     with torch.inference_mode():
         image_emb = model.encode_image(images, batch_size=batch_size, convert_to_tensor=True)
         text_emb = model.encode_text(texts, batch_size=batch_size, convert_to_tensor=True)
-    try:
-        from jina_clip_v2.evaluation.metrics import image_text_retrieval
-    except ImportError:  # pragma: no cover - evaluation/ missing
-        image_text_retrieval = None
-    if image_text_retrieval is not None:
-        scores = image_text_retrieval(image_emb, text_emb, owners, ks=(1, 5))
-        return {"R@1": scores["text_to_image_recall@1"], "R@5": scores["text_to_image_recall@5"]}
-    sims = torch.nn.functional.normalize(text_emb.float(), dim=-1) @ torch.nn.functional.normalize(image_emb.float(), dim=-1).T
-    top = sims.topk(5, dim=1).indices
-    truth = torch.tensor(owners)[:, None]
-    return {"R@1": 100.0 * float((top[:, :1] == truth).any(1).float().mean()),
-            "R@5": 100.0 * float((top == truth).any(1).float().mean())}
+    scores = image_text_retrieval(image_emb, text_emb, owners, ks=(1, 5))
+    return {"R@1": scores["text_to_image_recall@1"], "R@5": scores["text_to_image_recall@5"]}
 
 
 def build_initial_model(folder: Path, seed: int):
     """The fresh tiny model of ``tiny.yaml`` saved as a folder (stage 1 starts from it, so the 'before'
     numbers are measured on exactly the weights training starts from)."""
-    from jina_clip_v2.training.stage import build_model, load_config
-
     cfg = load_config(TINY, {"model.processor_from": str(ensure_tokenizer())})
     model, processor = build_model(cfg.model, seed)
     model.save_pretrained(folder)
@@ -84,9 +77,7 @@ def build_initial_model(folder: Path, seed: int):
 
 def run_stage(stage: int, overrides: list[str], processes: int) -> dict:
     if processes <= 1:
-        from jina_clip_v2.training.stage import main
-
-        return main(["--config", str(TINY), f"stage={stage}", *overrides])
+        return run_stage_here(["--config", str(TINY), f"stage={stage}", *overrides])
     # torchrun through accelerate on CPU (accelerate's --cpu launcher needs MPI for several processes).
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
@@ -114,9 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
     from transformers import AutoModel
-
-    from jina_clip_v2.training.demo_data import DEMO_LANGS, heldout_eval_set
-    from jina_clip_v2.training.stage import demo_sources, load_config
 
     transformers.logging.set_verbosity_error()
     started = time.perf_counter()

@@ -35,18 +35,18 @@ disjoint from the training sources.
 
 from __future__ import annotations
 
-import filecmp
+import dataclasses
 import io
 import json
-import os
 import random
 import tarfile
 from pathlib import Path
 
 from PIL import Image
 
+from jina_clip_v2._io import atomic_write
 from jina_clip_v2.modeling.processing_jina_clip import load_image
-from jina_clip_v2.training.data import SourceConfig
+from jina_clip_v2.training.sources import SourceConfig
 
 # Package data (jina_clip_v2.data): next to training/ in a checkout and in an installed package alike.
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
@@ -57,6 +57,7 @@ DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
 DEMO_LANGS = ("en", "de", "fr", "es", "it", "pt-br", "ru", "ja", "zh-cn", "ko", "ar", "hi")
 
 NUM_NEGATIVES = 7
+DEMO_PREFIX = "demo://"  # a source path naming the bundled demo data in a stage config
 
 
 def load_records(data_root: str | Path | None = None) -> list[dict]:
@@ -105,19 +106,13 @@ def _jpeg_bytes(data: bytes) -> bytes:
 
 
 def _publish(path: Path, write) -> None:
-    """``write(tmp)`` then move it onto ``path`` atomically, leaving an identical existing file untouched:
-    several processes may write the same (deterministic) demo files while others already read them."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        if path.exists() and filecmp.cmp(tmp, path, shallow=False):
-            return
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``write(handle)`` into ``path`` atomically, leaving an identical existing file untouched: several
+    processes may write the same (deterministic) demo files while others already read them."""
+    with atomic_write(path, "wb", keep_identical=True) as handle:
+        write(handle)
 
 
-def _write_parquet(path: Path, rows: list[dict]) -> None:
+def _write_parquet(handle, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datasets import Features, Value
@@ -136,17 +131,16 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
     table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
     metadata = {b"huggingface": json.dumps({"info": {"features": features.to_dict()}}).encode()}
     table = table.replace_schema_metadata(metadata)
-    pq.write_table(table, path, row_group_size=512)
+    pq.write_table(table, handle, row_group_size=512)
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+def _write_jsonl(handle, rows: list[dict]) -> None:
+    for row in rows:
+        handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def _write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+def _write_tar(handle, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
             for ext, data in members.items():
                 info = tarfile.TarInfo(f"{key}.{ext}")
@@ -266,7 +260,7 @@ def write_demo_sources(
                     }
                 )
     rng.shuffle(rows)
-    _publish(out / "image_text.parquet", lambda tmp: _write_parquet(tmp, rows))
+    _publish(out / "image_text.parquet", lambda handle: _write_parquet(handle, rows))
 
     samples = []
     for i, record in enumerate(records):
@@ -284,11 +278,11 @@ def write_demo_sources(
                 },
             )
         )
-    _publish(out / "image_text-000000.tar", lambda tmp: _write_tar(tmp, samples))
+    _publish(out / "image_text-000000.tar", lambda handle: _write_tar(handle, samples))
 
     pairs, triplets = _text_pairs(records, langs, rng), _triplets(records, langs, rng)
-    _publish(out / "text_pairs.jsonl", lambda tmp: _write_jsonl(tmp, pairs))
-    _publish(out / "text_triplets.jsonl", lambda tmp: _write_jsonl(tmp, triplets))
+    _publish(out / "text_pairs.jsonl", lambda handle: _write_jsonl(handle, pairs))
+    _publish(out / "text_triplets.jsonl", lambda handle: _write_jsonl(handle, triplets))
 
     parquet = str((out / "image_text.parquet").resolve())
     return {
@@ -298,6 +292,37 @@ def write_demo_sources(
         "text_pairs": SourceConfig(path=str((out / "text_pairs.jsonl").resolve()), format="json"),
         "text_triplets": SourceConfig(path=str((out / "text_triplets.jsonl").resolve()), format="json"),
     }
+
+
+def demo_sources(demo_dir: str | Path, split: str = "train", langs=None) -> dict[str, SourceConfig]:
+    """``write_demo_sources`` once per (split, languages) under ``demo_dir``, reused afterwards (the files
+    are deterministic): the sources ``demo://<name>`` in a stage config stand for."""
+    name = split if langs is None else f"{split}-{'-'.join(langs)}"
+    folder = Path(demo_dir) / name
+    index = folder / "sources.json"
+    if index.is_file():
+        return {key: SourceConfig(**value) for key, value in json.loads(index.read_text(encoding="utf-8")).items()}
+    sources = write_demo_sources(folder, split=split, langs=langs)
+    with atomic_write(index) as handle:  # written last: a folder without it is rewritten
+        json.dump({key: dataclasses.asdict(value) for key, value in sources.items()}, handle, indent=2)
+    return sources
+
+
+def resolve_sources(sources: list[SourceConfig], demo_dir: str | Path, langs=None) -> list[SourceConfig]:
+    """Replace ``demo://<name>`` sources by the bundled demo data written under ``demo_dir``."""
+    resolved, written = [], {}
+    for source in sources:
+        if isinstance(source.path, str) and source.path.startswith(DEMO_PREFIX):
+            key = source.path[len(DEMO_PREFIX):]
+            split = source.split or "train"
+            if split not in written:
+                written[split] = demo_sources(demo_dir, split, langs)
+            if key not in written[split]:
+                raise ValueError(f"unknown demo source {source.path!r}; available: {sorted(written[split])}")
+            resolved.append(dataclasses.replace(written[split][key], weight=source.weight))
+        else:
+            resolved.append(source)
+    return resolved
 
 
 def heldout_eval_set(
@@ -318,4 +343,12 @@ def heldout_eval_set(
     return images, entries
 
 
-__all__ = ["DEMO_LANGS", "heldout_eval_set", "load_records", "load_split", "write_demo_sources"]
+__all__ = [
+    "DEMO_LANGS",
+    "demo_sources",
+    "heldout_eval_set",
+    "load_records",
+    "load_split",
+    "resolve_sources",
+    "write_demo_sources",
+]

@@ -1,6 +1,6 @@
 """Contrastive losses of jina-clip-v2 (paper sections 3.3 and 3.4), computed on embeddings only.
 
-Every function takes raw (unnormalised) embeddings; nothing here knows about the model.
+Every function takes raw (unnormalized) embeddings; nothing here knows about the model.
 
 - ``info_nce`` (eq. 1) and ``info_nce_plus`` (eq. 2): the two losses at one embedding width, scored
   against the local batch or against candidates gathered from every rank.
@@ -8,9 +8,10 @@ Every function takes raw (unnormalised) embeddings; nothing here knows about the
   3.4), with global in-batch negatives.
 - ``joint_loss``: eq. 3, the text task plus the image-text task, each with its own temperature.
 - ``LearnableTemperature``: CLIP's clamped logit scale, one instance per task.
+- ``LossOutput``: what every loss returns (the optimized value, its Matryoshka terms, its parts).
 - ``gather_with_grad`` and ``average_gradients``: the distributed plumbing.
-- ``grad_cache_step`` and ``split_batch``: gradient caching (Gao et al., 2021) for contrastive batches
-  larger than one forward pass with activations can hold.
+
+Gradient caching (``training.grad_cache``) evaluates these losses on embeddings computed chunk by chunk.
 
 Distributed scaling convention
 ------------------------------
@@ -28,33 +29,26 @@ model) need ``average_gradients``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, Union
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Union
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
 
 __all__ = [
     "MATRYOSHKA_DIMS",
-    "JointLoss",
     "LearnableTemperature",
-    "TaskLoss",
+    "LossOutput",
     "average_gradients",
     "contrastive_loss",
     "gather_with_grad",
-    "grad_cache_step",
     "info_nce",
     "info_nce_plus",
     "joint_loss",
-    "split_batch",
 ]
 
 MATRYOSHKA_DIMS: tuple[int, ...] = (64, 128, 256, 512, 768, 1024)
@@ -67,10 +61,10 @@ Temperature = Union[Tensor, float]
 class LearnableTemperature(nn.Module):
     """A learnable softmax temperature tau, stored as CLIP's logit scale ``log(1 / tau)``.
 
-    Learning the log of the inverse keeps tau positive and makes optimiser steps relative rather than
+    Learning the log of the inverse keeps tau positive and makes optimizer steps relative rather than
     absolute (Radford et al., 2021). The scale is capped at ``max_scale`` (100, i.e. tau >= 0.01) as in
     CLIP, because an unbounded scale makes the softmax arbitrarily sharp and training unstable.
-    ``forward`` applies the cap; call ``clamp_()`` after every optimiser step, as CLIP does, so the raw
+    ``forward`` applies the cap; call ``clamp_()`` after every optimizer step, as CLIP does, so the raw
     parameter never drifts above the cap, where the clamp would give it a zero gradient forever.
 
     Eq. 3 sums two independently tempered losses: use one instance for the text task and one for the
@@ -257,40 +251,40 @@ def _check_temperature(temperature: Temperature) -> None:
 
 
 @dataclass
-class TaskLoss:
-    """One task's loss: the Matryoshka sum that is optimised, and its per-width terms for logging."""
+class LossOutput:
+    """What every loss returns: ``loss``, the value that is optimized; for one task its Matryoshka terms
+    (``per_dim``: width -> detached term); for eq. 3 its two tasks (``parts``: ``text``, ``image_text``)."""
 
     loss: Tensor
-    per_dim: dict[int, Tensor]
+    per_dim: dict[int, Tensor] = field(default_factory=dict)
+    parts: dict[str, LossOutput] = field(default_factory=dict)
 
-    def detach(self) -> TaskLoss:
-        return TaskLoss(self.loss.detach(), self.per_dim)
+    @property
+    def text(self) -> LossOutput:
+        return self.parts["text"]
 
-    def log_values(self, prefix: str) -> dict[str, float]:
-        """``{prefix: total, prefix/dim_<d>: term}`` as Python floats."""
+    @property
+    def image_text(self) -> LossOutput:
+        return self.parts["image_text"]
+
+    def detach(self) -> LossOutput:
+        return LossOutput(self.loss.detach(), self.per_dim, {name: part.detach() for name, part in self.parts.items()})
+
+    def terms(self, prefix: str = "loss") -> dict[str, Tensor]:
+        """``{prefix: loss, prefix/<part>: part loss}`` as detached tensors (no host sync: the training loop
+        sums them over a logging window and reads them only when it logs)."""
+        out = {prefix: self.loss.detach()}
+        for name, part in self.parts.items():
+            out[f"{prefix}/{name}"] = part.loss.detach()
+        return out
+
+    def log_values(self, prefix: str = "loss") -> dict[str, float]:
+        """``{prefix: total, prefix/dim_<d>: term, prefix/<part>[/dim_<d>]: ...}`` as Python floats."""
         values = {prefix: self.loss.item()}
         values.update({f"{prefix}/dim_{dim}": term.item() for dim, term in self.per_dim.items()})
+        for name, part in self.parts.items():
+            values.update(part.log_values(f"{prefix}/{name}"))
         return values
-
-
-@dataclass
-class JointLoss:
-    """Eq. 3: the optimised sum of the text-task and image-text-task losses, and both parts."""
-
-    loss: Tensor
-    text: TaskLoss
-    image_text: TaskLoss
-
-    def detach(self) -> JointLoss:
-        return JointLoss(self.loss.detach(), self.text.detach(), self.image_text.detach())
-
-    def log_values(self) -> dict[str, float]:
-        """``loss``, ``loss/text[/dim_<d>]`` and ``loss/image_text[/dim_<d>]`` as Python floats."""
-        return {
-            "loss": self.loss.item(),
-            **self.text.log_values("loss/text"),
-            **self.image_text.log_values("loss/image_text"),
-        }
 
 
 def contrastive_loss(
@@ -301,11 +295,11 @@ def contrastive_loss(
     negatives: Tensor | None = None,
     dims: Sequence[int] | None = MATRYOSHKA_DIMS,
     gather: bool = True,
-) -> TaskLoss:
+) -> LossOutput:
     """One task's loss: eq. 1, or eq. 2 when ``negatives`` are given, summed over Matryoshka widths.
 
     Every width is computed from the same embeddings (one forward pass). Each term truncates to the
-    first d features and only then normalises, as section 3.4 and inference-time truncation do.
+    first d features and only then normalizes, as section 3.4 and inference-time truncation do.
 
     Args:
         q, p: (b, D) raw embeddings of the queries and their positives.
@@ -343,7 +337,7 @@ def contrastive_loss(
             )
         per_dim[dim] = weight * term
     total = torch.stack(list(per_dim.values())).sum()
-    return TaskLoss(total, {dim: term.detach() for dim, term in per_dim.items()})
+    return LossOutput(total, {dim: term.detach() for dim, term in per_dim.items()})
 
 
 def joint_loss(
@@ -357,7 +351,7 @@ def joint_loss(
     text_negatives: Tensor | None = None,
     dims: Sequence[int] | None = MATRYOSHKA_DIMS,
     gather: bool = True,
-) -> JointLoss:
+) -> LossOutput:
     """Eq. 3: text-task loss plus image-text InfoNCE, each Matryoshka-summed with its own temperature.
 
     Stages 1 and 2 pass text pairs; stage 3 passes ``text_negatives`` (b, 7, D) and the text task
@@ -368,7 +362,7 @@ def joint_loss(
         negatives=text_negatives, dims=dims, gather=gather,
     )
     image_text = contrastive_loss(captions, images, image_temperature, dims=dims, gather=gather)
-    return JointLoss(text.loss + image_text.loss, text, image_text)
+    return LossOutput(text.loss + image_text.loss, parts={"text": text, "image_text": image_text})
 
 
 def _check_dims(dims: Sequence[int] | None, width: int) -> tuple[int, ...]:
@@ -398,36 +392,11 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-class _AllGatherWithGrad(torch.autograd.Function):
-    """Concatenate the rows of every rank along dim 0 (local batch sizes may differ); the backward
-    hands each rank its slice of the gradient summed over all ranks."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: Tensor, sizes: list[int]) -> Tensor:
-        ctx.sizes, ctx.rank = sizes, dist.get_rank()
-        # all_gather needs equal shapes: pad every rank's rows to the largest local batch.
-        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-        padded[: tensor.shape[0]] = tensor
-        buffers = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(buffers, padded)
-        return torch.cat([buffer[:size] for buffer, size in zip(buffers, sizes)])
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        # Every rank's loss used this rank's rows, so their gradient is the sum over the ranks (the
-        # scaling convention of the module docstring rests on this sum). Clone: autograd may share
-        # the incoming buffer, and all_reduce works in place.
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]], None
-
-
 def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
     """All-gather ``tensor`` along dim 0 from every rank, keeping the autograd graph.
 
     Returns ``(gathered, offset)``: the rows of all ranks in rank order, and the index of this rank's
-    first row in them. Without an initialised process group, or with a single process, returns
+    first row in them. Without an initialized process group, or with a single process, returns
     ``(tensor, 0)``. Every rank must call it (a collective) with the same trailing shape; local batch
     sizes may differ.
     """
@@ -438,7 +407,13 @@ def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
     all_sizes = [torch.empty_like(local_size) for _ in range(world_size)]
     dist.all_gather(all_sizes, local_size)
     sizes = [int(size.item()) for size in all_sizes]
-    return _AllGatherWithGrad.apply(tensor, sizes), sum(sizes[: dist.get_rank()])
+    # torch's autograd all-gather needs equal shapes: pad every rank's rows to the largest local batch.
+    # Its backward hands each rank the gradient of its rows summed over all ranks' losses (every rank's
+    # loss used them), which the scaling convention of the module docstring rests on.
+    padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    gathered = dist_nn.all_gather(padded)
+    rows = torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+    return rows, sum(sizes[: dist.get_rank()])
 
 
 def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
@@ -454,153 +429,3 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
         if parameter.grad is not None:
             dist.all_reduce(parameter.grad)
             parameter.grad.div_(world_size)
-
-
-# --------------------------------------------------------------------------------------------------
-# Gradient caching (Gao et al., 2021)
-# --------------------------------------------------------------------------------------------------
-
-Encode = Callable[[Any], Tensor]
-EmbeddingGroup = tuple[Encode, Sequence[Any]]
-"""``(encode, chunks)``: the group's embeddings are ``encode(chunk)`` concatenated over its chunks."""
-
-LossOutput = TypeVar("LossOutput", Tensor, TaskLoss, JointLoss)
-
-
-@dataclass
-class _RngState:
-    """The CPU and CUDA generator states a chunk was first encoded with."""
-
-    cpu: Tensor
-    cuda: list[Tensor]
-
-    @classmethod
-    def capture(cls) -> _RngState:
-        # CUDA states only when CUDA is in use: initialising it here would be a side effect.
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-        return cls(torch.get_rng_state(), cuda)
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda:
-            torch.cuda.set_rng_state_all(self.cuda)
-
-    @contextmanager
-    def replay(self) -> Iterator[None]:
-        """Run the body with these states, then put the generators back as they were: the first pass
-        already advanced them, and a replay must not advance them twice."""
-        current = _RngState.capture()
-        self.restore()
-        try:
-            yield
-        finally:
-            current.restore()
-
-
-def grad_cache_step(
-    loss_fn: Callable[..., LossOutput],
-    groups: Sequence[EmbeddingGroup],
-    *,
-    accelerator: Accelerator | None = None,
-    model: nn.Module | None = None,
-) -> LossOutput:
-    """Backpropagate ``loss_fn`` over a batch encoded chunk by chunk (gradient caching).
-
-    A contrastive loss does not decompose over rows (every row sits in every denominator), so plain
-    gradient accumulation would shrink the pool of in-batch negatives. Gradient caching keeps the
-    full-batch loss while holding activations for one chunk at a time:
-
-    1. encode every chunk without a graph, remembering the RNG state it started from;
-    2. evaluate ``loss_fn`` on the concatenated embeddings as leaves and backpropagate, which caches
-       d loss / d embedding (and fills the gradients of parameters inside ``loss_fn``, such as
-       temperatures);
-    3. re-encode each chunk with a graph, replaying its RNG state so dropout draws the same masks, and
-       backpropagate the cached slice of d loss / d embedding into the encoder.
-
-    The parameter gradients equal those of one backward through the plainly encoded chunks, and the
-    CPU/CUDA generators end where that plain pass would leave them. Randomness drawn from other
-    generators (explicit ``torch.Generator`` objects) is not replayed.
-
-    Args:
-        loss_fn: called with one embedding tensor per group; returns a loss tensor or a ``TaskLoss``
-            / ``JointLoss`` (anything with ``.loss`` and ``.detach()``).
-        groups: ``(encode, chunks)`` per embedding group, e.g. text queries, text documents, hard
-            negatives, captions, images. Groups may share an encoder.
-        accelerator: if given, the loss backward goes through ``accelerator.backward`` (mixed-precision
-            loss scaling, division for gradient accumulation); the cached gradients carry that scaling,
-            so the chunk backwards are plain. DeepSpeed engines are not supported.
-        model: the DDP-wrapped module (via ``accelerator.no_sync`` if an accelerator is given). All
-            chunk backwards but the last then skip the gradient all-reduce, so it happens once. If the
-            last chunk leaves parameters unused (an image chunk never touches the text tower), DDP
-            must be built with ``find_unused_parameters=True``. Every rank must encode the same
-            number of chunks, since DDP forwards can be collectives (buffer broadcast).
-
-    Returns:
-        ``loss_fn``'s output, detached.
-    """
-    # 1. Embeddings of every chunk, without activations.
-    embeddings: list[Tensor] = []
-    chunk_records: list[list[tuple[_RngState, int]]] = []
-    with torch.no_grad():
-        for index, (encode, chunks) in enumerate(groups):
-            if not chunks:
-                raise ValueError(f"embedding group {index} has no chunks")
-            records, outputs = [], []
-            for chunk in chunks:
-                state = _RngState.capture()
-                outputs.append(encode(chunk))
-                records.append((state, outputs[-1].shape[0]))
-            chunk_records.append(records)
-            embeddings.append(torch.cat(outputs).requires_grad_())
-
-    # 2. The full-batch loss, backpropagated as far as the embeddings.
-    output = loss_fn(*embeddings)
-    loss = output if isinstance(output, Tensor) else output.loss
-    if accelerator is not None:
-        accelerator.backward(loss)
-    else:
-        loss.backward()
-
-    # 3. Re-encode chunk by chunk and push the cached gradients into the encoders.
-    replays: list[tuple[Encode, Any, _RngState, Tensor]] = []
-    for (encode, chunks), records, embedding in zip(groups, chunk_records, embeddings):
-        if embedding.grad is None:  # the loss ignores this group: nothing to backpropagate
-            continue
-        grads = embedding.grad.split([rows for _, rows in records])
-        for chunk, (state, _), grad in zip(chunks, records, grads):
-            replays.append((encode, chunk, state, grad))
-    for index, (encode, chunk, state, grad) in enumerate(replays):
-        is_last = index == len(replays) - 1
-        with nullcontext() if is_last else _no_sync(accelerator, model):
-            with state.replay():
-                embedding = encode(chunk)
-            embedding.backward(grad)
-    return output.detach()
-
-
-def _no_sync(accelerator: Accelerator | None, model: nn.Module | None) -> AbstractContextManager:
-    """Context that suspends DDP's gradient all-reduce for ``model``, if there is one to suspend."""
-    if model is None:
-        return nullcontext()
-    if accelerator is not None:
-        return accelerator.no_sync(model)
-    if isinstance(model, DistributedDataParallel):
-        return model.no_sync()
-    return nullcontext()
-
-
-def split_batch(
-    batch: Tensor | Mapping[str, Tensor], chunk_size: int
-) -> list[Tensor] | list[dict[str, Tensor]]:
-    """Split a batch along dim 0 into chunks of at most ``chunk_size`` rows (the chunks of
-    ``grad_cache_step``); a mapping such as a tokenizer's ``BatchEncoding`` is split key by key."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if isinstance(batch, Tensor):
-        return list(batch.split(chunk_size))
-    rows = {key: value.shape[0] for key, value in batch.items()}
-    if len(set(rows.values())) != 1:
-        raise ValueError(f"every entry of the batch needs the same number of rows, got {rows}")
-    columns = {key: value.split(chunk_size) for key, value in batch.items()}
-    num_chunks = len(next(iter(columns.values())))
-    return [{key: column[i] for key, column in columns.items()} for i in range(num_chunks)]

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of jina-clip-v2 (paper Table 6).
+"""Optimizer and learning-rate schedule of jina-clip-v2 (paper Table 6).
 
 AdamW with betas (0.9, 0.98), eps 1e-6 and weight decay 0.02, a separate peak learning rate per tower,
 layer-wise learning-rate decay (LLRD) inside each tower, and a cosine schedule with linear warmup.
@@ -14,23 +14,24 @@ the tower gets the tower's peak LR; stage 2 uses 0.98. Temperatures (and any oth
 two towers) train at ``temperature_lr`` (default: the larger tower peak LR), without decay.
 
 Weight decay applies to weight matrices only: biases (also the vision tower's ``q_bias`` / ``v_bias``),
-every normalisation layer, the embeddings (word, token type, position table, CLS token) and the
+every normalization layer, the embeddings (word, token type, position table, CLS token) and the
 temperatures are excluded, which for this model is exactly "every parameter with at most one dimension,
 plus the embedding tables".
 
 Parameters that do not require gradients (frozen towers, PEFT base weights, the model's own
-``logit_scale``, which training replaces by per-task temperatures) are left out of the optimiser.
+``logit_scale``, which training replaces by per-task temperatures) are left out of the optimizer.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from jina_clip_v2.training.config import OptimSection
 
 __all__ = [
     "ParamInfo",
@@ -55,25 +56,6 @@ class ParamInfo:
     tower: str
     depth: int
     weight_decay: bool
-
-
-def _num_layers(model: nn.Module, tower: str) -> int:
-    inner = _find_model(model)
-    if tower == "text":
-        return int(inner.config.text_config.num_hidden_layers)
-    return int(inner.config.vision_config.num_hidden_layers)
-
-
-def _find_model(module: nn.Module) -> nn.Module:
-    """The JinaCLIPModel inside wrappers (DDP ``.module``, the training wrapper's ``.model``)."""
-    seen = module
-    for _ in range(4):
-        if hasattr(seen, "text_model") and hasattr(seen, "vision_model") and hasattr(seen, "config"):
-            return seen
-        seen = getattr(seen, "module", None) or getattr(seen, "model", None)
-        if seen is None:
-            break
-    raise ValueError("could not find a JinaCLIPModel (with text_model and vision_model) in the module")
 
 
 def classify_parameter(name: str, param: torch.Tensor, num_layers: dict[str, int]) -> ParamInfo:
@@ -157,52 +139,34 @@ def param_groups(
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0], -k[1], k[2]))]
 
 
-def build_optimizer(
-    modules: dict[str, nn.Module] | nn.Module,
-    *,
-    text_lr: float,
-    vision_lr: float,
-    text_layer_decay: float = 1.0,
-    vision_layer_decay: float = 1.0,
-    weight_decay: float = 0.02,
-    temperature_lr: float | None = None,
-    betas: tuple[float, float] = (0.9, 0.98),
-    eps: float = 1e-6,
-    fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters of ``modules`` (the model, and the temperatures).
-
-    ``modules`` is a module containing a JinaCLIPModel, or a dict of prefix -> module whose first entry
-    contains it; parameters outside the towers (temperatures) go to the 'other' groups.
-    """
+def build_optimizer(modules: dict[str, nn.Module] | nn.Module, optim: OptimSection) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``modules``, as ``optim`` (the config's ``optim`` section)
+    says: the model, or a dict of prefix -> module whose first entry is the model (a ``JinaCLIPModel``)
+    and whose other entries (the temperatures) go to the 'other' groups."""
     if isinstance(modules, nn.Module):
         modules = {"": modules}
-    named: list[tuple[str, nn.Parameter]] = []
-    model = None
-    for prefix, module in modules.items():
-        if model is None:
-            try:
-                model = _find_model(module)
-            except ValueError:
-                pass
-        named.extend((f"{prefix}.{n}" if prefix else n, p) for n, p in module.named_parameters())
-    if model is None:
-        raise ValueError("build_optimizer needs a module that contains the JinaCLIPModel")
-    num_layers = {"text": _num_layers(model, "text"), "vision": _num_layers(model, "vision")}
+    model = next(iter(modules.values()))
+    named = [
+        (f"{prefix}.{name}" if prefix else name, param)
+        for prefix, module in modules.items()
+        for name, param in module.named_parameters()
+    ]
+    num_layers = {
+        "text": int(model.config.text_config.num_hidden_layers),
+        "vision": int(model.config.vision_config.num_hidden_layers),
+    }
     groups = param_groups(
         named,
         num_layers=num_layers,
-        text_lr=text_lr,
-        vision_lr=vision_lr,
-        text_layer_decay=text_layer_decay,
-        vision_layer_decay=vision_layer_decay,
-        weight_decay=weight_decay,
-        other_lr=temperature_lr,
+        text_lr=optim.text_lr,
+        vision_lr=optim.vision_lr,
+        text_layer_decay=optim.text_layer_decay,
+        vision_layer_decay=optim.vision_layer_decay,
+        weight_decay=optim.weight_decay,
+        other_lr=optim.temperature_lr,
     )
-    kwargs = {}
-    if fused is not None:
-        kwargs["fused"] = fused
-    return torch.optim.AdamW(groups, betas=tuple(betas), eps=eps, **kwargs)
+    kwargs = {} if optim.fused is None else {"fused": optim.fused}
+    return torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps, **kwargs)
 
 
 def build_scheduler(
@@ -213,23 +177,16 @@ def build_scheduler(
     min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` x peak at
-    ``total_steps`` (transformers' ``get_cosine_schedule_with_warmup`` when ``min_lr_ratio`` is 0).
-    Every group keeps its own peak (tower LR x layer decay)."""
+    ``total_steps`` (transformers' ``get_cosine_with_min_lr_schedule_with_warmup``). Every group keeps
+    its own peak (tower LR x layer decay)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-    if min_lr_ratio == 0.0:
-        from transformers import get_cosine_schedule_with_warmup
-
-        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, warmup_steps, total_steps, min_lr_rate=min_lr_ratio
+    )

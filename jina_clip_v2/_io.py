@@ -1,0 +1,115 @@
+"""Atomic writes: the one helper behind every file and folder the package writes (training checkpoints and
+metrics, the demo data, evaluation caches, Hub exports, fetched assets).
+
+A reader never sees a half-written file or folder under its final name: everything is written to a
+temporary name in the same folder, flushed to disk, and renamed (``os.replace``, atomic on POSIX). An
+existing folder is moved aside before the new one takes its name and deleted only afterwards, so a crash at
+any moment leaves either the old or the new version. Temporary names end in ``.tmp`` (callers may sweep
+them up after a crash, as ``training.checkpoint.clean_incomplete`` does).
+
+It lives at the package root so that ``training``, ``hub`` and ``evaluation`` can all import it;
+``modeling`` (the Hub remote code, which imports nothing of ours) does not.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_folder", "atomic_write", "fsync_dir", "remove_folder", "replace_folder"]
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename is durable only once its folder is synced); best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(
+    path: str | os.PathLike, mode: str = "w", *, encoding: str | None = "utf-8", keep_identical: bool = False
+) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` for writing (``mode`` "w" or "wb"); when the body succeeds it
+    is flushed, fsynced and renamed onto ``path``. If the body fails, ``path`` is untouched.
+
+    ``keep_identical``: leave an existing ``path`` with the same bytes in place (no rename), so that several
+    processes may write the same deterministic file while others already read it."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_identical and path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+            return
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def remove_folder(path: str | os.PathLike) -> None:
+    """Delete a folder so that it is never seen half-deleted under its name: renamed to ``*.tmp`` first."""
+    path = Path(path)
+    doomed = Path(tempfile.mkdtemp(prefix=f"{path.name}.", suffix=".old.tmp", dir=path.parent))
+    os.replace(path, doomed / path.name)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the complete folder ``staging`` onto ``target``; an existing ``target`` is moved aside first
+    and deleted only once the new folder holds the name."""
+    staging, target = Path(staging), Path(target)
+    fsync_dir(staging)
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".old.tmp", dir=target.parent))
+        os.replace(target, aside / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    fsync_dir(target.parent)
+
+
+@contextmanager
+def atomic_folder(
+    target: str | os.PathLike, *, overwrite: bool = False, prefix: str | None = None, suffix: str = ".tmp"
+) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``target``; when the body succeeds it replaces ``target``.
+
+    Nothing is left at ``target`` if the body fails. An existing ``target`` is an error unless ``overwrite``;
+    then it is replaced only once the new folder is complete. The temporary folder is named ``prefix``
+    (default ``.<name>.``) + random letters + ``suffix``.
+    """
+    target = Path(target).resolve()
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}." if prefix is None else prefix
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
+    try:
+        yield staging
+        replace_folder(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

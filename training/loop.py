@@ -1,0 +1,259 @@
+"""The training loop of one stage: ``Stage(cfg, resume=...).run()``.
+
+``Stage`` builds the run (accelerator, model, processor, adapters, ``TrainStep``), prepares the output
+folder, resumes from a checkpoint if asked, streams the two tasks' batches, calls the one ``TrainStep``
+per step, switches the resolution where configured, logs a record every ``train.log_every`` steps, writes
+an atomic checkpoint every ``train.checkpoint_every`` steps and exports the model at the end.
+
+Outputs under ``output_dir``: ``model/`` (the Hub-ready export with ``training_summary.json``; the next
+stage's ``model.init_from`` may name ``output_dir`` itself), ``checkpoints/step_XXXXXXX`` (resumable,
+atomic, last ``train.keep_last`` kept), ``metrics.jsonl`` (one line per logged step), ``logs/``
+(trackers), ``config.yaml`` (the resolved config).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+
+from jina_clip_v2._io import atomic_write
+from jina_clip_v2.training import checkpoint as ckpt
+from jina_clip_v2.training.batches import ImageTextBatch, TextBatch
+from jina_clip_v2.training.builders import apply_peft, build_model
+from jina_clip_v2.training.config import ConfigError, StageConfig, config_to_dict, config_to_yaml, tracker_config
+from jina_clip_v2.training.demo_data import resolve_sources
+from jina_clip_v2.training.export import export_stage, gathered_model, stage_summary
+from jina_clip_v2.training.flops import detect_peak_tflops, step_flops
+from jina_clip_v2.training.launch import build_accelerator, compute_dtype
+from jina_clip_v2.training.metrics import MetricsWindow, append_record, progress_postfix, truncate_metrics
+from jina_clip_v2.training.resolution import set_image_size
+from jina_clip_v2.training.step import TrainStep
+
+__all__ = ["Stage"]
+
+logger = get_logger(__name__)
+
+
+class Stage:
+    """Everything one stage needs, built from a ``StageConfig``; ``run()`` trains and exports, ``step``
+    (the ``TrainStep``) is usable on its own (the distributed-equivalence test computes single-process
+    reference losses with it)."""
+
+    def __init__(self, cfg: StageConfig, *, resume: str | None = None):
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.accelerator = build_accelerator(cfg, self.output_dir)
+        acc = self.accelerator
+        for task in (cfg.data.text, cfg.data.image_text):
+            if task.batch_size % acc.num_processes:
+                raise ConfigError(
+                    f"global batch size {task.batch_size} ({task.kind}) is not divisible by the "
+                    f"{acc.num_processes} processes"
+                )
+        self.model, self.processor = build_model(cfg.model, cfg.train.seed)
+        if cfg.peft is not None:
+            apply_peft(self.model, cfg.peft)
+        self.start_image_size = self.model.config.vision_config.image_size
+        # A resumed run past the resolution switch continues at the new size: set it before the
+        # optimizer and the wrappers see the parameters, so the checkpoint's shapes fit.
+        self.resume_path = self._find_resume(resume)
+        if self.resume_path is not None:
+            state = json.loads((self.resume_path / ckpt.TRAINER_STATE).read_text(encoding="utf-8"))
+            if state.get("image_size"):
+                self.model.set_image_size(int(state["image_size"]))
+        self.step = TrainStep(cfg, self.model, acc)
+        self.streams: dict = {}
+        self.samples_seen = {"text": 0, "image_text": 0}
+        peak, _ = detect_peak_tflops(acc.device, compute_dtype(acc), cfg.train.peak_tflops)
+        self.peak_tflops = peak
+
+    def _find_resume(self, resume: str | None) -> Path | None:
+        if resume in (None, "", "none", "no"):
+            return None
+        if resume == "auto":
+            path = ckpt.latest_checkpoint(self.checkpoint_root)
+            if path is None:
+                logger.info("--resume auto: no checkpoint in %s, starting from scratch", self.checkpoint_root)
+            return path
+        path = Path(resume)
+        if not (path / ckpt.TRAINER_STATE).is_file():
+            raise FileNotFoundError(f"--resume {path}: not a complete checkpoint (no {ckpt.TRAINER_STATE})")
+        return path
+
+    # -- data ------------------------------------------------------------------------------------------
+
+    def build_streams(self) -> None:
+        """One batch stream per task for this process, at the current resolution."""
+        from jina_clip_v2.training.data import TaskDataConfig, build_task_stream
+
+        cfg, acc = self.cfg, self.accelerator
+        demo_dir = Path(cfg.data.demo_dir) if cfg.data.demo_dir else self.output_dir / "demo_data"
+        with acc.main_process_first():
+            for name, task in (("text", cfg.data.text), ("image_text", cfg.data.image_text)):
+                data_cfg = TaskDataConfig(
+                    kind=task.kind,
+                    sources=resolve_sources(task.sources, demo_dir, cfg.data.demo_langs),
+                    batch_size=task.batch_size // acc.num_processes,
+                    max_length=task.max_length,
+                    image_size=self.model.config.vision_config.image_size if name == "image_text" else None,
+                    num_negatives=task.num_negatives,
+                    shuffle_buffer=task.shuffle_buffer,
+                    seed=task.seed,
+                )
+                self.streams[name] = build_task_stream(
+                    data_cfg, self.processor, rank=acc.process_index, world_size=acc.num_processes, train=True,
+                    exact_resume=task.exact_resume, num_threads=task.num_threads,
+                )
+
+    def set_image_size(self, image_size: int) -> None:
+        """The resolution switch: the model, the optimizer state and the wrappers (``training.resolution``),
+        and the image stream's crops."""
+        set_image_size(self.step, image_size)
+        if "image_text" in self.streams:
+            self.streams["image_text"].set_image_size(image_size)
+
+    # -- the run ---------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        self._prepare_output_dir()
+        self.build_streams()
+        start_step = 0
+        metrics_path = self.output_dir / "metrics.jsonl"
+        acc.init_trackers(f"stage{cfg.stage}", config=tracker_config(cfg) if acc.is_main_process else None)
+        # Resuming restores the RNG states: nothing may draw random numbers between it and the loop.
+        if self.resume_path is not None:
+            trainer_state, data_state = ckpt.load_checkpoint(acc, self.resume_path)
+            start_step = int(trainer_state["step"])
+            self.samples_seen = dict(trainer_state.get("samples_seen", self.samples_seen))
+            for name, stream in self.streams.items():
+                if name in data_state:
+                    stream.load_state_dict(data_state[name])
+                stream.set_image_size(self.model.config.vision_config.image_size)
+            if acc.is_main_process:
+                truncate_metrics(metrics_path, start_step)
+            logger.info("resumed from %s at step %d", self.resume_path, start_step)
+        else:
+            from accelerate.utils import set_seed
+
+            set_seed(cfg.train.seed, device_specific=True)
+        history = self._loop(start_step, metrics_path)
+        acc.wait_for_everyone()
+        summary = stage_summary(cfg, self.step, history, self.samples_seen, self.start_image_size, self.output_dir)
+        if cfg.train.export:
+            model = gathered_model(self.step, cfg, self.processor)  # a collective under FSDP / DeepSpeed
+            if acc.is_main_process:
+                export_stage(model, self.processor, self.step, cfg, self.output_dir / "model", summary)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return summary
+
+    def _prepare_output_dir(self) -> None:
+        acc = self.accelerator
+        existing = ckpt.list_checkpoints(self.checkpoint_root)
+        if existing and self.resume_path is None and not self.cfg.train.overwrite_output_dir:
+            raise FileExistsError(  # on every rank, so none waits for the others
+                f"{self.output_dir} already holds checkpoints ({existing[-1][1].name}); resume with "
+                "--resume auto, pick another output_dir, or set train.overwrite_output_dir=true"
+            )
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if existing and self.resume_path is None:
+                shutil.rmtree(self.checkpoint_root)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_incomplete(self.checkpoint_root)
+            if self.resume_path is None:
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            with atomic_write(self.output_dir / "config.yaml") as handle:
+                handle.write(config_to_yaml(self.cfg))
+        acc.wait_for_everyone()
+
+    def _loop(self, start_step: int, metrics_path: Path) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        total, switch = cfg.train.steps, cfg.train.resolution_switch
+        bar = tqdm(
+            total=total, initial=start_step, desc=f"stage {cfg.stage}", dynamic_ncols=True,
+            disable=not (acc.is_main_process and cfg.train.progress_bar),
+        )
+        history: list[dict] = []
+        window, window_start = MetricsWindow(), time.perf_counter()
+        for step in range(start_step, total):
+            if switch is not None and step == switch.at_step:
+                self.set_image_size(switch.image_size)
+            text = TextBatch.from_stream(next(self.streams["text"]))
+            image = ImageTextBatch.from_stream(next(self.streams["image_text"]))
+            if step < cfg.train.dump_batches:
+                self._dump_batches(step, text, image)
+            output = self.step(text, image)
+            window.add(output, self.step_flops(text, image))
+            self.samples_seen["text"] += text.rows * acc.num_processes
+            self.samples_seen["image_text"] += image.rows * acc.num_processes
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == total:
+                record = self._log(done, window, time.perf_counter() - window_start)
+                history.append(record)
+                if acc.is_main_process:
+                    append_record(metrics_path, record)
+                    bar.set_postfix(progress_postfix(record), refresh=False)
+                window, window_start = MetricsWindow(), time.perf_counter()
+            bar.update(1)
+            if done % cfg.train.checkpoint_every == 0:
+                self.save_checkpoint(done)
+        bar.close()
+        return history
+
+    def step_flops(self, text: TextBatch, image: ImageTextBatch) -> dict[str, float]:
+        """``training.flops.step_flops`` of this process's step (what the benchmark counts as well)."""
+        loss = self.cfg.loss
+        return step_flops(
+            self.model.config, text, image, dims=self.step.dims, world_size=self.accelerator.num_processes,
+            unified_views=(2 if loss.ssl_views else 0) if loss.unified_batch else None,
+            gradient_checkpointing=self.cfg.model.gradient_checkpointing, grad_cache=self.step.grad_cache.enabled,
+        )
+
+    def _log(self, step: int, window: MetricsWindow, seconds: float) -> dict:
+        record = window.record(self.accelerator, step, seconds, self.peak_tflops)
+        for name, tau in self.step.temperatures.values().items():
+            record[f"temperature/{name}"] = tau
+        for group in self.step.optimizer.param_groups:
+            record.setdefault(f"lr/{group.get('tower', 'all')}", group["lr"] / group.get("lr_scale", 1.0))
+        record["image_size"] = self.model.config.vision_config.image_size
+        record["max_length/text"] = self.streams["text"].max_length
+        if self.step.last_grad_norm is not None:
+            record["grad_norm"] = float(self.step.last_grad_norm)
+        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        return record
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def save_checkpoint(self, step: int) -> Path:
+        return ckpt.save_checkpoint(
+            self.accelerator,
+            self.checkpoint_root,
+            step,
+            data_state={name: stream.state_dict() for name, stream in self.streams.items()},
+            trainer_state={
+                "stage": self.cfg.stage,
+                "step": step,
+                "samples_seen": dict(self.samples_seen),
+                "image_size": self.model.config.vision_config.image_size,
+                "config": config_to_dict(self.cfg),
+            },
+            keep_last=self.cfg.train.keep_last,
+        )
+
+    def _dump_batches(self, step: int, text: TextBatch, image: ImageTextBatch) -> None:
+        folder = self.output_dir / "debug"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"text": text.to_dict(), "image_text": image.to_dict()},
+            folder / f"batch_step{step}_rank{self.accelerator.process_index}.pt",
+        )
