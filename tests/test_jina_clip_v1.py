@@ -570,7 +570,7 @@ def test_evaluation_runs_v1_with_queries_encoded_without_an_instruction(model, t
 def test_text_flops_count_the_gated_mlp():
     """The benchmarks' FLOPs function counts 2 FLOPs per matmul weight per token: for JinaBERT that is
     q, k, v, o and the three matrices of the gated unit (the embeddings do no matmul)."""
-    from jina_clip_v2.benchmarks.flops import text_forward_flops
+    from jina_clip_v2.training.flops import text_forward_flops
 
     config = JinaCLIPConfig(text_config={"model_type": "jina_bert"})
     with torch.device("meta"):

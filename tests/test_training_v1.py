@@ -15,7 +15,10 @@ import torch
 from _tiny import ROOT
 from _tiny_v1 import build_bert_tokenizer
 
-from jina_clip_v2.training import stage as S
+from jina_clip_v2.training.builders import DEFAULT_LORA_TARGETS, build_model, matryoshka_dims
+from jina_clip_v2.training.config import LossSection, config_to_dict, load_config, validate_config
+from jina_clip_v2.training.demo_data import demo_sources
+from jina_clip_v2.training.stage import main as stage_main
 
 TINY_V1 = ROOT / "training" / "configs" / "tiny_v1.yaml"
 DEMO_LANGS = ["en", "de"]
@@ -25,7 +28,7 @@ DEMO_LANGS = ["en", "de"]
 def assets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("v1_training_assets")
     build_bert_tokenizer().save_pretrained(root / "tokenizer")
-    S.demo_sources(root / "demo", "train", DEMO_LANGS)
+    demo_sources(root / "demo", "train", DEMO_LANGS)
     return {"tokenizer": root / "tokenizer", "demo": root / "demo"}
 
 
@@ -48,11 +51,11 @@ def _overrides(assets: dict, output_dir: Path, *extra: str) -> list[str]:
 
 
 def test_v1_stage_configs_have_the_v1_shape():
-    configs = {stage: S.load_config(ROOT / "training" / "configs" / f"v1_stage{stage}.yaml") for stage in (1, 2, 3)}
+    configs = {stage: load_config(ROOT / "training" / "configs" / f"v1_stage{stage}.yaml") for stage in (1, 2, 3)}
     kinds = {1: ("text_pairs", "image_text_short"), 2: ("text_pairs", "image_text_long"), 3: ("text_triplets", "image_text_long")}
     lengths = {1: 77, 2: 512, 3: 512}
     for stage, cfg in configs.items():
-        S.validate_config(cfg)
+        validate_config(cfg)
         assert cfg.stage == stage and (cfg.data.text.kind, cfg.data.image_text.kind) == kinds[stage]
         assert cfg.data.text.max_length == cfg.data.image_text.max_length == lengths[stage]
         assert cfg.model.image_size == 224 and cfg.train.resolution_switch is None  # v1 is 224 px throughout
@@ -63,16 +66,16 @@ def test_v1_stage_configs_have_the_v1_shape():
     assert configs[2].model.init_from == configs[1].output_dir and configs[3].model.init_from == configs[2].output_dir
     # The stage configs share their keys with jina-clip-v2's (one schema, one runner).
     for stage in (1, 2, 3):
-        v1 = S.config_to_dict(configs[stage])
-        v2 = S.config_to_dict(S.load_config(ROOT / "training" / "configs" / f"stage{stage}.yaml"))
+        v1 = config_to_dict(configs[stage])
+        v2 = config_to_dict(load_config(ROOT / "training" / "configs" / f"stage{stage}.yaml"))
         assert v1.keys() == v2.keys()
 
 
 def test_matryoshka_loss_defaults_to_the_full_width_for_models_not_trained_for_it():
-    section = S.LossSection()
-    assert S.matryoshka_dims(section, 768, []) == [768]
-    assert S.matryoshka_dims(section, 1024, [32, 64, 128, 256, 512, 768, 1024]) == [64, 128, 256, 512, 768, 1024]
-    assert "gate_proj" in S.DEFAULT_LORA_TARGETS["text"] and "down_proj" in S.DEFAULT_LORA_TARGETS["text"]
+    section = LossSection()
+    assert matryoshka_dims(section, 768, []) == [768]
+    assert matryoshka_dims(section, 1024, [32, 64, 128, 256, 512, 768, 1024]) == [64, 128, 256, 512, 768, 1024]
+    assert "gate_proj" in DEFAULT_LORA_TARGETS["text"] and "down_proj" in DEFAULT_LORA_TARGETS["text"]
 
 
 def test_tiny_v1_trains_through_three_stages_exported_and_reloaded(assets, tmp_path):
@@ -80,8 +83,8 @@ def test_tiny_v1_trains_through_three_stages_exported_and_reloaded(assets, tmp_p
 
     from jina_clip_v2.modeling import JinaCLIPModel
 
-    cfg = S.load_config(TINY_V1, _overrides(assets, tmp_path / "unused"))
-    initial, _ = S.build_model(cfg.model, cfg.train.seed)
+    cfg = load_config(TINY_V1, _overrides(assets, tmp_path / "unused"))
+    initial, _ = build_model(cfg.model, cfg.train.seed)
     assert initial.config.version == "v1" and type(initial.text_model).__name__ == "JinaBertModel"
     initial_state = {k: v.clone() for k, v in initial.state_dict().items()}
 
@@ -93,7 +96,7 @@ def test_tiny_v1_trains_through_three_stages_exported_and_reloaded(assets, tmp_p
         extra = [f"stage={stage}", "train.steps=4", "train.checkpoint_every=1000", "train.export=true"]
         if previous is not None:
             extra.append(f"model.init_from={previous}")
-        summary = S.main(["--config", str(TINY_V1), *_overrides(assets, out, *extra)])
+        summary = stage_main(["--config", str(TINY_V1), *_overrides(assets, out, *extra)])
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert len(records) == 4 and all(math.isfinite(r["loss"]) for r in records)
         assert records[0]["max_length/text"] == lengths[stage] and records[-1]["image_size"] == 64
