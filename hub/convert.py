@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 
 from ._util import configure_logging
 from .export import (
@@ -78,15 +78,15 @@ def release_image_processor(snapshot: Path, image_size: int) -> JinaCLIPImagePro
 
 
 def release_tokenizer(folder: Path):
-    """The XLM-RoBERTa tokenizer of the snapshot (its tokenizer.json), without any remote code."""
-    from transformers import XLMRobertaTokenizerFast
-
+    """The snapshot's tokenizer: its tokenizer.json exactly as written (`load_tokenizer`: the ids equal those
+    of `tokenizers.Tokenizer.from_file` on that file, as the release's transformers 4 tokenizer gave them),
+    with the special tokens and model_max_length of its tokenizer_config.json."""
     if not (folder / "tokenizer.json").is_file():
         raise ExportError(
             f"no tokenizer.json in {folder}: pass --tokenizer <folder holding the jina-clip-v2 / XLM-RoBERTa "
             "tokenizer.json>"
         )
-    return XLMRobertaTokenizerFast.from_pretrained(str(folder))
+    return load_tokenizer(folder)
 
 
 def _check_saved_weights(folder: Path, model, dtype: torch.dtype | None) -> None:

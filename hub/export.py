@@ -11,7 +11,9 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
 - safetensors weights, in the model's own key layout (`model.state_dict()`), sharded with
   `model.safetensors.index.json` above `max_shard_size`;
 - `processor_config.json` (transformers' `CLIPProcessor` with our `JinaCLIPImageProcessor`, whose code
-  `processing_jina_clip.py` is copied in), `tokenizer.json`, `tokenizer_config.json`;
+  `processing_jina_clip.py` is copied in), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
+  the ids equal `tokenizers.Tokenizer.from_file` on its source file), `tokenizer_config.json` (transformers'
+  generic fast tokenizer class, so nothing rebuilds the pipeline at load time);
 - Sentence-Transformers files written by Sentence-Transformers' own `save`: `modules.json` (our
   `custom_st.JinaCLIPTransformer` input module, then `Normalize`), `sentence_bert_config.json`
   (modality config: `get_text_features` / `get_image_features` -> `pooler_output`; texts truncated at
@@ -27,7 +29,6 @@ is fixed (`{"format": "pt"}`), JSON files have sorted keys, nothing holds a time
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import logging
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, exact_tokenizer, load_tokenizer
 
 from ._util import atomic_folder, canonicalize_json_files, configure_logging, folder_files, human_size, write_json
 from .model_card import DEFAULT_LICENSE, build_model_card
@@ -149,13 +150,17 @@ def _as_local_model(model: torch.nn.Module) -> JinaCLIPModel:
 
 
 def load_processor(source: str | os.PathLike):
-    """The processor (tokenizer + image processor) saved in a folder."""
+    """The processor (tokenizer + image processor) saved in a folder; the tokenizer is the folder's
+    tokenizer.json as written (`load_tokenizer`), whatever tokenizer class its tokenizer_config.json names."""
     from transformers import AutoProcessor
 
     path = Path(source)
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
         raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
-    return AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+    if (path / "tokenizer.json").is_file() and getattr(processor, "tokenizer", None) is not None:
+        processor.tokenizer = load_tokenizer(path)
+    return processor
 
 
 def canonical_processor(processor, config: JinaCLIPConfig):
@@ -172,13 +177,11 @@ def canonical_processor(processor, config: JinaCLIPConfig):
         raise ExportError(f"tokenizer pad id {tokenizer.pad_token_id} differs from the model's {text.pad_token_id}")
     if len(tokenizer) > text.vocab_size:
         raise ExportError(f"tokenizer has {len(tokenizer)} tokens, more than the model's vocab_size {text.vocab_size}")
-    # A fast tokenizer keeps the padding / truncation of its last call in its backend, and would save
-    # them into tokenizer.json: ship a copy without that state (the same file whatever ran before).
-    tokenizer = copy.deepcopy(tokenizer)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        backend.no_truncation()
-        backend.no_padding()
+    # The tokenizer's own pipeline as is, in transformers' generic fast tokenizer: saved, it loads back
+    # (AutoTokenizer / AutoProcessor) without being rebuilt by a model-specific class, which for XLM-R
+    # would drop trailing "\u2581" pieces. A fast tokenizer also keeps the padding / truncation of its last
+    # call in its backend: the copy has none (the same tokenizer.json whatever ran before).
+    tokenizer = exact_tokenizer(tokenizer)
     skip = {"auto_map", "image_processor_type", "processor_class", "_processor_class"}
     params = {k: v for k, v in image_processor.to_dict().items() if k not in skip}
     size = config.vision_config.image_size
@@ -389,7 +392,10 @@ def export_model(
     if processor is None:
         if getattr(model, "_processor", None) is None and not model.name_or_path:
             raise ExportError("the model has no processor attached; pass processor=... (or --processor <folder>)")
-        processor = model.processor
+        if getattr(model, "_processor", None) is None and Path(model.name_or_path).is_dir():
+            processor = load_processor(model.name_or_path)  # its tokenizer.json as written
+        else:
+            processor = model.processor
     elif isinstance(processor, (str, os.PathLike)):
         processor = load_processor(processor)
     processor = canonical_processor(processor, model.config)
