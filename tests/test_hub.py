@@ -249,7 +249,9 @@ def test_fresh_process_loads_through_auto_classes_and_sentence_transformers(fres
     info, _ = fresh
     assert info["processor"] == "CLIPProcessor"
     assert info["image_processor"] == "JinaCLIPImageProcessor"
-    assert info["tokenizer"].startswith("XLMRoberta")
+    # transformers' generic fast tokenizer around the saved tokenizer.json (no remote code, and no
+    # model-specific class that would rebuild the XLM-R pipeline: tests/test_tokenizer.py)
+    assert info["tokenizer"] in ("TokenizersBackend", "PreTrainedTokenizerFast")
     assert info["model_module"].startswith("transformers_modules.")  # the folder's remote code
     assert info["st_modules"] == ["JinaCLIPTransformer", "Normalize"]
     assert info["st_similarity"] == "cosine" and info["st_dim"] == 32
