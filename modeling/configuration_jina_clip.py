@@ -7,7 +7,24 @@ The defaults reproduce the released checkpoint (865M parameters: text 561M, visi
 
 from __future__ import annotations
 
-from transformers import JinaEmbeddingsV3Config, PreTrainedConfig
+# The first transformers release with `JinaEmbeddingsV3` (the text tower) and `CLIPImageProcessorPil` (the
+# base of the image processor); older ones get an error that says what to install, not a bare ImportError.
+MIN_TRANSFORMERS_VERSION = "5.4"
+
+
+def transformers_version_error() -> ImportError:
+    import transformers
+
+    return ImportError(
+        f"jina-clip-v2 needs transformers>={MIN_TRANSFORMERS_VERSION} (the first release with JinaEmbeddingsV3), "
+        f"but transformers {transformers.__version__} is installed: pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'"
+    )
+
+
+try:
+    from transformers import JinaEmbeddingsV3Config, PreTrainedConfig
+except ImportError as err:
+    raise transformers_version_error() from err
 
 # The release's only instruction (config.json: text_config.hf_model_config_kwargs.task_instructions).
 RETRIEVAL_QUERY_INSTRUCTION = "Represent the query for retrieving evidence documents: "

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
+try:
+    from transformers import AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
+except ImportError as err:  # transformers < 5.4: name the version to install
+    from .configuration_jina_clip import transformers_version_error
+
+    raise transformers_version_error() from err
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS

@@ -47,8 +47,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from transformers import CLIPImageProcessorPil
-from transformers.processing_utils import ImagesKwargs
+# CLIPImageProcessorPil first ships in transformers 5.4 (as JinaEmbeddingsV3, see configuration_jina_clip.py;
+# this file is also loaded alone, from processor folders, so it says so itself).
+try:
+    from transformers import CLIPImageProcessorPil
+    from transformers.processing_utils import ImagesKwargs
+except ImportError as err:
+    import transformers
+
+    raise ImportError(
+        "jina-clip-v2's image processor needs transformers>=5.4 (the first release with CLIPImageProcessorPil), "
+        f"but transformers {transformers.__version__} is installed: pip install -U 'transformers>=5.4'"
+    ) from err
 
 # Remote images: the whole fetch (connect, redirects, body) ends within this many seconds...
 DEFAULT_FETCH_TIMEOUT_S = 20.0
@@ -418,6 +428,23 @@ def load_tokenizer(source: str | os.PathLike, *, model_max_length: int | None = 
     return PreTrainedTokenizerFast(tokenizer_file=file, **kwargs)
 
 
+# The name every transformers version (4.x: the fast base class; 5.x: an alias of `TokenizersBackend`) and
+# transformers.js resolve to the generic tokenizer that runs tokenizer.json as written. transformers 5 saves
+# "TokenizersBackend", which transformers 4 does not know.
+GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def name_generic_tokenizer_class(folder: str | os.PathLike) -> None:
+    """Make the tokenizer_config.json in `folder` name `GENERIC_TOKENIZER_CLASS` (after `save_pretrained`)."""
+    path = os.path.join(os.fspath(folder), "tokenizer_config.json")
+    with open(path, encoding="utf-8") as handle:
+        settings = json.load(handle)
+    settings["tokenizer_class"] = GENERIC_TOKENIZER_CLASS
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(settings, handle, indent=2, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
+
+
 def exact_tokenizer(tokenizer):
     """`tokenizer`'s own `tokenizers` pipeline (its `backend_tokenizer`, copied as is, without the padding /
     truncation state of its last call) in a `PreTrainedTokenizerFast`, with its special tokens and lengths:
@@ -445,11 +472,13 @@ __all__ = [
     "DEFAULT_FETCH_TIMEOUT_S",
     "ImageLoadError",
     "JinaCLIPImageProcessor",
+    "GENERIC_TOKENIZER_CLASS",
     "SPECIAL_TOKENS",
     "exact_tokenizer",
     "fetch_url",
     "load_image",
     "load_tokenizer",
+    "name_generic_tokenizer_class",
     "open_image",
     "to_rgb",
 ]

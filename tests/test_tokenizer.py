@@ -18,52 +18,12 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from _inputs import INSTRUCTION, STRINGS
 from _release_fixture import write_release_snapshot
 from _tiny import ROOT, build_processor, build_tokenizer, tiny_config, tiny_model
 
 from jina_clip_v2.hub.convert import main as convert_main
 from jina_clip_v2.hub.export import main as export_main
-
-INSTRUCTION = "Represent the query for retrieving evidence documents: "
-STRINGS = [
-    "a ",  # trailing space: the release keeps a final "\u2581" piece
-    "a  ",
-    " a",  # leading space
-    "   leading spaces",
-    "multiple   inner    spaces",
-    "tab\tseparated\tvalues",
-    "trailing tab\t",
-    "line one\nline two",
-    "a line read from a file\n",
-    "windows line\r\n",
-    "",
-    " ",
-    "\n",
-    INSTRUCTION,  # query prefix + empty text, as encode_text("", task="retrieval.query") sends it
-    INSTRUCTION + "a dog ",
-    "一只狗在雪地里玩耍",  # CJK
-    "雪の中で遊ぶ犬。 ",
-    "눈 속에서 노는 개",
-    "كلب يلعب في الثلج",  # Arabic
-    "כלב משחק בשלג",  # Hebrew
-    "👩‍👩‍👧‍👦 family emoji with ZWJ",
-    "🏳️‍🌈 flag 🇩🇪",
-    "e\u0301te\u0301 combining accents",  # decomposed é
-    "été precomposed",
-    "ﬁnance ﬂow ligatures",  # NFKC-sensitive
-    "ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ １２３",
-    "x² + y³ = z⁴ superscripts",
-    "Ⅻ roman numeral, ㎏ unit, ½ fraction",
-    "zero\u200bwidth space and nbsp\u00a0here",
-    "hello <mask> world",  # special-token text inside a string
-    "<s>already wrapped</s>",
-    "MiXeD CaSe, punctuation!!! ... ???",
-    "https://example.com/a/b.jpg?x=1",
-    "ईमेल हिंदी में",
-    "Ein Hund spielt im Schnee ",
-    "word " * 10_000,  # a 50k-character text
-]
-
 
 def _real_tokenizer_dir() -> Path:
     from jina_clip_v2.assets import default_tokenizer_dir
