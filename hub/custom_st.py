@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 MIXED = "text+image (split)"
 _SEP = "::"
 _EXPLICIT = ("text", "image")
+_ST_TASKS = ("query", "document")
 
 
 def _is_url(text: str) -> bool:
@@ -111,11 +112,13 @@ class JinaCLIPTransformer(Transformer):
         return kind, value
 
     def _resolve_task(self, task: str | None, prompt: str | None) -> str | None:
-        if task is None:
+        # "query" / "document" are Sentence-Transformers' own (encode_query / encode_document pass them with
+        # the prompt of the same name already resolved).
+        if task is None or task in _ST_TASKS:
             return prompt
         instructions = self.model.config.task_instructions
         if task not in instructions:
-            raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(instructions)}")
+            raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(instructions)} (and None)")
         if prompt not in (None, "", instructions[task]):
             raise ValueError(
                 f"task={task!r} prepends {instructions[task]!r}, and another prompt ({prompt!r}) was given too: "
