@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot
 from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 
-from ._util import configure_logging
+from ._util import configure_logging, hub_logger
 from .export import (
     DTYPES,
     ExportError,
@@ -39,7 +38,7 @@ from .export import (
 )
 from .model_card import DEFAULT_LICENSE, RELEASE_REPO
 
-logger = logging.getLogger(__name__)
+logger = hub_logger("convert")
 
 # The release's preprocessing (preprocessor_config.json of jinaai/jina-clip-v2, reference section 3.1).
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -127,6 +126,8 @@ def convert_release(
         check: reload the folder and compare weights and embeddings with the converted model.
         export_kwargs: passed to `hub.export.export_model` (max_shard_size, repo_id, eval_results, ...).
     """
+    if export_kwargs.get("model_name") is None and export_kwargs.get("repo_id") is None:
+        export_kwargs["model_name"] = "jina-clip-v2"
     snapshot = Path(snapshot)
     if not snapshot.is_dir():
         raise FileNotFoundError(f"no such snapshot folder: {snapshot}")
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     add_output_arguments(parser)
     parser.add_argument("--no-check", action="store_true", help="skip reloading and checking the folder")
     add_card_arguments(parser)
-    parser.set_defaults(base_model=RELEASE_REPO)
+    # The converted release is jina-clip-v2, under the release's license.
+    parser.set_defaults(base_model=RELEASE_REPO, license=DEFAULT_LICENSE)
     args = parser.parse_args(argv)
     configure_logging()
     try:

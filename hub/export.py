@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import sys
@@ -51,10 +50,18 @@ from jina_clip_v2.modeling.processing_jina_clip import (
     name_generic_tokenizer_class,
 )
 
-from ._util import atomic_folder, canonicalize_json_files, configure_logging, folder_files, human_size, write_json
-from .model_card import DEFAULT_LICENSE, build_model_card
+from ._util import (
+    atomic_folder,
+    canonicalize_json_files,
+    configure_logging,
+    folder_files,
+    hub_logger,
+    human_size,
+    write_json,
+)
+from .model_card import BASE_MODEL_LICENSES, build_model_card
 
-logger = logging.getLogger(__name__)
+logger = hub_logger("export")
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 ST_MODULE_FILE = Path(__file__).with_name("custom_st.py")
@@ -372,7 +379,7 @@ def export_model(
     training_summary: str | os.PathLike | Mapping | None = None,
     repo_id: str | None = None,
     model_name: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     base_model: str | list[str] | None = None,
     datasets: list[str] | None = None,
     source_note: str | None = None,
@@ -390,7 +397,11 @@ def export_model(
         dtype: cast floating weights to "float32" / "bfloat16" / "float16" (default: as they are).
         eval_results / training_summary: JSON files or dicts for the model card (`hub.model_card`).
         repo_id: the Hub repository the folder is meant for (used in the card's usage snippets).
-        model_name, license, base_model, datasets: model card metadata.
+        model_name: the card's title (default: the name of `repo_id`, else of `out`; for a training
+            stage's `model/` folder, the stage folder's name).
+        license: the weights' license (default: the base model's, for the models in
+            `hub.model_card.BASE_MODEL_LICENSES`; else none).
+        base_model, datasets: card metadata (Hub ids; default: the training summary's).
         source_note: a sentence for the card about where the weights come from.
         overwrite: replace an existing `out` (only once the new folder is complete).
     """
@@ -417,6 +428,9 @@ def export_model(
         processor = load_processor(processor)
     processor = canonical_processor(processor, model.config)
 
+    out = Path(out)
+    if model_name is None and repo_id is None:
+        model_name = (out.resolve().parent if out.name == "model" else out.resolve()).name
     card_kwargs = dict(
         repo_id=repo_id,
         model_name=model_name,
@@ -429,7 +443,6 @@ def export_model(
     )
     # Read the card inputs before writing anything: a malformed results file fails fast.
     build_model_card(model.config, **card_kwargs)
-    out = Path(out)
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
     files = folder_files(out)
@@ -513,9 +526,15 @@ def add_card_arguments(parser: argparse.ArgumentParser) -> None:
     card.add_argument("--eval-results", type=Path, help="evaluation results JSON (schema: hub/model_card.py)")
     card.add_argument("--training-summary", type=Path, help="training summary JSON (schema: hub/model_card.py)")
     card.add_argument("--repo-id", help="Hub repository the folder is meant for (usage snippets)")
-    card.add_argument("--model-name", help="model name in the card (default: from --repo-id)")
-    card.add_argument("--license", default=DEFAULT_LICENSE, help=f"license id (default: {DEFAULT_LICENSE})")
-    card.add_argument("--base-model", help="base model repo id for the card metadata")
+    card.add_argument(
+        "--title", "--model-name", dest="model_name", help="the card's title and model name (default: from --repo-id, else --out)"
+    )
+    card.add_argument(
+        "--license",
+        help="license id of the weights (default: the base model's for "
+        f"{', '.join(sorted(BASE_MODEL_LICENSES))}; else none)",
+    )
+    card.add_argument("--base-model", help="Hub id of the model the weights come from (card metadata)")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,15 +13,14 @@ files that would be uploaded, their sizes and where they would go.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._util import configure_logging, folder_files, human_size
+from ._util import configure_logging, folder_files, hub_logger, human_size
 
-logger = logging.getLogger(__name__)
+logger = hub_logger("push")
 
 REQUIRED_FILES = ("config.json", "README.md")
 
