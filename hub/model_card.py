@@ -326,15 +326,17 @@ model = SentenceTransformer("{repo}", trust_remote_code=True, truncate_dim={dim}
 
 queries = ["Ein Hund spielt im Schnee", "a dog playing in the snow"]
 query_embeddings = model.encode(queries, prompt_name="retrieval.query", normalize_embeddings=True)
-# One list may mix texts and images (PIL images, paths or URLs).
+# One list may mix texts and images (PIL images, local paths, {{"image": url_or_path}}).
 embeddings = model.encode(["a dog playing in the snow", "dog.jpg"], normalize_embeddings=True)
 print(model.similarity(query_embeddings, embeddings))  # cosine
 ```
 
-`model.encode_query(...)` uses the same query instruction (prompt `query`); `model.encode_document(...)`
-adds none. Sentence-Transformers normalises before it truncates: pass `normalize_embeddings=True` (as
-above) to get unit vectors after truncation, identical to `encode_text` / `encode_image`;
-`model.similarity` is cosine either way."""
+`model.encode_query(...)` and `model.encode(..., task="retrieval.query")` use the same query instruction;
+`model.encode_document(...)` adds none. A string that looks like an http(s) URL is embedded as a text: pass
+`{{"image": url}}` to embed the image it points to. Sentence-Transformers normalises before it truncates:
+pass `normalize_embeddings=True` (as above) to get unit vectors after truncation, identical to
+`encode_text` / `encode_image`; `model.similarity` is cosine either way. `truncate_dim` must be one of
+{dims}."""
 
 
 def build_model_card(
