@@ -576,7 +576,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 raise ValueError(
                     "this model has no processor: load it with from_pretrained from a folder that holds one, "
                     "or assign one: `model.processor = CLIPProcessor(image_processor=JinaCLIPImageProcessor(...), "
-                    "tokenizer=XLMRobertaTokenizerFast(...))`"
+                    "tokenizer=PreTrainedTokenizerFast(tokenizer_file='tokenizer.json', ...))`"
                 )
             try:
                 self._processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
