@@ -73,11 +73,27 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+# The hub modules' loggers are named after their import path, not `__name__`: run as `python -m
+# jina_clip_v2.hub.export`, `__name__` is "__main__", whose lines no handler of ours would show.
+LOGGER_PREFIX = "jina_clip_v2.hub"
+
+
+def hub_logger(module: str) -> logging.Logger:
+    """The logger of hub module `module` ("export", "convert", ...)."""
+    return logging.getLogger(f"{LOGGER_PREFIX}.{module}")
+
+
+class _ShortNameFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name.removeprefix("jina_clip_v2.")
+        return f"[{name}] {record.getMessage()}"
+
+
 def configure_logging() -> None:
-    """Progress lines of the `hub` loggers on stdout, as `[hub.export] message` (for the CLIs)."""
+    """Progress lines of the hub loggers on stdout, as `[hub.export] message` (for the CLIs)."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-    hub_logger = logging.getLogger("hub")
-    hub_logger.handlers[:] = [handler]
-    hub_logger.setLevel(logging.INFO)
-    hub_logger.propagate = False
+    handler.setFormatter(_ShortNameFormatter())
+    logger = logging.getLogger(LOGGER_PREFIX)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

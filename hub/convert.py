@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -28,9 +27,9 @@ from pathlib import Path
 import torch
 
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 
-from ._util import configure_logging
+from ._util import configure_logging, hub_logger
 from .export import (
     DTYPES,
     ExportError,
@@ -41,7 +40,7 @@ from .export import (
 )
 from .model_card import DEFAULT_LICENSE, RELEASE_REPO, V1_LICENSE, V1_RELEASE_REPO
 
-logger = logging.getLogger(__name__)
+logger = hub_logger("convert")
 
 # The release's preprocessing (preprocessor_config.json of jinaai/jina-clip-v2, reference section 3.1).
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -81,18 +80,17 @@ def release_image_processor(snapshot: Path, image_size: int) -> JinaCLIPImagePro
 
 
 def release_tokenizer(folder: Path, version: str = "v2"):
-    """The tokenizer of the snapshot (its tokenizer.json), without any remote code: XLM-RoBERTa for
-    jina-clip-v2, BERT WordPiece for jina-clip-v1."""
-    from transformers import BertTokenizerFast, XLMRobertaTokenizerFast
-
+    """The snapshot's tokenizer (XLM-RoBERTa for jina-clip-v2, BERT WordPiece for jina-clip-v1): its
+    tokenizer.json exactly as written (`load_tokenizer`: the ids equal those of `tokenizers.Tokenizer.from_file`
+    on that file, as the release's transformers 4 tokenizer gave them), with the special tokens and
+    model_max_length of its tokenizer_config.json."""
     kind = "BERT WordPiece" if version == "v1" else "XLM-RoBERTa"
     if not (folder / "tokenizer.json").is_file():
         raise ExportError(
             f"no tokenizer.json in {folder}: pass --tokenizer <folder holding the jina-clip-{version} / {kind} "
             "tokenizer.json>"
         )
-    cls = BertTokenizerFast if version == "v1" else XLMRobertaTokenizerFast
-    return cls.from_pretrained(str(folder))
+    return load_tokenizer(folder)
 
 
 def _check_saved_weights(folder: Path, model, dtype: torch.dtype | None) -> None:
@@ -145,6 +143,8 @@ def convert_release(
     from transformers import CLIPProcessor
 
     version = model.config.version
+    if export_kwargs.get("model_name") is None and export_kwargs.get("repo_id") is None:
+        export_kwargs["model_name"] = f"jina-clip-{version}"
     processor = CLIPProcessor(
         image_processor=release_image_processor(snapshot, model.config.vision_config.image_size),
         tokenizer=release_tokenizer(Path(tokenizer) if tokenizer is not None else snapshot, version),

@@ -11,12 +11,16 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
 - safetensors weights, in the model's own key layout (`model.state_dict()`), sharded with
   `model.safetensors.index.json` above `max_shard_size`;
 - `processor_config.json` (transformers' `CLIPProcessor` with our `JinaCLIPImageProcessor`, whose code
-  `processing_jina_clip.py` is copied in), `tokenizer.json`, `tokenizer_config.json`;
+  `processing_jina_clip.py` is copied in), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
+  the ids equal `tokenizers.Tokenizer.from_file` on its source file), `tokenizer_config.json` (transformers'
+  generic fast tokenizer class, so nothing rebuilds the pipeline at load time);
 - Sentence-Transformers files written by Sentence-Transformers' own `save`: `modules.json` (our
-  `custom_st.JinaCLIPTransformer` input module, then `Normalize`), `sentence_bert_config.json`
-  (modality config: `get_text_features` / `get_image_features` -> `pooler_output`; texts truncated at
-  the model's `max_text_length`), `config_sentence_transformers.json` (prompts `retrieval.query` and
-  `query` = the release's query instruction, cosine similarity), `1_Normalize/`;
+  `custom_st.JinaCLIPTransformer` input module, then `Normalize` under the class path that
+  sentence-transformers 5.4+ and 6.x both resolve), `sentence_bert_config.json` (modality config:
+  `get_text_features` / `get_image_features` -> `pooler_output`; texts truncated at the model's
+  `max_text_length`; `fetch_image_urls` false: see `custom_st`), `config_sentence_transformers.json`
+  (prompts `retrieval.query` and `query` = the release's query instruction, cosine similarity),
+  `1_Normalize/`;
 - `README.md`, the model card (`hub.model_card`).
 
 The folder is written into a temporary folder next to `--out` and renamed at the end, so `--out` is
@@ -27,10 +31,8 @@ is fixed (`{"format": "pt"}`), JSON files have sorted keys, nothing holds a time
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import sys
@@ -41,16 +43,32 @@ from typing import Any
 import torch
 
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.processing_jina_clip import (
+    JinaCLIPImageProcessor,
+    exact_tokenizer,
+    load_tokenizer,
+    name_generic_tokenizer_class,
+)
 
-from ._util import atomic_folder, canonicalize_json_files, configure_logging, folder_files, human_size, write_json
-from .model_card import DEFAULT_LICENSE, build_model_card
+from ._util import (
+    atomic_folder,
+    canonicalize_json_files,
+    configure_logging,
+    folder_files,
+    hub_logger,
+    human_size,
+    write_json,
+)
+from .model_card import BASE_MODEL_LICENSES, build_model_card
 
-logger = logging.getLogger(__name__)
+logger = hub_logger("export")
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 ST_MODULE_FILE = Path(__file__).with_name("custom_st.py")
 ST_MODULE_CLASS = "custom_st.JinaCLIPTransformer"
+# The Normalize class path every Sentence-Transformers release resolves (5.x and 6.x map it to where the
+# class lives now; the library's `save` writes the 6.x-only `sentence_transformers.base.modules...`).
+ST_NORMALIZE_CLASS = "sentence_transformers.models.Normalize"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Training checkpoints may carry wrapper prefixes (DistributedDataParallel, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -149,13 +167,17 @@ def _as_local_model(model: torch.nn.Module) -> JinaCLIPModel:
 
 
 def load_processor(source: str | os.PathLike):
-    """The processor (tokenizer + image processor) saved in a folder."""
+    """The processor (tokenizer + image processor) saved in a folder; the tokenizer is the folder's
+    tokenizer.json as written (`load_tokenizer`), whatever tokenizer class its tokenizer_config.json names."""
     from transformers import AutoProcessor
 
     path = Path(source)
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
         raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
-    return AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+    if (path / "tokenizer.json").is_file() and getattr(processor, "tokenizer", None) is not None:
+        processor.tokenizer = load_tokenizer(path)
+    return processor
 
 
 def canonical_processor(processor, config: JinaCLIPConfig):
@@ -172,13 +194,11 @@ def canonical_processor(processor, config: JinaCLIPConfig):
         raise ExportError(f"tokenizer pad id {tokenizer.pad_token_id} differs from the model's {text.pad_token_id}")
     if len(tokenizer) > text.vocab_size:
         raise ExportError(f"tokenizer has {len(tokenizer)} tokens, more than the model's vocab_size {text.vocab_size}")
-    # A fast tokenizer keeps the padding / truncation of its last call in its backend, and would save
-    # them into tokenizer.json: ship a copy without that state (the same file whatever ran before).
-    tokenizer = copy.deepcopy(tokenizer)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        backend.no_truncation()
-        backend.no_padding()
+    # The tokenizer's own pipeline as is, in transformers' generic fast tokenizer: saved, it loads back
+    # (AutoTokenizer / AutoProcessor) without being rebuilt by a model-specific class, which for XLM-R
+    # would drop trailing "\u2581" pieces. A fast tokenizer also keeps the padding / truncation of its last
+    # call in its backend: the copy has none (the same tokenizer.json whatever ran before).
+    tokenizer = exact_tokenizer(tokenizer)
     skip = {"auto_map", "image_processor_type", "processor_class", "_processor_class"}
     params = {k: v for k, v in image_processor.to_dict().items() if k not in skip}
     size = config.vision_config.image_size
@@ -254,10 +274,15 @@ def write_sentence_transformers_files(folder: Path, config: JinaCLIPConfig, *, u
     )
     transformer.save = lambda path, *args, **kwargs: transformer.save_config(path)
     model.save(str(folder), create_model_card=False)
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    for module in modules:
+        if module["type"].rpartition(".")[2] == "Normalize":
+            module["type"] = ST_NORMALIZE_CLASS
+    write_json(folder / "modules.json", modules)
 
 
 def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
-    """The files `write_sentence_transformers_files` gets from Sentence-Transformers (>= 6), as data."""
+    """The files `write_sentence_transformers_files` gets from Sentence-Transformers, as data."""
     import transformers
 
     settings = _sentence_transformers_settings(config)
@@ -265,13 +290,14 @@ def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
     return {
         "modules.json": [
             {"idx": 0, "name": "transformer", "path": "", "type": ST_MODULE_CLASS},
-            {"idx": 1, "name": "normalizer", "path": "1_Normalize", "type": "sentence_transformers.base.modules.normalize.Normalize"},
+            {"idx": 1, "name": "normalizer", "path": "1_Normalize", "type": ST_NORMALIZE_CLASS},
         ],
         "sentence_bert_config.json": {
             "modality_config": {
                 "image": {"method": "get_image_features", **pooled},
                 "text": {"method": "get_text_features", **pooled},
             },
+            "fetch_image_urls": False,
             "module_output_name": "sentence_embedding",
             "processing_kwargs": settings["processing_kwargs"],
             "transformer_task": "feature-extraction",
@@ -325,6 +351,7 @@ def _write_folder(
         write_json(staging / "config.json", saved)
     logger.info("writing tokenizer and processor")
     processor.save_pretrained(staging)
+    name_generic_tokenizer_class(staging)
     logger.info("writing Sentence-Transformers configuration")
     shutil.copyfile(ST_MODULE_FILE, staging / ST_MODULE_FILE.name)
     try:
@@ -353,7 +380,7 @@ def export_model(
     training_summary: str | os.PathLike | Mapping | None = None,
     repo_id: str | None = None,
     model_name: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     base_model: str | list[str] | None = None,
     datasets: list[str] | None = None,
     source_note: str | None = None,
@@ -371,7 +398,11 @@ def export_model(
         dtype: cast floating weights to "float32" / "bfloat16" / "float16" (default: as they are).
         eval_results / training_summary: JSON files or dicts for the model card (`hub.model_card`).
         repo_id: the Hub repository the folder is meant for (used in the card's usage snippets).
-        model_name, license, base_model, datasets: model card metadata.
+        model_name: the card's title (default: the name of `repo_id`, else of `out`; for a training
+            stage's `model/` folder, the stage folder's name).
+        license: the weights' license (default: the base model's, for the models in
+            `hub.model_card.BASE_MODEL_LICENSES`; else none).
+        base_model, datasets: card metadata (Hub ids; default: the training summary's).
         source_note: a sentence for the card about where the weights come from.
         overwrite: replace an existing `out` (only once the new folder is complete).
     """
@@ -390,11 +421,17 @@ def export_model(
     if processor is None:
         if getattr(model, "_processor", None) is None and not model.name_or_path:
             raise ExportError("the model has no processor attached; pass processor=... (or --processor <folder>)")
-        processor = model.processor
+        if getattr(model, "_processor", None) is None and Path(model.name_or_path).is_dir():
+            processor = load_processor(model.name_or_path)  # its tokenizer.json as written
+        else:
+            processor = model.processor
     elif isinstance(processor, (str, os.PathLike)):
         processor = load_processor(processor)
     processor = canonical_processor(processor, model.config)
 
+    out = Path(out)
+    if model_name is None and repo_id is None:
+        model_name = (out.resolve().parent if out.name == "model" else out.resolve()).name
     card_kwargs = dict(
         repo_id=repo_id,
         model_name=model_name,
@@ -407,7 +444,6 @@ def export_model(
     )
     # Read the card inputs before writing anything: a malformed results file fails fast.
     build_model_card(model.config, **card_kwargs)
-    out = Path(out)
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
     files = folder_files(out)
@@ -493,9 +529,15 @@ def add_card_arguments(parser: argparse.ArgumentParser) -> None:
     card.add_argument("--eval-results", type=Path, help="evaluation results JSON (schema: hub/model_card.py)")
     card.add_argument("--training-summary", type=Path, help="training summary JSON (schema: hub/model_card.py)")
     card.add_argument("--repo-id", help="Hub repository the folder is meant for (usage snippets)")
-    card.add_argument("--model-name", help="model name in the card (default: from --repo-id)")
-    card.add_argument("--license", default=DEFAULT_LICENSE, help=f"license id (default: {DEFAULT_LICENSE})")
-    card.add_argument("--base-model", help="base model repo id for the card metadata")
+    card.add_argument(
+        "--title", "--model-name", dest="model_name", help="the card's title and model name (default: from --repo-id, else --out)"
+    )
+    card.add_argument(
+        "--license",
+        help="license id of the weights (default: the base model's for "
+        f"{', '.join(sorted(BASE_MODEL_LICENSES))}; else none)",
+    )
+    card.add_argument("--base-model", help="Hub id of the model the weights come from (card metadata)")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

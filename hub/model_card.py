@@ -68,6 +68,12 @@ LIBRARY_NAME = "transformers"
 PIPELINE_TAG = "feature-extraction"
 DEFAULT_LICENSE = "cc-by-nc-4.0"  # the license of the released jina-clip-v2 weights
 RELEASE_REPO = "jinaai/jina-clip-v2"
+# Licenses a card inherits from its base model when none is given (weights derived from these carry them).
+BASE_MODEL_LICENSES = {
+    RELEASE_REPO: DEFAULT_LICENSE,
+    "jinaai/jina-embeddings-v3": "cc-by-nc-4.0",
+    "jinaai/jina-clip-v1": "apache-2.0",
+}
 TAGS = [
     "jina-clip",
     "clip",
@@ -97,6 +103,8 @@ _PIPELINE_TAGS = {"feature-extraction", "sentence-similarity", "zero-shot-image-
 _LANGUAGE_CODE = re.compile(r"^(multilingual|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# A local filesystem path: absolute (POSIX, Windows drive or UNC), home-relative or explicitly relative.
+_LOCAL_PATH = re.compile(r"^(/|~|\.{1,2}[\\/]|[A-Za-z]:[\\/]|\\\\)")
 
 CITATION = """\
 @misc{koukounas2024jinaclipv2,
@@ -242,6 +250,23 @@ def load_training_summary(source: str | os.PathLike | Mapping) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _is_local_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(_LOCAL_PATH.match(value.strip()))
+
+
+def _public(value: Any) -> Any:
+    """`value` as a public card may show it: a local path becomes its last component (a card must not
+    reveal the folders of the machine that wrote it); lists and dicts are cleaned recursively."""
+    if _is_local_path(value):
+        parts = [part for part in re.split(r"[\\/]", value.strip()) if part]
+        return parts[-1] if parts else value.strip()
+    if isinstance(value, list):
+        return [_public(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    return value
+
+
 def _slug(text: str) -> str:
     text = text.strip().lower().replace("@", "_at_")
     return re.sub(r"[^a-z0-9_]+", "-", text).strip("-")
@@ -273,7 +298,10 @@ def eval_results_to_card(results: dict, embedding_dim: int) -> tuple[list[EvalRe
     metric_names = list(dict.fromkeys(name for r in results["results"] for name in r["metrics"]))
     rows = []
     for result in results["results"]:
-        dataset = result["dataset"]
+        dataset = dict(result["dataset"])
+        if _is_local_path(dataset.get("id")):
+            dataset.pop("id")  # read from a local copy: the model-index names the dataset instead
+        dataset = _public(dataset)
         dim = result.get("truncate_dim")
         rows.append(
             [
@@ -308,7 +336,7 @@ def eval_results_to_card(results: dict, embedding_dim: int) -> tuple[list[EvalRe
 
 
 def training_summary_to_table(summary: dict) -> str:
-    stages = summary["stages"]
+    stages = _public(summary["stages"])
     fields = list(dict.fromkeys(key for stage in stages for key in stage if key != "name"))
     rows = [[_format_value(stage["name"])] + [_format_value(stage.get(key)) for key in fields] for stage in stages]
     return _table(["Stage"] + fields, rows)
@@ -350,15 +378,17 @@ model = SentenceTransformer("{repo}", trust_remote_code=True, truncate_dim={dim}
 
 queries = ["Ein Hund spielt im Schnee", "a dog playing in the snow"]
 query_embeddings = model.encode(queries, prompt_name="retrieval.query", normalize_embeddings=True)
-# One list may mix texts and images (PIL images, paths or URLs).
+# One list may mix texts and images (PIL images, local paths, {{"image": url_or_path}}).
 embeddings = model.encode(["a dog playing in the snow", "dog.jpg"], normalize_embeddings=True)
 print(model.similarity(query_embeddings, embeddings))  # cosine
 ```
 
-`model.encode_query(...)` uses the same query instruction (prompt `query`); `model.encode_document(...)`
-adds none. Sentence-Transformers normalises before it truncates: pass `normalize_embeddings=True` (as
-above) to get unit vectors after truncation, identical to `encode_text` / `encode_image`;
-`model.similarity` is cosine either way."""
+`model.encode_query(...)` and `model.encode(..., task="retrieval.query")` use the same query instruction;
+`model.encode_document(...)` adds none. A string that looks like an http(s) URL is embedded as a text: pass
+`{{"image": url}}` to embed the image it points to. Sentence-Transformers normalises before it truncates:
+pass `normalize_embeddings=True` (as above) to get unit vectors after truncation, identical to
+`encode_text` / `encode_image`; `model.similarity` is cosine either way. `truncate_dim` must be one of
+{dims}."""
 
 
 def build_model_card(
@@ -366,7 +396,7 @@ def build_model_card(
     *,
     repo_id: str | None = None,
     model_name: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     base_model: str | list[str] | None = None,
     datasets: list[str] | None = None,
     eval_results: str | os.PathLike | Mapping | None = None,
@@ -380,6 +410,10 @@ def build_model_card(
     Args:
         config: the model's `JinaCLIPConfig` (sizes, Matryoshka dims, instruction).
         repo_id: where the folder will live on the Hub; shown in the usage snippets (else a placeholder).
+        model_name: the card's title and metadata name (default: the repository name of `repo_id`).
+        license: the weights' license id; default: the base model's (`BASE_MODEL_LICENSES`), else none.
+        base_model: Hub id(s) of the model the weights come from (default: the training summary's);
+            local paths are left out of the metadata.
         eval_results / training_summary: paths or dicts in the formats of this module's docstring.
         num_parameters: {"total": ..., "text": ..., "vision": ...} shown in the description.
         dtype: the weights' dtype as saved.
@@ -392,7 +426,14 @@ def build_model_card(
     if datasets is None and training is not None:
         datasets = training.get("datasets")
     v1 = getattr(config, "version", "v2") == "v1"
-    name = model_name or (repo_id.split("/")[-1] if repo_id else "jina-clip-v1" if v1 else "jina-clip-v2")
+    bases = [base_model] if isinstance(base_model, str) else list(base_model or [])
+    bases = [base for base in bases if not _is_local_path(base)]  # metadata names Hub models only
+    base_model = (bases[0] if len(bases) == 1 else bases) or None
+    datasets = [name for name in datasets or [] if not _is_local_path(name)] or None
+    inherited = license is None and any(base in BASE_MODEL_LICENSES for base in bases)
+    if license is None:
+        license = next((BASE_MODEL_LICENSES[base] for base in bases if base in BASE_MODEL_LICENSES), None)
+    name = model_name or (repo_id.split("/")[-1] if repo_id else "jina-clip model")
     repo = repo_id or "path/to/exported-folder"
     text, vision = config.text_config, config.vision_config
     dims = list(config.matryoshka_dimensions)
@@ -456,7 +497,7 @@ def build_model_card(
         sections.append(source)
     sections += ["## Usage", _usage_v1(repo) if v1 else _usage(repo, dims, instruction)]
     if results_table is not None:
-        model_note = f" of `{evaluation['model']}`" if evaluation.get("model") else ""
+        model_note = f" of `{_public(evaluation['model'])}`" if evaluation.get("model") else ""
         sections += [
             "## Evaluation",
             f"Results{model_note} (Dim: embedding dimensions used; Matryoshka truncation below the full "
@@ -469,10 +510,18 @@ def build_model_card(
             f"Trained in stages as in the jina-clip-{'v1' if v1 else 'v2'} paper, each stage starting from the previous one:",
             training_summary_to_table(training),
         ]
+    if license is None:
+        license_text = "No license was given for these weights (`jina-clip export --license <id>` sets one)."
+    elif inherited:
+        origin = next(base for base in bases if base in BASE_MODEL_LICENSES)
+        license_text = f"The weights derive from `{origin}` and are released under its license, `{license}`."
+    else:
+        license_text = f"The weights are released under `{license}`" + (
+            " (as the original jinaai/jina-clip-v2 weights)." if RELEASE_REPO in bases and license == DEFAULT_LICENSE else "."
+        )
     sections += [
         "## License",
-        f"The weights are released under `{license}`"
-        + (" (as the original jinaai/jina-clip-v2 weights)." if license == DEFAULT_LICENSE and not v1 else "."),
+        license_text,
         "## Citation",
         f"```bibtex\n{V1_CITATION if v1 else CITATION}\n```",
     ]
@@ -501,7 +550,7 @@ def validate_model_card(card: ModelCard | str | os.PathLike) -> ModelCardData:
         problems.append(f"library_name is {data.library_name!r}, expected {LIBRARY_NAME!r}")
     if data.pipeline_tag not in _PIPELINE_TAGS:
         problems.append(f"pipeline_tag {data.pipeline_tag!r} is not one of {sorted(_PIPELINE_TAGS)}")
-    if not isinstance(data.license, str) or not _LICENSE_ID.match(data.license):
+    if data.license is not None and (not isinstance(data.license, str) or not _LICENSE_ID.match(data.license)):
         problems.append(f"license {data.license!r} is not a license identifier (e.g. 'cc-by-nc-4.0')")
     languages = data.language if isinstance(data.language, list) else [data.language]
     bad_languages = [code for code in languages if not isinstance(code, str) or not _LANGUAGE_CODE.match(code)]
@@ -524,6 +573,7 @@ def validate_model_card(card: ModelCard | str | os.PathLike) -> ModelCardData:
 
 
 __all__ = [
+    "BASE_MODEL_LICENSES",
     "DEFAULT_LICENSE",
     "V1_LICENSE",
     "V1_RELEASE_REPO",

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._util import configure_logging, human_size
+from ._util import configure_logging, hub_logger, human_size
 
-logger = logging.getLogger(__name__)
+logger = hub_logger("push")
 
 REQUIRED_FILES = ("config.json", "README.md")
 # What an export folder holds (hub/export.py, hub/convert.py, hub/onnx.py); glob patterns on the relative

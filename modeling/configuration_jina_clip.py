@@ -16,7 +16,24 @@ This file is Hub remote code: it imports only torch/transformers and nothing of 
 
 from __future__ import annotations
 
-from transformers import JinaEmbeddingsV3Config, PreTrainedConfig
+# The first transformers release with `JinaEmbeddingsV3` (the text tower) and `CLIPImageProcessorPil` (the
+# base of the image processor); older ones get an error that says what to install, not a bare ImportError.
+MIN_TRANSFORMERS_VERSION = "5.4"
+
+
+def transformers_version_error() -> ImportError:
+    import transformers
+
+    return ImportError(
+        f"jina-clip-v2 needs transformers>={MIN_TRANSFORMERS_VERSION} (the first release with JinaEmbeddingsV3), "
+        f"but transformers {transformers.__version__} is installed: pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'"
+    )
+
+
+try:
+    from transformers import JinaEmbeddingsV3Config, PreTrainedConfig
+except ImportError as err:
+    raise transformers_version_error() from err
 
 from .configuration_jina_bert import JinaBertConfig
 

@@ -24,7 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
+try:
+    from transformers import AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
+except ImportError as err:  # transformers < 5.4: name the version to install
+    from .configuration_jina_clip import transformers_version_error
+
+    raise transformers_version_error() from err
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -583,7 +588,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 raise ValueError(
                     "this model has no processor: load it with from_pretrained from a folder that holds one, "
                     "or assign one: `model.processor = CLIPProcessor(image_processor=JinaCLIPImageProcessor(...), "
-                    "tokenizer=XLMRobertaTokenizerFast(...))`"
+                    "tokenizer=PreTrainedTokenizerFast(tokenizer_file='tokenizer.json', ...))`"
                 )
             try:
                 self._processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)

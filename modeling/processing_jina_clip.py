@@ -1,5 +1,5 @@
-"""Image inputs of jina-clip-v2, read exactly as the release reads them: the one image decoder of the package,
-and the image processor around it.
+"""Inputs of jina-clip-v2, read exactly as the release reads them: the one image decoder of the package, the
+image processor around it, and the one way the package loads a tokenizer.
 
 Decoding (`load_image`) is the release's `Image.open(...)` then PIL's own `.convert("RGB")`, for every mode:
 transparent pixels keep the colour stored under them (no compositing), palette, 16-bit, float, CMYK and
@@ -19,6 +19,14 @@ so `encode_image`, the processor, Sentence-Transformers, training and evaluation
 Remote images are fetched with a total deadline and a byte cap (`fetch_timeout`, `fetch_max_bytes`), from
 http(s) only, following at most a few redirects and only to http(s).
 
+Tokenizer (`load_tokenizer`, `exact_tokenizer`): the release tokenizes with its `tokenizer.json` as written
+(transformers 4's fast tokenizer ran that pipeline unchanged). transformers 5's `XLMRobertaTokenizer` class
+rebuilds the pipeline from the vocabulary instead (whitespace split, then Metaspace), which drops the
+trailing `\u2581` piece: "a " gives [0, 10, 2] where the release gives [0, 10, 6, 2]. The tokenizer of
+every folder this package writes is therefore transformers' generic `PreTrainedTokenizerFast` around the
+file's own pipeline, and its tokenizer_config.json names that class, so `AutoTokenizer` / `AutoProcessor`
+load it without rebuilding anything.
+
 This file is Hub remote code: it imports PIL, numpy and transformers (no torch), nothing of this repository.
 """
 
@@ -26,7 +34,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
+import json
 import os
 import re
 import threading
@@ -37,8 +47,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from transformers import CLIPImageProcessorPil
-from transformers.processing_utils import ImagesKwargs
+# CLIPImageProcessorPil first ships in transformers 5.4 (as JinaEmbeddingsV3, see configuration_jina_clip.py;
+# this file is also loaded alone, from processor folders, so it says so itself).
+try:
+    from transformers import CLIPImageProcessorPil
+    from transformers.processing_utils import ImagesKwargs
+except ImportError as err:
+    import transformers
+
+    raise ImportError(
+        "jina-clip-v2's image processor needs transformers>=5.4 (the first release with CLIPImageProcessorPil), "
+        f"but transformers {transformers.__version__} is installed: pip install -U 'transformers>=5.4'"
+    ) from err
 
 # Remote images: the whole fetch (connect, redirects, body) ends within this many seconds...
 DEFAULT_FETCH_TIMEOUT_S = 20.0
@@ -366,13 +386,104 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
         return image[..., top : top + size.height, left : left + size.width]
 
 
+# ----------------------------------------------------------------------------------------------------
+# The tokenizer
+# ----------------------------------------------------------------------------------------------------
+
+# XLM-RoBERTa's special tokens (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=last), used where a folder's
+# tokenizer_config.json does not name them.
+SPECIAL_TOKENS = {
+    "bos_token": "<s>",
+    "cls_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
+
+
+def load_tokenizer(source: str | os.PathLike, *, model_max_length: int | None = None):
+    """The tokenizer of `source` (a folder holding tokenizer.json, or the file) with the file's pipeline as
+    written: normalizer, pre-tokenizer, model, post-processor and added tokens exactly as the `tokenizers`
+    library reads them (`tokenizers.Tokenizer.from_file` gives the same ids for every string).
+
+    Special tokens and `model_max_length` come from the folder's tokenizer_config.json when it has one
+    (XLM-RoBERTa's otherwise); nothing in that file changes how texts are split."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = os.fspath(source)
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no tokenizer.json at {path}")
+    config_file = os.path.join(os.path.dirname(file), "tokenizer_config.json")
+    settings: dict[str, Any] = {}
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as handle:
+            settings = json.load(handle)
+    kwargs: dict[str, Any] = {}
+    for name, default in SPECIAL_TOKENS.items():
+        value = settings.get(name, default)
+        kwargs[name] = value["content"] if isinstance(value, dict) else value
+    for name in ("model_max_length", "padding_side", "truncation_side"):
+        if settings.get(name) is not None:
+            kwargs[name] = settings[name]
+    if model_max_length is not None:
+        kwargs["model_max_length"] = model_max_length
+    return PreTrainedTokenizerFast(tokenizer_file=file, **kwargs)
+
+
+# The name every transformers version (4.x: the fast base class; 5.x: an alias of `TokenizersBackend`) and
+# transformers.js resolve to the generic tokenizer that runs tokenizer.json as written. transformers 5 saves
+# "TokenizersBackend", which transformers 4 does not know.
+GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def name_generic_tokenizer_class(folder: str | os.PathLike) -> None:
+    """Make the tokenizer_config.json in `folder` name `GENERIC_TOKENIZER_CLASS` (after `save_pretrained`)."""
+    path = os.path.join(os.fspath(folder), "tokenizer_config.json")
+    with open(path, encoding="utf-8") as handle:
+        settings = json.load(handle)
+    settings["tokenizer_class"] = GENERIC_TOKENIZER_CLASS
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(settings, handle, indent=2, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
+
+
+def exact_tokenizer(tokenizer):
+    """`tokenizer`'s own `tokenizers` pipeline (its `backend_tokenizer`, copied as is, without the padding /
+    truncation state of its last call) in a `PreTrainedTokenizerFast`, with its special tokens and lengths:
+    saved, it loads back through `AutoTokenizer` with the same ids, whatever class `tokenizer` was."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError(f"expected a fast (tokenizers-backed) tokenizer, got {type(tokenizer).__name__}")
+    backend = copy.deepcopy(backend)
+    backend.no_truncation()
+    backend.no_padding()
+    kwargs = {name: str(getattr(tokenizer, name)) for name in SPECIAL_TOKENS if getattr(tokenizer, name, None) is not None}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=tokenizer.model_max_length,
+        padding_side=tokenizer.padding_side,
+        truncation_side=tokenizer.truncation_side,
+        **kwargs,
+    )
+
+
 __all__ = [
     "DEFAULT_FETCH_MAX_BYTES",
     "DEFAULT_FETCH_TIMEOUT_S",
     "ImageLoadError",
     "JinaCLIPImageProcessor",
+    "GENERIC_TOKENIZER_CLASS",
+    "SPECIAL_TOKENS",
+    "exact_tokenizer",
     "fetch_url",
     "load_image",
+    "load_tokenizer",
+    "name_generic_tokenizer_class",
     "open_image",
     "to_rgb",
 ]

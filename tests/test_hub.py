@@ -217,7 +217,8 @@ def test_export_writes_a_complete_hub_folder(exported):
     modules = json.loads((exported / "modules.json").read_text())
     assert [(m["idx"], m["path"], m["type"]) for m in modules] == [
         (0, "", "custom_st.JinaCLIPTransformer"),
-        (1, "1_Normalize", "sentence_transformers.base.modules.normalize.Normalize"),
+        # the class path sentence-transformers 5.4+ and 6.x both resolve (tests/test_sentence_transformers.py)
+        (1, "1_Normalize", "sentence_transformers.models.Normalize"),
     ]
     st_config = json.loads((exported / "config_sentence_transformers.json").read_text())
     assert st_config["prompts"]["retrieval.query"] == INSTRUCTION
@@ -251,7 +252,9 @@ def test_fresh_process_loads_through_auto_classes_and_sentence_transformers(fres
     info, _ = fresh
     assert info["processor"] == "CLIPProcessor"
     assert info["image_processor"] == "JinaCLIPImageProcessor"
-    assert info["tokenizer"].startswith("XLMRoberta")
+    # transformers' generic fast tokenizer around the saved tokenizer.json (no remote code, and no
+    # model-specific class that would rebuild the XLM-R pipeline: tests/test_tokenizer.py)
+    assert info["tokenizer"] in ("TokenizersBackend", "PreTrainedTokenizerFast")
     assert info["model_module"].startswith("transformers_modules.")  # the folder's remote code
     assert info["st_modules"] == ["JinaCLIPTransformer", "Normalize"]
     assert info["st_similarity"] == "cosine" and info["st_dim"] == 32

@@ -49,9 +49,9 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer(tokenizer_dir):
-    from transformers import XLMRobertaTokenizerFast
+    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
 
-    return XLMRobertaTokenizerFast.from_pretrained(str(tokenizer_dir))
+    return load_tokenizer(tokenizer_dir)  # the snapshot's tokenizer.json as written, as the release read it
 
 
 def make_snapshot(folder: Path, tokenizer_dir: Path, fmt: str = "safetensors") -> dict:

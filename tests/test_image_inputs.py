@@ -9,73 +9,15 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from _inputs import write_image_files as _write_files
 from _release_transform import release_pixels, release_transform
 from _tiny import build_processor, build_tokenizer, tiny_model
 
 SIZE = 56
-
-
-def _photo(width: int, height: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1), (x * 3 + y) % 256], axis=-1)
-    return np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
-
-
-def _exif_rotated_jpeg(path: Path) -> None:
-    image = Image.fromarray(_photo(90, 60, 7))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    image.save(path, format="JPEG", quality=92, exif=exif)
-
-
-def _write_files(folder: Path) -> dict[str, Path]:
-    """At least 15 files, one per way PIL's convert("RGB") can differ from a naive conversion."""
-    files: dict[str, Path] = {}
-
-    def save(name: str, image: Image.Image, fmt: str, **kwargs) -> None:
-        path = folder / f"{name}.{fmt.lower()}"
-        image.save(path, format=fmt, **kwargs)
-        files[name] = path
-
-    rgb = Image.fromarray(_photo(80, 64, 1))
-    save("rgb_png", rgb, "PNG")
-    save("rgb_jpeg", rgb, "JPEG", quality=90)
-    hidden = np.dstack([_photo(70, 50, 2), np.where(np.arange(70)[None, :] % 3 == 0, 255, 0).repeat(50, 0)]).astype(np.uint8)
-    save("rgba_hidden_colours", Image.fromarray(hidden), "PNG")  # transparent pixels keep colours
-    half = hidden.copy()
-    half[..., 3] = 128
-    save("rgba_half_transparent", Image.fromarray(half), "PNG")
-    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    save("palette", palette, "PNG")
-    transparent = palette.copy()
-    transparent.info["transparency"] = 3
-    save("palette_transparency", transparent, "PNG", transparency=3)
-    save("gif_palette", palette, "GIF")
-    save("la", Image.fromarray(np.dstack([_photo(60, 40, 3)[..., 0], _photo(60, 40, 4)[..., 1]])), "PNG")
-    save("greyscale", rgb.convert("L"), "PNG")
-    save("bilevel", rgb.convert("1"), "PNG")
-    sixteen = (_photo(64, 48, 5)[..., 0].astype(np.uint16) * 257).astype(np.uint16)  # spans 0..65535
-    save("i16_png", Image.fromarray(sixteen), "PNG")
-    save("i32_tiff", Image.fromarray(sixteen.astype(np.int32)), "TIFF")
-    save("float_tiff", Image.fromarray(_photo(50, 50, 6)[..., 1].astype(np.float32) * 1.5), "TIFF")
-    save("cmyk_jpeg", rgb.convert("CMYK"), "JPEG", quality=90)
-    _exif_rotated_jpeg(folder / "exif_rotated.jpeg")
-    files["exif_rotated"] = folder / "exif_rotated.jpeg"
-    save("one_pixel", Image.new("RGB", (1, 1), (200, 10, 90)), "PNG")
-    save("very_wide", Image.fromarray(_photo(600, 12, 8)), "PNG")
-    save("very_tall", Image.fromarray(_photo(9, 400, 9)), "PNG")
-    frames = [Image.new("RGB", (40, 40), colour) for colour in ((250, 0, 0), (0, 250, 0), (0, 0, 250))]
-    path = folder / "animated.gif"
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
-    files["animated_gif"] = path
-    save("webp_alpha", Image.fromarray(hidden), "WEBP", lossless=True)
-    return files
 
 
 @pytest.fixture(scope="module")

@@ -58,16 +58,15 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 def build_processor(source: str | os.PathLike, image_size: int):
     """transformers' ``CLIPProcessor``: the tokenizer from ``source`` (a processor or tokenizer folder)
     and this repository's image processor at ``image_size`` (CLIP mean/std, release crop rounding)."""
-    from transformers import AutoTokenizer, CLIPProcessor
+    from transformers import CLIPProcessor
 
-    from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+    from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 
     if not Path(source).exists():
         hint = " (fetch the XLM-R tokenizer with `jina-clip fetch-assets`)" if "xlm-roberta-tokenizer" in str(source) else ""
         raise FileNotFoundError(f"no tokenizer folder at {source}{hint}")
-    # trust_remote_code: a stage's output folder is a model folder whose config.json names this
-    # repository's classes through auto_map; the tokenizer itself is transformers' XLM-R class.
-    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
+    # The folder's tokenizer.json as written (the release's ids), whatever class tokenizer_config.json names.
+    tokenizer = load_tokenizer(source)
     image_processor = JinaCLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
