@@ -409,7 +409,8 @@ def load_tokenizer(source: str | os.PathLike, *, model_max_length: int | None = 
     library reads them (`tokenizers.Tokenizer.from_file` gives the same ids for every string).
 
     Special tokens and `model_max_length` come from the folder's tokenizer_config.json when it has one
-    (XLM-RoBERTa's otherwise); nothing in that file changes how texts are split."""
+    (XLM-RoBERTa's for a bare file); nothing in that file changes how texts are split."""
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     path = os.fspath(source)
@@ -422,9 +423,15 @@ def load_tokenizer(source: str | os.PathLike, *, model_max_length: int | None = 
         with open(config_file, encoding="utf-8") as handle:
             settings = json.load(handle)
     kwargs: dict[str, Any] = {}
+    vocabulary = Tokenizer.from_file(file).get_vocab(with_added_tokens=True)
     for name, default in SPECIAL_TOKENS.items():
-        value = settings.get(name, default)
-        kwargs[name] = value["content"] if isinstance(value, dict) else value
+        value = settings.get(name)
+        # XLM-RoBERTa's token where the config names none, only if the vocabulary has it (BERT, for
+        # jina-clip-v1, has no <s> / </s>: a default would add tokens the model has no embedding for).
+        if value is None and default in vocabulary:
+            value = default
+        if value is not None:
+            kwargs[name] = value["content"] if isinstance(value, dict) else value
     for name in ("model_max_length", "padding_side", "truncation_side"):
         if settings.get(name) is not None:
             kwargs[name] = settings[name]

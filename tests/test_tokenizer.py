@@ -79,7 +79,7 @@ def folders(sources, tmp_path_factory) -> dict[tuple[str, str], Path]:
         trained = root / f"{name}-trained"
         model = tiny_model(vocab_size=config.text_config.vocab_size)
         model.save_pretrained(trained)
-        from jina_clip_v2.training.stage import build_processor as training_processor
+        from jina_clip_v2.training.builders import build_processor as training_processor
 
         training_processor(source, model.config.vision_config.image_size).save_pretrained(trained)
         # ... with the tokenizer_config.json of the source (a folder written by an older version names the
@@ -159,7 +159,7 @@ def test_fetched_assets_are_the_original_file_and_load_unchanged():
 
     from jina_clip_v2.assets import EXPECTED, is_current
     from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
-    from jina_clip_v2.training.stage import build_processor as training_processor
+    from jina_clip_v2.training.builders import build_processor as training_processor
 
     folder = _real_tokenizer_dir()
     if not is_current(folder):
