@@ -286,6 +286,18 @@ def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
     }
 
 
+def add_pipeline_auto_map(config_path: Path) -> None:
+    """Map `AutoModelForZeroShotImageClassification` to the model class too: transformers'
+    `pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)` loads the model
+    through that auto class and reads `logits_per_image` of `forward` (the feature-extraction pipelines load
+    it with `AutoModel`)."""
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    auto_map = saved.setdefault("auto_map", {})
+    if "AutoModel" in auto_map:
+        auto_map.setdefault("AutoModelForZeroShotImageClassification", auto_map["AutoModel"])
+        write_json(config_path, saved)
+
+
 def _forget_remote_code(folder: Path) -> None:
     """Remove the copy of `folder`'s remote code that loading it made in transformers' module cache (the
     staging folder has a random name, so each export would otherwise leave one behind)."""
@@ -322,6 +334,7 @@ def _write_folder(
         saved = json.loads((staging / "config.json").read_text(encoding="utf-8"))
         saved["dtype"] = str(dtype).split(".")[-1]
         write_json(staging / "config.json", saved)
+    add_pipeline_auto_map(staging / "config.json")
     logger.info("writing tokenizer and processor")
     processor.save_pretrained(staging)
     logger.info("writing Sentence-Transformers configuration")
@@ -357,6 +370,7 @@ def export_model(
     datasets: list[str] | None = None,
     source_note: str | None = None,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> Path:
     """Write a Hub-ready folder for a jina-clip-v2 model and return its path.
 
@@ -373,6 +387,7 @@ def export_model(
         model_name, license, base_model, datasets: model card metadata.
         source_note: a sentence for the card about where the weights come from.
         overwrite: replace an existing `out` (only once the new folder is complete).
+        onnx: also export both towers to `out/onnx` in fp32 / fp16 / int8 with a parity table (`hub.onnx`).
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -409,6 +424,13 @@ def export_model(
     out = Path(out)
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
+        if onnx:
+            from .onnx import export_onnx
+
+            try:
+                export_onnx(staging, staging / "onnx", update_folder=True)
+            finally:
+                _forget_remote_code(staging)
     files = folder_files(out)
     total = sum((out / f).stat().st_size for f in files)
     logger.info("exported %d files (%s) to %s", len(files), human_size(total), out)
@@ -514,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processor", type=Path, help="folder with the processor (default: the model folder)")
     add_output_arguments(parser)
     parser.add_argument("--verify", action="store_true", help="reload the folder and compare embeddings")
+    parser.add_argument("--onnx", action="store_true", help="also export the towers as ONNX into <out>/onnx (`jina-clip onnx`)")
     add_card_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
@@ -532,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license,
             base_model=args.base_model,
             overwrite=args.overwrite,
+            onnx=args.onnx,
         )
         if args.verify:
             logger.info("verifying %s", folder)

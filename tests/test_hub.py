@@ -202,6 +202,8 @@ def test_export_writes_a_complete_hub_folder(exported):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_jina_clip.JinaCLIPConfig",
         "AutoModel": "modeling_jina_clip.JinaCLIPModel",
+        # pipeline("zero-shot-image-classification", ...) loads the model through this auto class
+        "AutoModelForZeroShotImageClassification": "modeling_jina_clip.JinaCLIPModel",
     }
     assert config["architectures"] == ["JinaCLIPModel"]
     for name in ("configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py"):
