@@ -161,8 +161,15 @@ def export_tower(model: JinaCLIPModel, tower: str, opset: int = OPSET):
             output_names=list(outputs),
             verbose=False,
         )
-    program.model.producer_name = "jina-clip-v2"
-    return onnx_ir.serde.serialize_model(program.model)
+    proto = onnx_ir.serde.serialize_model(program.model)
+    # The exporter annotates every node with the Python stack trace that made it (paths of this machine):
+    # drop them, so two exports of the same weights give the same files and nothing local is published.
+    for node in list(proto.graph.node) + [n for function in proto.functions for n in function.node]:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.metadata_props[:]
+    proto.producer_name, proto.producer_version = "jina-clip-v2 (torch.onnx dynamo exporter)", torch.__version__
+    return proto
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,7 +183,8 @@ def _initializer_bytes(model) -> int:
 
 def save_onnx(model, path: Path) -> list[Path]:
     """Write `model` (a ModelProto) to `path`; weights above 2 GB go to `<name>_data`, `<name>_data_1`, ...
-    (each under 2 GB, as transformers.js names the chunks). Returns the files written."""
+    (each under 2 GB, as transformers.js names the chunks; `model` then refers to them). Returns the files
+    written."""
     import onnx
     from onnx.external_data_helper import set_external_data, write_external_data_tensors
 
@@ -205,12 +213,15 @@ def external_data_chunks(path: Path) -> int:
     return len(list(path.parent.glob(f"{path.name}_data*")))
 
 
-def to_fp16(model):
+def to_fp16(fp32_path: Path):
     """fp16 weights and activations, fp32 inputs and outputs (onnxruntime.transformers.float16)."""
+    import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     return convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32)
+        onnx.load(str(fp32_path), load_external_data=True),
+        keep_io_types=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32),
     )
 
 
@@ -350,12 +361,10 @@ def export_onnx(
     for tower in ("text", "vision"):
         logger.info("exporting the %s tower (torch.onnx.export, dynamo, opset %d)", tower, opset)
         fp32_path = out / onnx_file_name(tower, "fp32")
-        proto = export_tower(model, tower, opset)
-        save_onnx(proto, fp32_path)
+        save_onnx(export_tower(model, tower, opset), fp32_path)
         if "fp16" in precisions:
             logger.info("  fp16")
-            save_onnx(to_fp16(proto), out / onnx_file_name(tower, "fp16"))
-        del proto
+            save_onnx(to_fp16(fp32_path), out / onnx_file_name(tower, "fp16"))
         if "int8" in precisions:
             logger.info("  int8 (dynamic quantization)")
             save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
