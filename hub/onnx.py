@@ -215,11 +215,12 @@ def external_data_chunks(path: Path) -> int:
 
 def to_fp16(fp32_path: Path):
     """fp16 weights and activations, fp32 inputs and outputs (onnxruntime.transformers.float16)."""
-    import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    # A path, not a ModelProto: the converter then runs shape inference on the file (infer_shapes_path),
+    # which works above protobuf's 2 GB limit.
     return convert_float_to_float16(
-        onnx.load(str(fp32_path), load_external_data=True),
+        str(fp32_path),
         keep_io_types=True,
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32),
     )
