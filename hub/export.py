@@ -286,16 +286,23 @@ def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
     }
 
 
-def add_pipeline_auto_map(config_path: Path) -> None:
-    """Map `AutoModelForZeroShotImageClassification` to the model class too: transformers'
-    `pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)` loads the model
-    through that auto class and reads `logits_per_image` of `forward` (the feature-extraction pipelines load
-    it with `AutoModel`)."""
+def add_pipeline_config(folder: Path) -> None:
+    """Make transformers' pipelines serve the folder (`pipeline(task, model=folder, trust_remote_code=True)`):
+    `custom_pipelines` names `pipeline_jina_clip.py` (copied in) for the two image tasks, whose images then
+    go through the model's own decoder; `AutoModelForZeroShotImageClassification` maps to the model class,
+    the auto class transformers' own zero-shot pipeline loads. `feature-extraction` needs neither: it loads
+    `AutoModel` and reads the first output of `forward(input_ids=...)`, the normalized text embedding."""
+    from jina_clip_v2.modeling import pipeline_jina_clip
+
+    source = Path(pipeline_jina_clip.__file__)
+    shutil.copyfile(source, folder / source.name)
+    config_path = folder / "config.json"
     saved = json.loads(config_path.read_text(encoding="utf-8"))
     auto_map = saved.setdefault("auto_map", {})
     if "AutoModel" in auto_map:
         auto_map.setdefault("AutoModelForZeroShotImageClassification", auto_map["AutoModel"])
-        write_json(config_path, saved)
+    saved["custom_pipelines"] = copy.deepcopy(pipeline_jina_clip.CUSTOM_PIPELINES)
+    write_json(config_path, saved)
 
 
 def _forget_remote_code(folder: Path) -> None:
@@ -334,7 +341,7 @@ def _write_folder(
         saved = json.loads((staging / "config.json").read_text(encoding="utf-8"))
         saved["dtype"] = str(dtype).split(".")[-1]
         write_json(staging / "config.json", saved)
-    add_pipeline_auto_map(staging / "config.json")
+    add_pipeline_config(staging)
     logger.info("writing tokenizer and processor")
     processor.save_pretrained(staging)
     logger.info("writing Sentence-Transformers configuration")

@@ -386,7 +386,7 @@ def build_model_card(
         f"patch {vision.patch_size}, {vision.image_size}x{vision.image_size} px input, 2D RoPE, SwiGLU; CLS pooling.\n"
         f"- **Matryoshka**: embeddings can be truncated to {dims} dimensions (truncate, then normalise).\n"
         "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, "
-        "`processing_jina_clip.py`, `custom_st.py`), safetensors weights, tokenizer and processor, "
+        "`processing_jina_clip.py`, `custom_st.py`, `pipeline_jina_clip.py`), safetensors weights, tokenizer and processor, "
         "Sentence-Transformers configuration.",
     ]
     if source:

@@ -194,7 +194,7 @@ def test_export_writes_a_complete_hub_folder(exported):
     expected = {
         "README.md", "config.json", "configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py",
         "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
-        "custom_st.py", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+        "custom_st.py", "pipeline_jina_clip.py", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
         "1_Normalize/config.json",
     }  # fmt: skip
     assert files == expected
@@ -206,7 +206,8 @@ def test_export_writes_a_complete_hub_folder(exported):
         "AutoModelForZeroShotImageClassification": "modeling_jina_clip.JinaCLIPModel",
     }
     assert config["architectures"] == ["JinaCLIPModel"]
-    for name in ("configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py"):
+    assert set(config["custom_pipelines"]) == {"zero-shot-image-classification", "image-feature-extraction"}
+    for name in ("configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py", "pipeline_jina_clip.py"):
         assert (exported / name).read_bytes() == (ROOT / "modeling" / name).read_bytes()
     assert (exported / "custom_st.py").read_bytes() == (ROOT / "hub" / "custom_st.py").read_bytes()
     processor = json.loads((exported / "processor_config.json").read_text())

@@ -72,6 +72,32 @@ def test_feature_extraction_pipelines_equal_encode(folder, model):
         assert np.abs(vector[0] - model.encode_image(image)).max() <= ATOL
 
 
+def test_pipelines_decode_images_as_encode_image(folder, model, tmp_path):
+    """An EXIF orientation tag: transformers' own load_image would rotate the photo; the folder's pipelines
+    (config.json custom_pipelines -> pipeline_jina_clip.py) decode it as encode_image and the release do."""
+    from PIL import ImageOps
+    from transformers import pipeline
+
+    photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (60, 100, 3), dtype=np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    path = tmp_path / "tagged.jpg"
+    photo.save(path, exif=exif, quality=95)
+    stored, upright = model.encode_image(str(path)), model.encode_image(ImageOps.exif_transpose(Image.open(path)))
+    assert np.abs(stored - upright).max() > 1e-3  # the tag matters for this file
+
+    extractor = pipeline("image-feature-extraction", model=str(folder), trust_remote_code=True)
+    assert type(extractor).__name__ == "JinaCLIPImageFeatureExtractionPipeline"
+    assert np.abs(np.array(extractor(str(path)))[0] - stored).max() <= ATOL
+    classifier = pipeline("zero-shot-image-classification", model=str(folder), trust_remote_code=True)
+    assert type(classifier).__name__ == "JinaCLIPZeroShotImageClassificationPipeline"
+    text = model.encode_text([f"This is a photo of {label}." for label in LABELS])
+    logits = model.logit_scale.exp().item() * (stored @ text.T)
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    scores = {r["label"]: r["score"] for r in classifier(str(path), candidate_labels=LABELS)}
+    assert np.abs(np.array([scores[label] for label in LABELS]) - probs).max() <= ATOL
+
+
 def test_get_features_take_processor_outputs_positionally_and_as_kwargs(model):
     processor = model.processor
     tokenized = processor.tokenizer(TEXTS, padding=True, return_tensors="pt")
