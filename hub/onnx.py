@@ -193,6 +193,7 @@ def save_onnx(model, path: Path) -> list[Path]:
         stale.unlink()
     if _initializer_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(model, str(path))
+        path.chmod(0o644)
         return [path]
     chunk, offset = 0, 0
     for tensor in model.graph.initializer:
@@ -206,7 +207,10 @@ def save_onnx(model, path: Path) -> list[Path]:
         offset += size
     write_external_data_tensors(model, str(path.parent))
     onnx.save_model(model, str(path))
-    return [path] + sorted(path.parent.glob(f"{path.name}_data*"))
+    files = [path] + sorted(path.parent.glob(f"{path.name}_data*"))
+    for written in files:
+        written.chmod(0o644)  # onnx creates the data files 0600
+    return files
 
 
 def external_data_chunks(path: Path) -> int:

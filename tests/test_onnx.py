@@ -258,6 +258,7 @@ def test_external_data_in_chunks_loads_in_onnx_runtime(exported, reference, tmp_
     # each chunk stays under the limit unless it holds a single tensor larger than the limit
     assert all(sum(sizes) <= weights // 3 or len(sizes) == 1 for sizes in per_file.values())
     assert hub_onnx.external_data_chunks(tmp_path / "text_model.onnx") == len(files) - 1
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in files)
     ids = np.array([[0, 5, 9, 2, 1], [0, 7, 2, 1, 1]])
     session = ort.InferenceSession(str(tmp_path / "text_model.onnx"))
     got = session.run(None, {"input_ids": ids, "attention_mask": (ids != 1).astype(np.int64)})[0]
