@@ -437,13 +437,15 @@ def onnx_section(report: Mapping[str, Any]) -> str:
             f"`{row['transformers_js_dtype']}`",
             human_size(row["bytes"]),
             f"{row['max_abs_diff']:.2e}",
+            f"{row['max_abs_diff_normalized']:.2e}",
             f"{row['min_cosine']:.6f}",
             f"{row['mean_cosine']:.6f}",
         ]
         for row in report["rows"]
     ]
     table = _table(
-        ["Tower", "Precision", "File", "transformers.js dtype", "Size", "Max abs diff", "Min cosine", "Mean cosine"], rows
+        ["Tower", "Precision", "File", "transformers.js dtype", "Size", "Max abs diff", "Max abs diff (normalized)", "Min cosine", "Mean cosine"],
+        rows,
     )
     data = report.get("data", {})
     versions = report.get("versions", {})
@@ -464,7 +466,8 @@ def onnx_section(report: Mapping[str, Any]) -> str:
             f"Parity against fp32 PyTorch (`encode_text` / `encode_image`) on {data.get('texts', '?')} texts in "
             f"{len(data.get('languages', []))} languages and {data.get('images', '?')} images of the bundled demo data "
             f"(ONNX Runtime {versions.get('onnxruntime', '?')}, CPU, opset {report.get('opset', '?')}). Max abs diff: "
-            "largest difference of the un-normalized embeddings; cosines per embedding.",
+            "largest difference of the un-normalized embeddings (normalized: of the unit vectors); cosines per "
+            "embedding.",
             table,
         ]
     )
