@@ -282,6 +282,9 @@ def test_cli_and_errors(exported, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["onnx", "--help"])
     assert exit_info.value.code == 0 and "--precisions" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--help"])
+    assert "--onnx" in capsys.readouterr().out  # jina-clip export ... --onnx (exercised by the fixture)
     assert hub_onnx.main(["--model", str(tmp_path)]) == 2  # no config.json
     assert "no config.json" in capsys.readouterr().err
     with pytest.raises(FileExistsError, match="--overwrite"):
