@@ -26,7 +26,7 @@ $(VENV)/.ready: pyproject.toml .ci/constraints.txt jina_clip_v2/assets.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c .ci/constraints.txt torch
-	$(PIP) install -q -c .ci/constraints.txt -e ".[train,eval,dev]"
+	$(PIP) install -q -c .ci/constraints.txt -e ".[train,eval,dev,onnx]"
 	@# timm (the EVA02 oracle of the tests) needs torchvision, whose PyPI wheel is CUDA-only and breaks
 	@# `import transformers` next to a CPU torch: keep both out of the venv, in a folder the tests add.
 	$(PIP) install -q --no-deps --target .oracle timm==1.0.31 torchvision==0.28.0

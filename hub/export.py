@@ -313,6 +313,25 @@ def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
     }
 
 
+def add_pipeline_config(folder: Path) -> None:
+    """Make transformers' pipelines serve the folder (`pipeline(task, model=folder, trust_remote_code=True)`):
+    `custom_pipelines` names `pipeline_jina_clip.py` (copied in) for the two image tasks, whose images then
+    go through the model's own decoder; `AutoModelForZeroShotImageClassification` maps to the model class,
+    the auto class transformers' own zero-shot pipeline loads. `feature-extraction` needs neither: it loads
+    `AutoModel` and reads the first output of `forward(input_ids=...)`, the normalized text embedding."""
+    from jina_clip_v2.modeling import pipeline_jina_clip
+
+    source = Path(pipeline_jina_clip.__file__)
+    shutil.copyfile(source, folder / source.name)
+    config_path = folder / "config.json"
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    auto_map = saved.setdefault("auto_map", {})
+    if "AutoModel" in auto_map:
+        auto_map.setdefault("AutoModelForZeroShotImageClassification", auto_map["AutoModel"])
+    saved["custom_pipelines"] = copy.deepcopy(pipeline_jina_clip.CUSTOM_PIPELINES)
+    write_json(config_path, saved)
+
+
 def _forget_remote_code(folder: Path) -> None:
     """Remove the copy of `folder`'s remote code that loading it made in transformers' module cache (the
     staging folder has a random name, so each export would otherwise leave one behind)."""
@@ -349,6 +368,7 @@ def _write_folder(
         saved = json.loads((staging / "config.json").read_text(encoding="utf-8"))
         saved["dtype"] = str(dtype).split(".")[-1]
         write_json(staging / "config.json", saved)
+    add_pipeline_config(staging)
     logger.info("writing tokenizer and processor")
     processor.save_pretrained(staging)
     name_generic_tokenizer_class(staging)
@@ -385,6 +405,7 @@ def export_model(
     datasets: list[str] | None = None,
     source_note: str | None = None,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> Path:
     """Write a Hub-ready folder for a jina-clip-v2 model and return its path.
 
@@ -405,6 +426,7 @@ def export_model(
         base_model, datasets: card metadata (Hub ids; default: the training summary's).
         source_note: a sentence for the card about where the weights come from.
         overwrite: replace an existing `out` (only once the new folder is complete).
+        onnx: also export both towers to `out/onnx` in fp32 / fp16 / int8 with a parity table (`hub.onnx`).
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -446,6 +468,13 @@ def export_model(
     build_model_card(model.config, **card_kwargs)
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
+        if onnx:
+            from .onnx import export_onnx
+
+            try:
+                export_onnx(staging, staging / "onnx", update_folder=True)
+            finally:
+                _forget_remote_code(staging)
     files = folder_files(out)
     total = sum((out / f).stat().st_size for f in files)
     logger.info("exported %d files (%s) to %s", len(files), human_size(total), out)
@@ -559,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processor", type=Path, help="folder with the processor (default: the model folder)")
     add_output_arguments(parser)
     parser.add_argument("--verify", action="store_true", help="reload the folder and compare embeddings")
+    parser.add_argument("--onnx", action="store_true", help="also export the towers as ONNX into <out>/onnx (`jina-clip onnx`)")
     add_card_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
@@ -577,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license,
             base_model=args.base_model,
             overwrite=args.overwrite,
+            onnx=args.onnx,
         )
         if args.verify:
             logger.info("verifying %s", folder)

@@ -490,8 +490,8 @@ def build_model_card(
         f"patch {vision.patch_size}, {vision.image_size}x{vision.image_size} px input, 2D RoPE, SwiGLU; CLS pooling.\n"
         + matryoshka
         + "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, "
-        "`configuration_jina_bert.py`, `modeling_jina_bert.py`, `processing_jina_clip.py`, `custom_st.py`), "
-        "safetensors weights, tokenizer and processor, Sentence-Transformers configuration.",
+        "`configuration_jina_bert.py`, `modeling_jina_bert.py`, `processing_jina_clip.py`, `custom_st.py`, "
+        "`pipeline_jina_clip.py`), safetensors weights, tokenizer and processor, Sentence-Transformers configuration.",
     ]
     if source:
         sections.append(source)
@@ -527,6 +527,74 @@ def build_model_card(
     ]
     body = "\n\n".join(sections) + "\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The ONNX section (written by `jina-clip onnx`, hub/onnx.py)
+# ----------------------------------------------------------------------------------------------------
+
+ONNX_HEADING = "## ONNX"
+
+
+def onnx_section(report: Mapping[str, Any]) -> str:
+    """The card's ONNX section: where the graphs are, how to run them, and the parity table of a
+    `hub.onnx.export_onnx` report (also written as onnx/parity.md)."""
+    from ._util import human_size
+
+    rows = [
+        [
+            row["tower"],
+            row["precision"],
+            f"`onnx/{row['file']}`" + (f" (+ {len(row['external_data_files'])} data file(s))" if row["external_data_files"] else ""),
+            f"`{row['transformers_js_dtype']}`",
+            human_size(row["bytes"]),
+            f"{row['max_abs_diff']:.2e}",
+            f"{row['max_abs_diff_normalized']:.2e}",
+            f"{row['min_cosine']:.6f}",
+            f"{row['mean_cosine']:.6f}",
+        ]
+        for row in report["rows"]
+    ]
+    table = _table(
+        ["Tower", "Precision", "File", "transformers.js dtype", "Size", "Max abs diff", "Max abs diff (normalized)", "Min cosine", "Mean cosine"],
+        rows,
+    )
+    data = report.get("data", {})
+    versions = report.get("versions", {})
+    return "\n\n".join(
+        [
+            ONNX_HEADING,
+            "The text and vision towers as separate ONNX graphs (dynamic batch; dynamic sequence length for text), "
+            "in the layout transformers.js loads `JinaCLIPTextModel` / `JinaCLIPVisionModel` from. Inputs: "
+            "`input_ids` + `attention_mask` (text), `pixel_values` (vision, preprocessed as by the processor). "
+            "Outputs: `text_embeddings` / `image_embeddings` (pooled, before normalization) and "
+            "`l2norm_text_embeddings` / `l2norm_image_embeddings`. For Matryoshka truncation keep the first k "
+            "dimensions of the un-normalized output, then L2-normalize; for queries prepend the "
+            "`retrieval.query` instruction to the text.",
+            "```python\nfrom jina_clip_v2.hub.onnx_runtime import JinaCLIPOnnx  # no PyTorch needed\n\n"
+            "model = JinaCLIPOnnx(\"path/to/folder\", precision=\"int8\")  # fp32 | fp16 | int8\n"
+            "queries = model.encode_text([\"Ein Hund spielt im Schnee\"], task=\"retrieval.query\", truncate_dim=256)\n"
+            "images = model.encode_image([\"dog.jpg\"], truncate_dim=256)\nprint(queries @ images.T)\n```",
+            f"Parity against fp32 PyTorch (`encode_text` / `encode_image`) on {data.get('texts', '?')} texts in "
+            f"{len(data.get('languages', []))} languages and {data.get('images', '?')} images of the bundled demo data "
+            f"(ONNX Runtime {versions.get('onnxruntime', '?')}, CPU, opset {report.get('opset', '?')}). Max abs diff: "
+            "largest difference of the un-normalized embeddings (normalized: of the unit vectors); cosines per "
+            "embedding.",
+            table,
+        ]
+    )
+
+
+def set_onnx_section(card: str, report: Mapping[str, Any]) -> str:
+    """`card` (README.md text) with its ONNX section replaced, or inserted before the License section."""
+    section = onnx_section(report) + "\n\n"
+    lines = card.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == ONNX_HEADING), None)
+    if start is not None:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        return "".join(lines[:start]) + section + "".join(lines[end:])
+    before = next((i for i, line in enumerate(lines) if line.rstrip() in ("## License", "## Citation")), len(lines))
+    return "".join(lines[:before]) + section + "".join(lines[before:])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -582,6 +650,8 @@ __all__ = [
     "eval_results_to_card",
     "load_eval_results",
     "load_training_summary",
+    "onnx_section",
+    "set_onnx_section",
     "training_summary_to_table",
     "validate_model_card",
 ]

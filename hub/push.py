@@ -40,6 +40,7 @@ PUSHABLE_FILES = (
     "configuration_*.py",
     "modeling_*.py",
     "processing_*.py",
+    "pipeline_*.py",
     "custom_st.py",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -53,7 +54,7 @@ PUSHABLE_FILES = (
     "training_summary.json",
     "onnx/*.onnx",
     "onnx/*.onnx_data",
-    "onnx/*.onnx.data",
+    "onnx/*.onnx_data_[0-9]*",
     "onnx/parity.json",
     "onnx/parity.md",
 )

@@ -17,6 +17,7 @@ from typing import Any
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("jina_clip_v2.hub.convert", "convert a jinaai/jina-clip-v2 release snapshot into a loadable folder"),
     "export": ("jina_clip_v2.hub.export", "export a model as a Hub-ready folder (weights, processor, card, ST files)"),
+    "onnx": ("jina_clip_v2.hub.onnx", "export the text and vision towers of a folder as ONNX (fp32/fp16/int8) with a parity table"),
     "push": ("jina_clip_v2.hub.push", "upload an exported folder to the Hugging Face Hub"),
     "train": ("jina_clip_v2.training.stage", "run one training stage in this process (multi-GPU: accelerate launch)"),
     "demo": ("jina_clip_v2.training.demo", "the whole pipeline at toy scale on CPU: data, 3 stages, export, retrieval"),

@@ -16,7 +16,7 @@ This file is Hub remote code: flat, relative imports only, nothing of this repos
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,6 +369,52 @@ def _as_list(inputs, kind: str) -> tuple[list, bool]:
     return items, single
 
 
+# Tasks of jina-embeddings-v3 that jina-clip-v2 users carry over; only retrieval.query exists here.
+_EMBEDDINGS_V3_TASKS = ("retrieval.passage", "separation", "classification", "text-matching")
+
+
+def _refuse_release_only_arguments(tokenizer_kwargs: dict) -> None:
+    """Arguments earlier releases took that would otherwise reach the tokenizer (and be ignored there)."""
+    if "adapter_mask" in tokenizer_kwargs:
+        raise TypeError(
+            "encode_text no longer takes adapter_mask (removed from the release's interface too): jina-clip-v2 has "
+            "one LoRA adapter, merged into the weights and applied to every text; pass task='retrieval.query' for "
+            "the query instruction, or nothing for documents"
+        )
+
+
+def _unpack_text_inputs(input_ids, attention_mask):
+    """`get_text_features` inputs as tensors: the release's callers pass the tokenizer's `BatchEncoding`
+    positionally (`model.get_text_features(tokenizer(texts))`); its mask is used unless one is given."""
+    if isinstance(input_ids, Mapping):
+        if "input_ids" not in input_ids:
+            raise ValueError(f"text inputs need 'input_ids'; got a mapping with keys {sorted(input_ids)}")
+        if attention_mask is None:
+            attention_mask = input_ids.get("attention_mask")
+        input_ids = input_ids["input_ids"]
+    if input_ids is None:
+        raise ValueError("get_text_features needs input_ids (a tensor, or the tokenizer's BatchEncoding)")
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids = torch.as_tensor(np.asarray(input_ids))
+    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+        attention_mask = torch.as_tensor(np.asarray(attention_mask))
+    return input_ids, attention_mask
+
+
+def _unpack_pixel_values(pixel_values):
+    """`get_image_features` input as a tensor: also the image processor's `BatchFeature` (or any mapping
+    holding `pixel_values`) passed positionally, as release code does, and numpy arrays."""
+    if isinstance(pixel_values, Mapping):
+        if "pixel_values" not in pixel_values:
+            raise ValueError(f"image inputs need 'pixel_values'; got a mapping with keys {sorted(pixel_values)}")
+        pixel_values = pixel_values["pixel_values"]
+    if pixel_values is None:
+        raise ValueError("get_image_features needs pixel_values (a tensor, or the image processor's BatchFeature)")
+    if not isinstance(pixel_values, torch.Tensor):
+        pixel_values = torch.as_tensor(np.asarray(pixel_values))
+    return pixel_values
+
+
 # ----------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------
@@ -475,7 +521,11 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         ALiBi distances (v1) are each text's own; attention stays inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
         FlashAttention backend, whose variable-length kernels make it free; eager/sdpa then need a (T, T)
         block mask, correct but only worth it for very uneven batches.
+
+        `input_ids` may also be the tokenizer's `BatchEncoding` (or any mapping with `input_ids`), passed
+        positionally as release code does; `**tokenizer(...)` works too.
         """
+        input_ids, attention_mask = _unpack_text_inputs(input_ids, attention_mask)
         if attention_mask is None:
             # The release derives the mask from the ids (pad id 1), so callers may pass input_ids alone.
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
@@ -530,7 +580,11 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         )
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Image embeddings: the CLS token after the final norm, no projection, un-normalised."""
+        """Image embeddings: the CLS token after the final norm, no projection, un-normalised.
+
+        `pixel_values` may also be the image processor's `BatchFeature` (or any mapping with
+        `pixel_values`), passed positionally as release code does; `**image_processor(...)` works too."""
+        pixel_values = _unpack_pixel_values(pixel_values)
         outputs = self.vision_model(pixel_values, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
@@ -548,13 +602,30 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     ) -> JinaCLIPOutput | tuple:
         """Both towers, L2-normalised embeddings and CLIP logits: logits_per_text = exp(logit_scale) *
         text @ image.T. With `return_loss`, the symmetric InfoNCE loss (paper eq. 1) over the batch, where
-        text i matches image i."""
-        if input_ids is None or pixel_values is None:
-            raise ValueError("forward needs both input_ids and pixel_values; use get_text_features / get_image_features for one tower")
-        text_outputs = self.get_text_features(input_ids, attention_mask=attention_mask, **kwargs)
-        vision_outputs = self.get_image_features(pixel_values)
-        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
-        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        text i matches image i.
+
+        One modality alone (`input_ids` or `pixel_values`) gives its L2-normalised embeddings and no logits:
+        transformers' `feature-extraction` / `image-feature-extraction` pipelines call the model that way and
+        read the first output, which is then `text_embeds` / `image_embeds`."""
+        if input_ids is None and pixel_values is None:
+            raise ValueError("forward needs input_ids, pixel_values or both")
+        if return_loss and (input_ids is None or pixel_values is None):
+            raise ValueError("return_loss needs both input_ids and pixel_values (text-image pairs)")
+        text_outputs = vision_outputs = text_embeds = image_embeds = None
+        if input_ids is not None:
+            text_outputs = self.get_text_features(input_ids, attention_mask=attention_mask, **kwargs)
+            text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        if pixel_values is not None:
+            vision_outputs = self.get_image_features(pixel_values)
+            image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        if text_embeds is None or image_embeds is None:
+            output = JinaCLIPOutput(
+                text_embeds=text_embeds,
+                image_embeds=image_embeds,
+                text_model_output=text_outputs,
+                vision_model_output=vision_outputs,
+            )
+            return output if return_dict is not False else output.to_tuple()
         logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
         logits_per_image = logits_per_text.t()
         loss = None
@@ -603,6 +674,15 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     @processor.setter
     def processor(self, value) -> None:
         self._processor = value
+
+    def get_tokenizer(self):
+        """The tokenizer saved with the model (the release's `get_tokenizer()`): `self.processor.tokenizer`."""
+        return self.processor.tokenizer
+
+    def get_preprocess(self):
+        """The image processor saved with the model (the release's `get_preprocess()`):
+        `self.processor.image_processor`, which also decodes paths, URLs, bytes and arrays."""
+        return self.processor.image_processor
 
     def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
         truncate_dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
@@ -680,6 +760,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             if not isinstance(text, str):
                 raise TypeError(f"texts must be strings; item {index} is {type(text).__name__}")
         truncate_dim = self._check_truncate_dim(truncate_dim)
+        _refuse_release_only_arguments(tokenizer_kwargs)
         if task is not None:
             if not self.config.task_instructions:
                 raise ValueError(
@@ -687,7 +768,11 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                     "alike); call encode_text without task"
                 )
             if task not in self.config.task_instructions:
-                raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.config.task_instructions)}")
+                hint = ""
+                if task in _EMBEDDINGS_V3_TASKS:
+                    # jina-clip-v2 kept one of jina-embeddings-v3's five adapters (paper section 3.1).
+                    hint = " (a jina-embeddings-v3 task: jina-clip-v2 has only the query instruction; embed documents with task=None)"
+                raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.config.task_instructions)}{hint}")
             texts = [self.config.task_instructions[task] + text for text in texts]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -164,3 +164,19 @@ def test_the_upload_commits_exactly_the_planned_files(folder, monkeypatch):
     url = push_folder(folder, "someone/tiny-jina-clip", token="hf_test")
     assert url.endswith("/commit/0") and calls["token"] == "hf_test"
     assert calls["files"] == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors"]
+
+
+def test_an_onnx_export_is_on_the_allow_list(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from _notebook_model import export_tiny_model
+    from jina_clip_v2.hub.onnx import main as onnx_main
+    from jina_clip_v2.hub.push import plan_push
+
+    exported = export_tiny_model(tmp_path / "export")
+    assert onnx_main(["--model", str(exported)]) == 0
+    # the chunk names a > 2 GB export writes next to its graph
+    for name in ("text_model.onnx_data", "text_model.onnx_data_1"):
+        (exported / "onnx" / name).write_bytes(b"\0")
+    written = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
+    assert any(name.startswith("onnx/") for name in written)
+    assert [name for name, _ in plan_push(exported, "someone/tiny").files] == written

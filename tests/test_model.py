@@ -703,5 +703,14 @@ def test_forward_logits_loss_and_tuple_form(tokenizer):
 
     with pytest.raises(ValueError, match="pairs"):
         model(input_ids=batch["input_ids"], pixel_values=pixels[:2], return_loss=True)
+    # One modality alone (the transformers pipelines' call): that modality's normalized embeddings, no logits.
+    with torch.no_grad():
+        text_only = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        image_only = model(pixel_values=pixels)
+    assert text_only.logits_per_image is None and text_only.image_embeds is None
+    assert torch.equal(text_only.text_embeds, out.text_embeds) and torch.equal(text_only[0], out.text_embeds)
+    assert torch.equal(image_only.image_embeds, out.image_embeds) and torch.equal(image_only[0], out.image_embeds)
     with pytest.raises(ValueError, match="both"):
-        model(input_ids=batch["input_ids"])
+        model(input_ids=batch["input_ids"], return_loss=True)
+    with pytest.raises(ValueError, match="input_ids, pixel_values or both"):
+        model()

@@ -1,0 +1,231 @@
+"""Embed texts and images with the ONNX exports of a jina-clip-v2 folder, without PyTorch.
+
+    from jina_clip_v2.hub.onnx_runtime import JinaCLIPOnnx
+
+    model = JinaCLIPOnnx("jina-clip-v2-converted", precision="int8")   # reads <folder>/onnx/*.onnx
+    queries = model.encode_text(["Ein Hund spielt im Schnee"], task="retrieval.query", truncate_dim=256)
+    images = model.encode_image(["dog.jpg", "https://example.com/cat.png"], truncate_dim=256)
+    print(queries @ images.T)
+
+The inputs are prepared exactly as `encode_text` / `encode_image` prepare them: the folder's own tokenizer
+(padding to the longest text, truncation at the config's `max_text_length`, 512 as in the release), the
+release's query instruction for `task="retrieval.query"`, and the package's one image decoder and processor
+(`processing_jina_clip.load_image` / `JinaCLIPImageProcessor`, which read paths, URLs with a deadline and a
+byte cap, data URIs, bytes, numpy arrays and PIL images). The graphs (written by `jina-clip onnx`) return
+the pooled embeddings before normalization (`text_embeddings`, `image_embeddings`) and L2-normalized
+(`l2norm_*`); Matryoshka truncation is the one step done here: keep the first k dims of the un-normalized
+output, then L2-normalize (never the other way round).
+
+This module imports numpy, onnxruntime, transformers (tokenizer) and PIL, never torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# File names as transformers.js loads jina_clip towers: `JinaCLIPTextModel` / `JinaCLIPVisionModel` default
+# to `onnx/text_model*.onnx` / `onnx/vision_model*.onnx`, and its `dtype` option picks the suffix
+# (fp32 -> "", fp16 -> "_fp16", q8 -> "_quantized": 8-bit weights, the default of its wasm device).
+TOWER_FILES = {"text": "text_model", "vision": "vision_model"}
+PRECISION_SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_quantized"}
+# transformers.js' `dtype` for each precision (what a browser user passes to load that file).
+TRANSFORMERS_JS_DTYPES = {"fp32": "fp32", "fp16": "fp16", "int8": "q8"}
+TEXT_INPUTS = ("input_ids", "attention_mask")
+TEXT_OUTPUTS = ("text_embeddings", "l2norm_text_embeddings")
+VISION_INPUTS = ("pixel_values",)
+VISION_OUTPUTS = ("image_embeddings", "l2norm_image_embeddings")
+
+
+def onnx_file_name(tower: str, precision: str) -> str:
+    """`text_model.onnx`, `vision_model_fp16.onnx`, `text_model_quantized.onnx`, ..."""
+    if tower not in TOWER_FILES:
+        raise ValueError(f"unknown tower {tower!r}; expected one of {sorted(TOWER_FILES)}")
+    if precision not in PRECISION_SUFFIXES:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISION_SUFFIXES)}")
+    return f"{TOWER_FILES[tower]}{PRECISION_SUFFIXES[precision]}.onnx"
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """x / max(||x||, 1e-12) row-wise in float32, as `torch.nn.functional.normalize`."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+
+
+def truncate_and_normalize(embeddings: np.ndarray, truncate_dim: int | None = None, normalize: bool = True) -> np.ndarray:
+    """Matryoshka truncation of un-normalized embeddings: the first `truncate_dim` dims, then L2-normalize."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if truncate_dim is not None:
+        embeddings = embeddings[..., :truncate_dim]
+    return l2_normalize(embeddings) if normalize else embeddings
+
+
+def load_tokenizer(folder: str | os.PathLike):
+    """The folder's tokenizer, of the class its tokenizer_config.json names (a transformers class: no remote
+    code runs, and the model's config.json is not read)."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    settings_path = Path(folder) / "tokenizer_config.json"
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    tokenizer_class = tokenizer_class_from_name(settings["tokenizer_class"]) if settings.get("tokenizer_class") else None
+    if tokenizer_class is None:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    return tokenizer_class.from_pretrained(str(folder))
+
+
+class JinaCLIPOnnx:
+    """The two ONNX towers of an exported folder, with the folder's tokenizer and image processor.
+
+    Args:
+        model_folder: the exported folder (config.json, tokenizer, processor_config.json).
+        onnx_folder: where the `.onnx` files are (default: `<model_folder>/onnx`).
+        precision: "fp32", "fp16" or "int8" (the files `jina-clip onnx` writes).
+        providers: ONNX Runtime execution providers (default: CPU).
+        session_options: an `onnxruntime.SessionOptions` (threads, graph optimization level, ...).
+    """
+
+    def __init__(
+        self,
+        model_folder: str | os.PathLike,
+        *,
+        onnx_folder: str | os.PathLike | None = None,
+        precision: str = "fp32",
+        providers: Sequence[str] | None = None,
+        session_options: Any = None,
+    ):
+        from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+
+        self.folder = Path(model_folder)
+        self.onnx_folder = Path(onnx_folder) if onnx_folder is not None else self.folder / "onnx"
+        if precision not in PRECISION_SUFFIXES:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISION_SUFFIXES)}")
+        self.precision = precision
+        config_path = self.folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no config.json in {self.folder}: expected a folder written by `jina-clip export`")
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        self.matryoshka_dimensions = list(config.get("matryoshka_dimensions") or [config["projection_dim"]])
+        self.max_text_length = int(config.get("max_text_length", 512))
+        self.task_instructions = dict(config.get("task_instructions") or {})
+        self.truncate_dim = config.get("truncate_dim")
+        self.tokenizer = load_tokenizer(self.folder)
+        self.image_processor = JinaCLIPImageProcessor.from_pretrained(str(self.folder))
+        self.providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        self.session_options = session_options
+        self._sessions: dict[str, Any] = {}
+
+    # -- sessions -------------------------------------------------------------------------------------
+
+    def session(self, tower: str):
+        """The `onnxruntime.InferenceSession` of one tower ("text" / "vision"), created on first use."""
+        if tower not in self._sessions:
+            import onnxruntime as ort
+
+            path = self.onnx_folder / onnx_file_name(tower, self.precision)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} not found: export the towers first with `jina-clip onnx --model {self.folder}`"
+                )
+            self._sessions[tower] = ort.InferenceSession(str(path), self.session_options, providers=self.providers)
+        return self._sessions[tower]
+
+    def run_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The text graph on token ids: {"text_embeddings", "l2norm_text_embeddings"}."""
+        feed = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+        return dict(zip(TEXT_OUTPUTS, self.session("text").run(list(TEXT_OUTPUTS), feed)))
+
+    def run_vision(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """The vision graph on preprocessed pixels: {"image_embeddings", "l2norm_image_embeddings"}."""
+        feed = {"pixel_values": np.asarray(pixel_values, dtype=np.float32)}
+        return dict(zip(VISION_OUTPUTS, self.session("vision").run(list(VISION_OUTPUTS), feed)))
+
+    # -- encode API (as JinaCLIPModel.encode_text / encode_image) --------------------------------------
+
+    def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
+        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if truncate_dim is None:
+            return None
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or int(truncate_dim) not in self.matryoshka_dimensions:
+            raise ValueError(f"truncate_dim={truncate_dim!r} is not supported; valid values: {self.matryoshka_dimensions}")
+        return int(truncate_dim)
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, np.ndarray]:
+        """`encode_text`'s tokenization: pad to the longest text, truncate at `max_length` tokens."""
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length or self.max_text_length, return_tensors="np"
+        )
+        return {name: encoded[name] for name in TEXT_INPUTS}
+
+    def preprocess(self, images: Sequence[Any]) -> np.ndarray:
+        """`encode_image`'s preprocessing: decode with the package's decoder, resize, crop, normalize."""
+        return self.image_processor(list(images), return_tensors="np")["pixel_values"]
+
+    def encode_text(
+        self,
+        sentences: str | Sequence[str],
+        *,
+        task: str | None = None,
+        batch_size: int = 32,
+        truncate_dim: int | None = None,
+        normalize_embeddings: bool = True,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """(n, dim) float32 embeddings of texts (a vector for a single string), as `encode_text`."""
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if not texts:
+            raise ValueError("texts must not be empty")
+        truncate_dim = self._check_truncate_dim(truncate_dim)
+        if task is not None:
+            if task not in self.task_instructions:
+                raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.task_instructions)}")
+            texts = [self.task_instructions[task] + text for text in texts]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = [
+            self.run_text(**self.tokenize(texts[start : start + batch_size], max_length))["text_embeddings"]
+            for start in range(0, len(texts), batch_size)
+        ]
+        out = truncate_and_normalize(np.concatenate(chunks), truncate_dim, normalize_embeddings)
+        return out[0] if single else out
+
+    def encode_image(
+        self,
+        images: Any,
+        *,
+        batch_size: int = 32,
+        truncate_dim: int | None = None,
+        normalize_embeddings: bool = True,
+    ) -> np.ndarray:
+        """(n, dim) float32 embeddings of images (a vector for a single image), as `encode_image`."""
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
+        items = [images] if single else list(images)
+        if not items:
+            raise ValueError("images must not be empty")
+        truncate_dim = self._check_truncate_dim(truncate_dim)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = [
+            self.run_vision(self.preprocess(items[start : start + batch_size]))["image_embeddings"]
+            for start in range(0, len(items), batch_size)
+        ]
+        out = truncate_and_normalize(np.concatenate(chunks), truncate_dim, normalize_embeddings)
+        return out[0] if single else out
+
+
+__all__ = [
+    "JinaCLIPOnnx",
+    "PRECISION_SUFFIXES",
+    "TOWER_FILES",
+    "TRANSFORMERS_JS_DTYPES",
+    "l2_normalize",
+    "load_tokenizer",
+    "onnx_file_name",
+    "truncate_and_normalize",
+]
