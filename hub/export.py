@@ -31,6 +31,7 @@ is fixed (`{"format": "pt"}`), JSON files have sorted keys, nothing holds a time
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
