@@ -64,8 +64,11 @@ class _Handler(BaseHTTPRequestHandler):
             for byte in PNG * 100:
                 if self.stop.is_set():
                     return
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:  # the client gave up (the deadline): done
+                    return
                 time.sleep(0.05)
         elif path == "/endless":
             self._head()
