@@ -103,11 +103,11 @@ def _check_saved_weights(folder: Path, model, dtype: torch.dtype | None) -> None
     expected = model.state_dict()
     if saved.keys() != expected.keys():
         missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
-        raise AssertionError(f"exported weights have other keys than the model: missing {missing[:10]}, extra {extra[:10]}")
+        raise ExportError(f"exported weights have other keys than the model: missing {missing[:10]}, extra {extra[:10]}")
     for key, tensor in expected.items():
         want = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         if saved[key].dtype != want.dtype or not torch.equal(saved[key], want):
-            raise AssertionError(f"exported tensor {key} differs from the converted one")
+            raise ExportError(f"exported tensor {key} differs from the converted one")
 
 
 def convert_release(
@@ -166,7 +166,17 @@ def convert_release(
             "`retrieval.query` LoRA adapter, which the release applies to every text, merged into the text "
             "tower, and the fused QKV projection split (`jina-clip convert`)."
         )
-    folder = export_model(
+
+    def verify(folder: Path) -> None:
+        # Runs on the complete folder before it takes the name `out`: a failed check leaves nothing there.
+        logger.info("checking the converted folder")
+        _check_saved_weights(folder, model, DTYPES[dtype] if dtype else None)
+        atol = 1e-5 if dtype in (None, "float32") else 5e-2
+        for name, diff in check_export(folder, model, atol=atol).items():
+            logger.info("  %s: max |diff| %.2e", name, diff)
+        logger.info("check passed")
+
+    return export_model(
         model,
         out,
         processor=processor,
@@ -174,16 +184,9 @@ def convert_release(
         base_model=base_model,
         license=license,
         source_note=source_note,
+        verify=verify if check else None,
         **export_kwargs,
     )
-    if check:
-        logger.info("checking %s", folder)
-        _check_saved_weights(folder, model, DTYPES[dtype] if dtype else None)
-        atol = 1e-5 if dtype in (None, "float32") else 5e-2
-        for name, diff in check_export(folder, model, atol=atol).items():
-            logger.info("  %s: max |diff| %.2e", name, diff)
-        logger.info("check passed")
-    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

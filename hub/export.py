@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -407,6 +407,7 @@ def export_model(
     source_note: str | None = None,
     overwrite: bool = False,
     onnx: bool = False,
+    verify: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Write a Hub-ready folder for a jina-clip-v2 model and return its path.
 
@@ -428,6 +429,8 @@ def export_model(
         source_note: a sentence for the card about where the weights come from.
         overwrite: replace an existing `out` (only once the new folder is complete).
         onnx: also export both towers to `out/onnx` in fp32 / fp16 / int8 with a parity table (`hub.onnx`).
+        verify: a check run on the complete folder before it takes the name `out` (e.g. `check_export`); if it
+            raises, nothing is written at `out` and an existing `out` stays as it was.
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -474,6 +477,11 @@ def export_model(
 
             try:
                 export_onnx(staging, staging / "onnx", update_folder=True)
+            finally:
+                _forget_remote_code(staging)
+        if verify is not None:
+            try:
+                verify(staging)
             finally:
                 _forget_remote_code(staging)
     files = folder_files(out)
@@ -524,7 +532,7 @@ def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = No
         diff = float(np.abs(np.asarray(got, dtype=np.float64) - np.asarray(expected, dtype=np.float64)).max())
         report[name] = diff
         if not diff <= atol:
-            raise AssertionError(f"{name}: embeddings differ by {diff:.3g} (> {atol:g}) in {folder}")
+            raise ExportError(f"{name}: embeddings differ by {diff:.3g} (> {atol:g}) in {folder}")
 
     if reference is not None:
         if getattr(reference, "_processor", None) is None:
@@ -593,6 +601,13 @@ def main(argv: list[str] | None = None) -> int:
     add_card_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
+
+    def verify(folder: Path) -> None:
+        logger.info("verifying %s", folder)
+        reference = load_model(args.model, config=args.config)
+        for name, diff in check_export(folder, reference, atol=1e-5 if args.dtype in (None, "float32") else 1e-2).items():
+            logger.info("  %s: max |diff| %.2e", name, diff)
+
     try:
         folder = export_model(
             args.model,
@@ -609,12 +624,8 @@ def main(argv: list[str] | None = None) -> int:
             base_model=args.base_model,
             overwrite=args.overwrite,
             onnx=args.onnx,
+            verify=verify if args.verify else None,  # before the folder takes its name: a failure leaves nothing
         )
-        if args.verify:
-            logger.info("verifying %s", folder)
-            reference = load_model(args.model, config=args.config)
-            for name, diff in check_export(folder, reference, atol=1e-5 if args.dtype in (None, "float32") else 1e-2).items():
-                logger.info("  %s: max |diff| %.2e", name, diff)
     except (ExportError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

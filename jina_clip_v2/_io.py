@@ -14,6 +14,7 @@ It lives at the package root so that ``training``, ``hub`` and ``evaluation`` ca
 from __future__ import annotations
 
 import filecmp
+import logging
 import os
 import shutil
 import tempfile
@@ -22,7 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_folder", "atomic_write", "fsync_dir", "remove_folder", "replace_folder"]
+__all__ = ["atomic_folder", "atomic_write", "fsync_dir", "remove_folder", "remove_stale_staging", "replace_folder"]
+
+logger = logging.getLogger(__name__)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -89,6 +92,35 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Non
     fsync_dir(target.parent)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_staging(parent: str | os.PathLike, prefix: str, suffix: str) -> list[Path]:
+    """Delete the staging folders ``<prefix><pid>_<random><suffix>`` in ``parent`` whose writing process is
+    gone (a killed export or conversion); a live writer's folder is left alone. Returns what was removed."""
+    removed = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        name = entry.name
+        if not (entry.is_dir() and name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        pid = name[len(prefix) :].partition("_")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            logger.warning("removed %s, left behind by an interrupted run (process %s)", entry, pid)
+            removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_folder(
     target: str | os.PathLike, *, overwrite: bool = False, prefix: str | None = None, suffix: str = ".tmp"
@@ -97,7 +129,8 @@ def atomic_folder(
 
     Nothing is left at ``target`` if the body fails. An existing ``target`` is an error unless ``overwrite``;
     then it is replaced only once the new folder is complete. The temporary folder is named ``prefix``
-    (default ``.<name>.``) + random letters + ``suffix``.
+    (default ``.<name>.``) + the process id + ``_`` + random letters + ``suffix``, so that the staging
+    folders an interrupted run left behind (their process is gone) are removed here, at the next start.
     """
     target = Path(target).resolve()
     if target.exists() and not overwrite:
@@ -106,7 +139,8 @@ def atomic_folder(
         raise NotADirectoryError(f"{target} exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}." if prefix is None else prefix
-    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
+    remove_stale_staging(target.parent, prefix, suffix)
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_", suffix=suffix, dir=target.parent))
     try:
         yield staging
         replace_folder(staging, target)
