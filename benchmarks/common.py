@@ -88,6 +88,18 @@ def randomize_weights(model: torch.nn.Module, seed: int = 0, scale: float = 0.05
     return model
 
 
+def weight_summary(model: torch.nn.Module, source: str) -> dict:
+    """What the parity numbers were measured on: the weights' source, and how many vector parameters are still
+    trivial (all zero, or all one: fresh-init biases and norms)."""
+    vectors = [p for p in model.parameters() if p.ndim <= 1]
+    return {
+        "source": source,
+        "vector_parameters": len(vectors),
+        "all_zero_vectors": sum(bool((p == 0).all()) for p in vectors),
+        "all_one_vectors": sum(bool((p == 1).all()) for p in vectors),
+    }
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -747,6 +747,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         "settings": settings,
         "config": common.config_summary(config),
         "parameters": {"text": common.count_parameters(model.text_model), "vision": common.count_parameters(model.vision_model)},
+        "weights": common.weight_summary(model, args.model or "random, randomised (common.randomize_weights)"),
         "peak_tflops": peak,
         "peak_tflops_source": peak_source,
         "flops_per_image": {str(s): vision_forward_flops(config.vision_config, s) for s in args.image_sizes},

@@ -285,11 +285,13 @@ def test_encode_timm_baseline_in_subprocess(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-m", "jina_clip_v2.benchmarks.encode", "--tiny", "--device", "cpu", "--skip-text", "--image-sizes", "56",
-         "--batch-sizes", "2", "--warmup", "0", "--iters", "1", "--timm-modes", "fused", "naive", "--out", str(out)],
+         "--batch-sizes", "2", "--warmup", "0", "--iters", "1", "--timm-modes", "fused", "naive", "--attn", "sdpa", "eager",
+         "--no-e2e", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    baseline = _strict_json(out)["image"]["baseline"]
+    image = _strict_json(out)["image"]
+    baseline = image["baseline"]
     if "skipped" in baseline:
         assert baseline["skipped"].startswith("timm not importable")
         pytest.skip(baseline["skipped"])
@@ -297,6 +299,10 @@ def test_encode_timm_baseline_in_subprocess(tmp_path):
     assert {r["attn"] for r in baseline["runs"]} == {"timm-fused", "timm-naive"}
     for p in baseline["parity"]:  # same weights, same outputs (fp32): timm is the independent oracle
         assert p["ok"] and p["max_abs_diff_vs_jina_clip_sdpa"] < 1e-5
+    # Like with like: ours SDPA vs timm's fused (SDPA) attention, ours eager vs timm's written-out attention.
+    pairs = {(p["jina_clip"], p["timm"]) for p in image["pairs"]}
+    assert pairs == {("jina_clip sdpa", "timm fused"), ("jina_clip eager", "timm naive")}
+    assert all(p["speedup"]["ratios"] and not p["compiled"] for p in image["pairs"])
 
 
 def test_encode_records_missing_timm_as_skipped(tmp_path, monkeypatch):
