@@ -665,6 +665,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         Opt-in: compilation costs minutes at real size and pays off on long encoding or training runs."""
         self.text_model.compile(**compile_kwargs)
         self.vision_model.compile(**compile_kwargs)
+        self._towers_compiled = True  # encode_text then pads (a packed layout would recompile per batch)
         return self
 
     def set_image_size(self, image_size: int) -> None:
@@ -963,13 +964,16 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         and, for eager/SDPA, on CPU (length-bucket attention, `packed_attention_forward`; measured faster than
         padded batches, see benchmarks/README.md). On CUDA without FlashAttention, padded length-sorted batches
         (one fused SDPA kernel per layer; the packed path is not yet measured there). A text tower other than
-        `JinaEmbeddingsV3Model` is never packed."""
+        `JinaEmbeddingsV3Model`, or one compiled by `compile_towers` (every packed layout would be a new graph),
+        is never packed."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         device = torch.device(device) if device is not None else self.device
         attn = self.config.text_config._attn_implementation or ""
-        unpadded = isinstance(self.text_model, JinaEmbeddingsV3Model) and (
-            "flash" in attn or (device.type == "cpu" and attn in ("eager", "sdpa"))
+        unpadded = (
+            isinstance(self.text_model, JinaEmbeddingsV3Model)
+            and not getattr(self, "_towers_compiled", False)
+            and ("flash" in attn or (device.type == "cpu" and attn in ("eager", "sdpa")))
         )
         if max_tokens_per_batch is None:
             max_tokens_per_batch = DEFAULT_TEXT_TOKENS_PER_BATCH.get(device.type, DEFAULT_TEXT_TOKENS_PER_BATCH["cuda"])

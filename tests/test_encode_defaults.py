@@ -142,6 +142,10 @@ def test_text_batch_plan_is_by_token_count(model):
     assert all(len(b) * lengths[b[0]] <= 400 or len(b) == 1 for b in padded)
     with pytest.raises(ValueError, match="batch_size"):
         model._text_batch_plan(lengths, batch_size=0)
+    # Padded on CUDA without FlashAttention, and for compiled towers (a packed layout would be a new graph each time).
+    assert model._text_batch_plan(lengths, device="cuda")[1] is False
+    compiled = tiny_model(seed=1).compile_towers(backend="eager")
+    assert compiled._text_batch_plan(lengths, device="cpu")[1] is False
 
 
 def test_padding_options_change_nothing(model, tokenizer):
