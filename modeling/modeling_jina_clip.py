@@ -702,8 +702,10 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
 
         `unpadded` packs the batch's real tokens into one row (RoPE positions restart per text, attention stays
         inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
-        FlashAttention backend, whose variable-length kernels make it free; eager/sdpa then need a (T, T)
-        block mask, correct but only worth it for very uneven batches.
+        FlashAttention backend, whose variable-length kernels make it free. Under eager/SDPA the attention runs
+        per bucket of similar lengths (`packed_attention_forward`: no (T, T) mask; the text tower's attention
+        setting is switched to it for the call, so one model should not run this concurrently with a padded
+        call from another thread). `encode_text` chooses per device (`_text_batch_plan`).
         """
         if attention_mask is None:
             # The release derives the mask from the ids (pad id 1), so callers may pass input_ids alone.
