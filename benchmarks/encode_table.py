@@ -30,6 +30,7 @@ import inspect
 import json
 import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -375,6 +376,27 @@ def image_section(model, paths: list[str], device: torch.device, warmup: int, ro
     if parallel:
         fns["encode_image_serial"] = lambda: model.encode_image(paths, num_workers=0)
         info["encode_image_serial"] = {"kind": "end_to_end", "what": "encode_image(paths, num_workers=0)"}
+    # Control: how much parallelism the host gives right now (a shared machine may give none), on GIL-free numpy
+    # ufunc work split in 2 threads; the pool's speedup cannot exceed it.
+    block = np.random.default_rng(0).random(1 << 20)
+    chunks_of_work = [block.copy() for _ in range(8)]
+
+    def control(threads: int):
+        def work(x):
+            for _ in range(10):
+                np.exp(x, out=x)
+                np.negative(x, out=x)
+
+        if threads == 1:
+            return [work(x) for x in chunks_of_work]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(work, chunks_of_work))
+
+    fns["control_serial"], fns["control_2_threads"] = partial(control, 1), partial(control, 2)
+    info["control_serial"] = {"kind": "control", "what": "GIL-free numpy work in the calling thread"}
+    info["control_2_threads"] = {"kind": "control", "what": "the same work in 2 threads: the parallelism the host gives now"}
     fns["per_image_loop"] = lambda: [model.get_image_features(image_processor(p, return_tensors="pt")["pixel_values"].to(device)).pooler_output
                                      for p in paths]
     info["per_image_loop"] = {"kind": "end_to_end", "what": "a user loop: processor + get_image_features per image"}
@@ -391,6 +413,7 @@ def image_section(model, paths: list[str], device: torch.device, warmup: int, ro
         "e2e_serial_over_default": common.pair_ratio(timings["encode_image_serial"], timings["encode_image_default"]) if parallel else None,
         "e2e_default_minus_forward_only_s": _median_difference(timings["encode_image_default"], timings["forward_only"]),
         "workers_equal_serial_bitwise": bool(np.array_equal(default_result, serial_result)),
+        "host_parallelism_2_threads": common.pair_ratio(timings["control_serial"], timings["control_2_threads"]),
     }
     return {"images": len(paths), "image_size": model.config.vision_config.image_size, "rows": rows, "summary": summary}
 
@@ -461,7 +484,8 @@ def md_sections(result: dict) -> str:
         i = image["summary"]
         out.append(f"\nSerial / best pool ({i['best_pool']}) preprocessing: {_ratio(i['serial_over_best_pool'])}; encode_image default / "
                    f"per-image loop: {_ratio(i['e2e_default_over_per_image_loop'])}; encode_image num_workers=0 / default: "
-                   f"{_ratio(i['e2e_serial_over_default'])}; workers equal serial bit for bit: {i['workers_equal_serial_bitwise']}.\n")
+                   f"{_ratio(i['e2e_serial_over_default'])}; workers equal serial bit for bit: {i['workers_equal_serial_bitwise']}; "
+                   f"the host's parallelism (GIL-free work, serial / 2 threads): {_ratio(i.get('host_parallelism_2_threads'))}.\n")
     return "".join(out)
 
 
