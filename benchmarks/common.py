@@ -57,17 +57,46 @@ def build_config(tiny: bool = False, model_path: str | None = None):
     return JinaCLIPConfig(**tiny_config_kwargs()) if tiny else JinaCLIPConfig()
 
 
-def build_model(config, device: torch.device, model_path: str | None = None, seed: int = 0):
+def build_model(config, device: torch.device, model_path: str | None = None, seed: int = 0, randomize: bool = False):
     """A JinaCLIPModel in fp32 on ``device``: random weights (initialised directly on the device, which is much
-    faster than on the CPU at real size) or the checkpoint at ``model_path``. Speed does not depend on the weights."""
+    faster than on the CPU at real size) or the checkpoint at ``model_path``. Speed does not depend on the weights;
+    parity does: ``randomize`` perturbs every parameter of random weights (``randomize_weights``)."""
     from jina_clip_v2.modeling import JinaCLIPModel
 
     torch.manual_seed(seed)
     if model_path:
-        return JinaCLIPModel.from_pretrained(model_path, config=config, dtype=torch.float32).to(device)
+        return JinaCLIPModel.from_pretrained(model_path, config=config, dtype=torch.float32, load_processor=False).to(device)
     with torch.device(device):
         model = JinaCLIPModel(config)
+    if randomize:
+        randomize_weights(model, seed)
     return model.to(device)
+
+
+def randomize_weights(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Fresh init leaves biases at 0, norms at 1 and q/v biases at 0: a wrong wiring (missing bias, swapped
+    gates, wrong eps) hides behind them. Add N(0, scale^2) to every vector parameter (biases, norm weights and
+    biases, q/v biases, the logit scale) and N(0, (scale / 2.5)^2) to every matrix (0.02 = the init std), so parity
+    is measured on weights with nothing trivial left (as tests/_tiny.py's tiny_model)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+    with torch.no_grad():
+        for param in model.parameters():
+            std = scale if param.ndim <= 1 else scale / 2.5
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32) * std
+            param.add_(noise.to(device=param.device, dtype=param.dtype))
+    return model
+
+
+def weight_summary(model: torch.nn.Module, source: str) -> dict:
+    """What the parity numbers were measured on: the weights' source, and how many vector parameters are still
+    trivial (all zero, or all one: fresh-init biases and norms)."""
+    vectors = [p for p in model.parameters() if p.ndim <= 1]
+    return {
+        "source": source,
+        "vector_parameters": len(vectors),
+        "all_zero_vectors": sum(bool((p == 0).all()) for p in vectors),
+        "all_one_vectors": sum(bool((p == 1).all()) for p in vectors),
+    }
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -206,6 +235,77 @@ def measure(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
     }
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, rounds: int,
+                inference: bool = True) -> dict[str, dict]:
+    """Time several variants A B C A B C ...: ``warmup`` untimed calls of each, then ``rounds`` rounds that call each
+    variant once, so that a load change on a shared machine hits every variant alike. Per variant: the ``measure``
+    fields (median of its rounds, ...) or ``{"status": "oom" | "error"}``; a failing variant drops out of the later
+    rounds. Compare two variants with ``pair_ratio`` (round by round), not by dividing their medians."""
+    results: dict[str, dict] = {}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    firsts: dict[str, float | None] = {name: None for name in fns}
+    free_memory(device)
+    reset_peak_memory(device)
+
+    def call(name: str) -> float | None:
+        try:
+            synchronize(device)
+            start = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            return time.perf_counter() - start
+        except Exception as err:  # noqa: BLE001 - a failing variant is a result
+            results[name] = {"status": "oom" if is_oom(err) else "error", "error": f"{type(err).__name__}: {str(err)[:300]}"}
+            return None
+
+    with torch.inference_mode() if inference else contextlib.nullcontext():
+        for index in range(warmup):
+            for name in fns:
+                if name not in results:
+                    seconds = call(name)
+                    if index == 0:
+                        firsts[name] = seconds
+        for _ in range(max(1, rounds)):
+            for name in fns:
+                if name not in results:
+                    seconds = call(name)
+                    if seconds is not None:
+                        times[name].append(seconds)
+        if any(r.get("status") for r in results.values()):
+            free_memory(device, collect=True)
+        for name in fns:
+            if name in results:
+                continue
+            t = times[name]
+            results[name] = {"status": "ok", "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
+                             "times_s": t, "first_warmup_s": firsts[name], "warmup": warmup, "iters": len(t),
+                             "interleaved": True, "peak_memory_bytes": None}
+            if device.type == "cuda":  # each variant's own peak: one more (untimed) call after a reset
+                free_memory(device)
+                reset_peak_memory(device)
+                fns[name]()
+                results[name]["peak_memory_bytes"] = peak_memory(device)
+    return results
+
+
+def pair_ratio(numerator: dict, denominator: dict) -> dict | None:
+    """Round-by-round ratios of two ``interleaved`` timings (numerator time / denominator time in the same round):
+    median, min, max and all of them; None unless both ran."""
+    if numerator.get("status") != "ok" or denominator.get("status") != "ok":
+        return None
+    ratios = [a / b for a, b in zip(numerator["times_s"], denominator["times_s"]) if b > 0]
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "ratios": ratios}
+
+
+def spread(timing: dict) -> float | None:
+    """(max - min) / median of a timing: how noisy its rounds were."""
+    if timing.get("status") != "ok" or not timing.get("median_s"):
+        return None
+    return (timing["max_s"] - timing["min_s"]) / timing["median_s"]
+
+
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int, inference: bool = False) -> dict:
     """``measure`` with the peak-memory counter reset first; an OOM or any error becomes ``{"status": "oom" | "error"}``
     instead of a crash (a configuration that does not fit is a result)."""
@@ -298,12 +398,24 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def env_info(device: torch.device) -> dict:
     import transformers
 
     info = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine() or "cpu"),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "device_type": device.type,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

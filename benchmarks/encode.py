@@ -1,19 +1,24 @@
 """Encoding throughput of jina-clip-v2: images at 224/384/512 px and texts of realistic mixed lengths.
 
-For every configuration: median wall time over ``--iters`` runs after ``--warmup`` (device synchronised), items/s,
-real tokens/s, peak memory (``torch.cuda.max_memory_allocated``, reset per configuration) and MFU (analytic FLOPs
-from ``benchmarks.flops`` over the detected GPU peak). Baselines run in the same process on the same weights:
+For every configuration: median wall time over ``--iters`` interleaved rounds after ``--warmup`` (device synchronised;
+the variants of one configuration run A B C A B C ... and are compared round by round), items/s, real tokens/s, peak
+memory (``torch.cuda.max_memory_allocated``, per variant) and MFU (analytic FLOPs from ``benchmarks.flops`` over the
+detected GPU peak). Baselines run in the same process on the same (randomised) weights, like with like:
 
-- vision: timm's ``Eva`` (the independent EVA02 oracle) at the same size and dtype, eager PyTorch with timm's
-  default fused SDPA attention (``--timm-modes naive`` adds timm with its attention written out);
-- text: the padded eager path (``attn_implementation="eager"``, each batch padded to its longest sequence),
-  against padded SDPA / FlashAttention-2, length-sorted padded SDPA (what ``encode_text`` does), the model's own
-  unpadded path when it has one, and a benchmark-side packed (varlen) path.
+- vision: timm's ``Eva`` (the independent EVA02 oracle) at the same size and dtype: its fused SDPA attention against
+  ours with SDPA, its written-out attention (``--timm-modes naive``) against ours eager, compiled against compiled
+  (``--compile``); the pairs' speedups are in ``image.pairs``;
+- text: transformers' own ``JinaEmbeddingsV3Model`` with its default attention (SDPA), padded batches in arrival
+  order, against ours padded on each backend, the batches and path ``encode_text`` itself uses, and the model's
+  unpadded path on each backend (FlashAttention varlen, length-bucket SDPA);
+- end to end (``end_to_end``): ``encode_text`` / ``encode_image`` (tokenize / decode, preprocess, copy, forward) beside
+  the forward passes they make (``benchmarks/encode_table.py``, needs the real tokenizer on disk).
 
 Parity: every fast path's embeddings are compared with an fp32 SDPA reference (TF32 off) on a fixed batch.
 
     python -m jina_clip_v2.benchmarks.encode                       # real size, CUDA, bf16 -> benchmarks/results/encode.json + .md
     python -m jina_clip_v2.benchmarks.encode --tiny --device cpu   # seconds, for CI
+    python -m jina_clip_v2.benchmarks.encode --table               # issue 16's defaults-vs-best table (encode_table.py)
 """
 
 from __future__ import annotations
@@ -37,11 +42,11 @@ from jina_clip_v2.training.flops import detect_peak_tflops, mfu, text_forward_fl
 VARLEN_ATTENTION = "flash_varlen_bench"
 REAL_DEFAULTS = dict(
     image_sizes=[224, 384, 512], batch_sizes=[1, 8, 32, 64, 128, 256], text_batch_sizes=[1, 8, 32, 128, 512],
-    max_length=512, warmup=3, iters=10, text_workload=64,
+    max_length=512, warmup=3, iters=10, text_workload=64, e2e_texts=256, e2e_images=64,
 )
 TINY_DEFAULTS = dict(
     image_sizes=[28, 56], batch_sizes=[1, 4], text_batch_sizes=[1, 4], max_length=64, warmup=1, iters=2,
-    text_workload=4,
+    text_workload=4, e2e_texts=16, e2e_images=4,
 )
 
 
@@ -220,33 +225,19 @@ class Runner:
     def __init__(self, args, device: torch.device, dtype: torch.dtype, peak: float | None):
         self.args, self.device, self.dtype, self.peak = args, device, dtype, peak
 
-    def timed(self, fn: Callable[[], object]) -> dict:
-        return common.timed(fn, self.device, self.args.warmup, self.args.iters, inference=True)
+    def interleaved(self, fns: dict[str, Callable[[], object]]) -> dict[str, dict]:
+        return common.interleaved(fns, self.device, self.args.warmup, self.args.iters)
 
 
-def image_runs(runner: Runner, name: str, embed: Callable[[torch.Tensor], torch.Tensor], size: int, flops_per_image: int,
-               extra: dict) -> list[dict]:
-    """One implementation at one size over the batch sizes (stops growing the batch after an OOM)."""
-    runs = []
-    for batch in runner.args.batch_sizes:
-        pixels = torch.randn(batch, 3, size, size, device=runner.device, dtype=runner.dtype)  # made on the device
-        run = {"impl": name, **extra, "image_size": size, "batch_size": batch, "flops_per_image": flops_per_image}
-        run.update(runner.timed(lambda: embed(pixels)))
-        if run["status"] == "ok":
-            seconds = run["median_s"]
-            run["images_per_s"] = batch / seconds
-            run["tflops_per_s"] = flops_per_image * batch / seconds / 1e12
-            run["mfu"] = mfu(flops_per_image * batch, seconds, runner.peak)
-        runs.append(run)
-        del pixels
-        if run["status"] == "oom":
-            break
-    return runs
+# Like with like: each of our attention paths is compared with timm's on the same backend, compiled with compiled.
+IMAGE_PAIRS = (("sdpa", "timm-fused"), ("eager", "timm-naive"))
 
 
 def bench_images(model, runner: Runner, refs: dict, base_pos, base_size, attns, result: dict) -> None:
-    args, dtype = runner.args, runner.dtype
-    section = result["image"] = {"runs": [], "baseline": None, "parity": []}
+    """Per size and batch, every implementation timed interleaved (ours on each attention path, timm Eva on each
+    attention mode, their compiled variants), and the speedup of each equal-backend pair round by round."""
+    args, dtype, device = runner.args, runner.dtype, runner.device
+    section = result["image"] = {"runs": [], "baseline": None, "parity": [], "pairs": []}
     timm_state: dict = {"modes": args.timm_modes, "runs": [], "parity": []}
     timm = None
     if args.no_baselines or args.no_timm:
@@ -254,55 +245,95 @@ def bench_images(model, runner: Runner, refs: dict, base_pos, base_size, attns, 
     else:
         try:
             timm = import_timm()
-            timm_state["impl"] = f"timm {timm.__version__} Eva (eager PyTorch, not compiled)"
+            timm_state["impl"] = f"timm {timm.__version__} Eva (eager PyTorch{', and compiled' if args.compile else ''})"
         except Exception as err:  # noqa: BLE001 - any import failure means: no baseline, say why
             timm_state = {"skipped": f"timm not importable: {type(err).__name__}: {err}"}
+    vision_config = model.config.vision_config
     for size in args.image_sizes:
         common.use_image_size(model, size, base_pos, base_size)
-        flops = vision_forward_flops(model.config.vision_config, size)["total"]
-        parity_pixels = refs["pixels"][size].to(runner.device)
-        ours_at_size: dict[str, torch.Tensor] = {}
+        flops = vision_forward_flops(vision_config, size)["total"]
+        parity_pixels = refs["pixels"][size].to(device).to(dtype)
+        # name -> (embed(pixels), info); every entry sets its own attention before running (an attribute write).
+        variants: dict[str, tuple[Callable, dict]] = {}
+        ours_out: dict[str, torch.Tensor] = {}
         for attn in attns:
             reason = common.set_attn(model, attn)
             if reason:
                 section["runs"].append({"impl": "jina_clip", "attn": attn, "image_size": size, "status": "unavailable", "error": reason})
                 continue
-            with torch.inference_mode():
-                out = model.get_image_features(parity_pixels.to(dtype)).pooler_output
-            ours_at_size[attn] = out
-            section["parity"].append({"path": f"jina_clip {attn}", "image_size": size, "dtype": common.dtype_name(dtype),
-                                      **common.parity(out, refs["image"][size], dtype)})
-            embed = lambda px: model.get_image_features(px).pooler_output  # noqa: E731
-            section["runs"] += image_runs(runner, "jina_clip", embed, size, flops, {"attn": attn, "compiled": False})
-            if args.compile and attn == attns[0]:
+
+            def ours(px, attn=attn, fn=model.get_image_features):
+                vision_config._attn_implementation = attn
+                return fn(px).pooler_output
+
+            variants[f"jina_clip {attn}"] = (ours, {"impl": "jina_clip", "attn": attn, "compiled": False})
+            if args.compile and attn in (attns[0], "sdpa", "eager"):
                 compiled = torch.compile(model.get_image_features)
-                with torch.inference_mode():
-                    out = compiled(parity_pixels.to(dtype)).pooler_output
-                section["parity"].append({"path": f"jina_clip {attn} compiled", "image_size": size,
-                                          "dtype": common.dtype_name(dtype), **common.parity(out, refs["image"][size], dtype)})
-                section["runs"] += image_runs(runner, "jina_clip", lambda px: compiled(px).pooler_output, size, flops,
-                                              {"attn": attn, "compiled": True})
+                variants[f"jina_clip {attn} compiled"] = (partial(ours, attn=attn, fn=compiled),
+                                                          {"impl": "jina_clip", "attn": attn, "compiled": True})
         common.set_attn(model, "sdpa")
+        eva = None
         if timm is not None:
             try:
-                eva = build_timm_eva(timm, model, size, runner.device, dtype)
+                eva = build_timm_eva(timm, model, size, device, dtype)
             except Exception as err:  # noqa: BLE001
                 timm_state["runs"].append({"impl": "timm", "image_size": size, "status": "error", "error": f"{type(err).__name__}: {err}"})
-                continue
-            for mode in args.timm_modes:
-                for block in eva.blocks:
-                    block.attn.fused_attn = mode == "fused"
-                with torch.inference_mode():
-                    out = eva(parity_pixels.to(dtype))
-                entry = {"path": f"timm Eva ({mode} attention)", "image_size": size, "dtype": common.dtype_name(dtype),
-                         **common.parity(out, refs["image"][size], dtype)}
-                if "sdpa" in ours_at_size:  # equal outputs: timm vs ours in the same dtype
-                    entry["max_abs_diff_vs_jina_clip_sdpa"] = float((out.float() - ours_at_size["sdpa"].float()).abs().max())
+            if eva is not None:
+                compiled_eva = torch.compile(eva) if args.compile else None
+                for mode in args.timm_modes:
+                    def theirs(px, mode=mode, fn=eva, base=eva):
+                        for block in base.blocks:
+                            block.attn.fused_attn = mode == "fused"
+                        return fn(px)
+
+                    variants[f"timm {mode}"] = (theirs, {"impl": "timm", "attn": f"timm-{mode}", "compiled": False})
+                    if compiled_eva is not None:
+                        variants[f"timm {mode} compiled"] = (partial(theirs, mode=mode, fn=compiled_eva),
+                                                             {"impl": "timm", "attn": f"timm-{mode}", "compiled": True})
+        # Parity of every variant on the fixed batch (timm also against ours with SDPA: "equal outputs").
+        for name, (embed, info) in variants.items():
+            with torch.inference_mode():
+                out = embed(parity_pixels)
+            entry = {"path": name if info["impl"] == "jina_clip" else f"timm Eva ({info['attn'][5:]} attention)"
+                     + (" compiled" if info["compiled"] else ""),
+                     "image_size": size, "dtype": common.dtype_name(dtype), **common.parity(out, refs["image"][size], dtype)}
+            if info["impl"] == "jina_clip" and not info["compiled"]:
+                ours_out[info["attn"]] = out
+            if info["impl"] == "timm":
+                if "sdpa" in ours_out:
+                    entry["max_abs_diff_vs_jina_clip_sdpa"] = float((out.float() - ours_out["sdpa"].float()).abs().max())
                 timm_state["parity"].append(entry)
-                timm_state["runs"] += image_runs(runner, "timm", lambda px: eva(px), size, flops,
-                                                 {"attn": f"timm-{mode}", "compiled": False})
-            del eva
-            common.free_memory(runner.device)
+            else:
+                section["parity"].append(entry)
+        active = dict(variants)
+        for batch in args.batch_sizes:
+            if not active:
+                break
+            pixels = torch.randn(batch, 3, size, size, device=device, dtype=dtype)  # made on the device
+            timings = runner.interleaved({name: partial(embed, pixels) for name, (embed, _) in active.items()})
+            for name, timing in timings.items():
+                run = {**active[name][1], "image_size": size, "batch_size": batch, "flops_per_image": flops, **timing}
+                if run["status"] == "ok":
+                    seconds = run["median_s"]
+                    run["images_per_s"] = batch / seconds
+                    run["tflops_per_s"] = flops * batch / seconds / 1e12
+                    run["mfu"] = mfu(flops * batch, seconds, runner.peak)
+                (section["runs"] if run["impl"] == "jina_clip" else timm_state["runs"]).append(run)
+            for ours_attn, timm_attn in IMAGE_PAIRS:
+                for compiled in (False, True):
+                    suffix = " compiled" if compiled else ""
+                    a, b = f"jina_clip {ours_attn}{suffix}", f"timm {timm_attn[5:]}{suffix}"
+                    if a in timings and b in timings:
+                        section["pairs"].append({
+                            "image_size": size, "batch_size": batch, "attention": ours_attn, "jina_clip": a, "timm": b,
+                            "compiled": compiled, "speedup": common.pair_ratio(timings[b], timings[a]),
+                        })
+            for name, timing in timings.items():
+                if timing["status"] == "oom":
+                    active.pop(name)
+            del pixels
+        del eva
+        common.free_memory(device)
     section["baseline"] = timm_state
 
 
@@ -315,7 +346,36 @@ def text_workload(args, batch: int, vocab_size: int, seed: int) -> tuple[list[li
     return [lengths[i : i + batch] for i in range(0, count, batch)], rows
 
 
+def bucket_attention_lengths(lengths: Sequence[int]) -> list[int]:
+    """The attention block each text of a packed batch computes under the model's length-bucket attention (eager /
+    SDPA): its bucket's longest length (``modeling_jina_clip.length_buckets``)."""
+    from jina_clip_v2.modeling.modeling_jina_clip import length_buckets
+
+    spans = [0] * len(lengths)
+    for bucket in length_buckets(list(lengths)):
+        for index in bucket:
+            spans[index] = lengths[bucket[0]]
+    return spans
+
+
+def _executed_flops(text_config, groups: list[list[int]], padded: bool, buckets: bool) -> tuple[int, int]:
+    """(computed tokens, executed FLOPs) of batches with these lengths: padded to each batch's longest, or packed
+    (projections on real tokens only; attention per bucket when ``buckets``, else per text)."""
+    if padded:
+        return (sum(len(g) * max(g) for g in groups),
+                sum(text_forward_flops(text_config, [max(g)] * len(g))["total"] for g in groups))
+    tokens = sum(sum(g) for g in groups)
+    flops = sum(text_forward_flops(text_config, g, bucket_attention_lengths(g) if buckets else None)["total"] for g in groups)
+    return tokens, flops
+
+
 def bench_text(model, runner: Runner, refs: dict, attns, result: dict) -> None:
+    """Per batch size, every text path timed interleaved over the same workload: the baseline (transformers' own
+    JinaEmbeddingsV3Model with its default attention, padded batches in arrival order), ours padded on each backend,
+    the batches and path encode_text itself uses (``_text_batch_plan``), and the model's unpadded path on each
+    backend; speedups vs the baseline round by round."""
+    from jina_clip_v2.benchmarks.encode_table import stock_features, stock_text_tower
+
     args, dtype, device = runner.args, runner.dtype, runner.device
     text_config = model.config.text_config
     pad = text_config.pad_token_id
@@ -324,33 +384,35 @@ def bench_text(model, runner: Runner, refs: dict, attns, result: dict) -> None:
                                 "clip": [args.min_length, args.max_length], "seed": args.seed},
         "runs": [], "parity": [], "unpadded": {},
     }
-    parity_rows = refs["text_rows"]
-
     own = model_unpadded_path(model)
     backend = varlen_backend(device)
     padded_kwargs = {"unpadded": False} if own is not None and own[0].startswith("get_text_features(unpadded") else {}
+    stock = None if args.no_baselines else stock_text_tower(model)
     paths: list[dict] = []
-    if not args.no_baselines:
-        paths.append({"path": "padded_eager", "attn": "eager", "layout": "padded", "baseline": True})
+    if stock is not None:
+        paths.append({"path": "stock_padded", "attn": stock.config._attn_implementation, "layout": "padded", "baseline": True,
+                      "impl": f"transformers {type(stock).__name__} (default attention: {stock.config._attn_implementation})",
+                      "fn": lambda ids, mask: stock_features(stock, ids, mask)})
     for attn in attns:
         paths.append({"path": f"padded_{attn}", "attn": attn, "layout": "padded"})
     if args.compile:
         paths.append({"path": f"padded_{attns[0]}_compiled", "attn": attns[0], "layout": "padded", "compiled": True,
                       "fn": torch.compile(model.get_text_features, dynamic=True)})
-    paths.append({"path": "padded_sdpa_length_sorted", "attn": "sdpa", "layout": "sorted",
-                  "note": "the whole workload sorted by length before batching, as encode_text does"})
+    if hasattr(model, "_text_batch_plan"):
+        paths.append({"path": "encode_text_batching", "attn": "sdpa" if "sdpa" in attns else attns[0], "layout": "plan",
+                      "note": "the batches (token budget, by token count) and path (padded or packed) encode_text uses"})
     if own is not None:
         # The model's own unpadded path on every attention backend it can use: FlashAttention-2 (flash_attn),
-        # torch's built-in varlen FlashAttention through the registered flash-style function, and SDPA with a
-        # (T, T) block-diagonal mask (quadratic in the batch's total tokens: correct, slow for big batches).
+        # torch's built-in varlen FlashAttention through the registered flash-style function, and eager/SDPA
+        # (length-bucket attention: no (T, T) mask).
         section["unpadded"]["model"] = {"available": True, "api": own[0]}
         if "flash_attention_2" in attns:
             paths.append({"path": "unpadded_model_flash_attention_2", "attn": "flash_attention_2", "layout": "model_unpadded",
                           "backend": "flash_attn", "fn": own[1]})
         paths.append({"path": "unpadded_model_varlen", "attn": VARLEN_ATTENTION, "layout": "model_unpadded",
                       "backend": backend, "fn": own[1]})
-        paths.append({"path": "unpadded_model_sdpa_block_mask", "attn": "sdpa", "layout": "model_unpadded",
-                      "backend": "sdpa block-diagonal mask", "fn": own[1]})
+        paths.append({"path": "unpadded_model_sdpa", "attn": "sdpa", "layout": "model_unpadded",
+                      "backend": "sdpa length buckets", "fn": own[1]})
     else:
         section["unpadded"]["model"] = {
             "available": False,
@@ -369,76 +431,93 @@ def bench_text(model, runner: Runner, refs: dict, attns, result: dict) -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention)
-
+    usable = []
     for spec in paths:
-        layout = spec["layout"]
-        if spec["attn"] == VARLEN_ATTENTION:
-            reason = None
-            common.set_attn(model, "sdpa")
-            # Text tower only, set on its config directly: set_attn_implementation would look for a FlashAttention
-            # package or hub kernel behind any name containing "flash".
-            model.config.text_config._attn_implementation = VARLEN_ATTENTION
-        else:
-            reason = common.set_attn(model, spec["attn"])
         info = {k: v for k, v in spec.items() if k != "fn"}
+        if spec["path"] == "stock_padded":
+            usable.append(spec)
+            continue
+        reason = None if spec["attn"] == VARLEN_ATTENTION else common.set_attn(model, spec["attn"])
+        common.set_attn(model, "sdpa")
         if reason:
             section["runs"].append({**info, "status": "unavailable", "error": reason})
-            continue
+        else:
+            usable.append(spec)
 
-        def run_layout(rows: Sequence[torch.Tensor], prepared) -> torch.Tensor:
-            if layout == "packed":
-                return packed_text_features(model, prepared)
-            if layout == "model_unpadded":
-                return spec["fn"](prepared["input_ids"], prepared["attention_mask"])
-            features = spec.get("fn") or model.get_text_features  # the compiled variant brings its own
-            # unpadded=False: the model would otherwise pick its unpadded path by itself under FlashAttention.
-            return features(prepared["input_ids"], attention_mask=prepared["attention_mask"], **padded_kwargs).pooler_output
+    def embed(spec: dict, rows: Sequence[torch.Tensor], prepared: dict, unpadded: bool | None = None) -> torch.Tensor:
+        # The text tower's attention is an attribute of its config (set per call: variants run interleaved).
+        # VARLEN_ATTENTION is set directly: set_attn_implementation would look for a package behind any "flash" name.
+        if spec["path"] != "stock_padded":
+            text_config._attn_implementation = spec["attn"]
+        if spec["layout"] == "packed":
+            return packed_text_features(model, prepared)
+        if spec["layout"] == "model_unpadded":
+            return spec["fn"](prepared["input_ids"], prepared["attention_mask"])
+        if spec["layout"] == "plan":
+            return model.get_text_features(prepared["input_ids"], attention_mask=prepared["attention_mask"], unpadded=unpadded).pooler_output
+        if "fn" in spec and spec["path"] == "stock_padded":
+            return spec["fn"](prepared["input_ids"], prepared["attention_mask"])
+        features = spec.get("fn") or model.get_text_features  # the compiled variant brings its own
+        # unpadded=False: the model would otherwise pick its unpadded path by itself under FlashAttention.
+        return features(prepared["input_ids"], attention_mask=prepared["attention_mask"], **padded_kwargs).pooler_output
 
-        def prepare(rows):
-            return pack_rows(rows, device) if layout == "packed" else pad_rows(rows, pad, device)
+    def plan(spec: dict, rows: Sequence[torch.Tensor], batch: int) -> tuple[list[list[int]], bool | None]:
+        if spec["layout"] == "plan":
+            return model._text_batch_plan([len(r) for r in rows], batch, None, device)
+        return [list(range(i, min(i + batch, len(rows)))) for i in range(0, len(rows), batch)], None
 
-        # Parity on the fixed mixed-length batch, in its order.
+    def prepare(spec: dict, rows: Sequence[torch.Tensor]):
+        return pack_rows(rows, device) if spec["layout"] == "packed" else pad_rows(rows, pad, device)
+
+    # Parity on the fixed mixed-length batch (for encode_text's batching: its batches, outputs put back in order).
+    parity_rows = refs["text_rows"]
+    for spec in list(usable):
         try:
             with torch.inference_mode():
-                out = run_layout(parity_rows, prepare(parity_rows))
-            section["parity"].append({"path": spec["path"], "dtype": common.dtype_name(dtype),
-                                      **common.parity(out, refs["text"], dtype)})
+                batches, unpadded = plan(spec, parity_rows, len(parity_rows))
+                outs = [embed(spec, [parity_rows[i] for i in b], prepare(spec, [parity_rows[i] for i in b]), unpadded) for b in batches]
+                out = torch.empty_like(torch.cat(outs))
+                out[torch.tensor([i for b in batches for i in b], device=out.device)] = torch.cat(outs)
+            section["parity"].append({"path": spec["path"], "dtype": common.dtype_name(dtype), **common.parity(out, refs["text"], dtype)})
         except Exception as err:  # noqa: BLE001
-            section["runs"].append({**info, "status": "error", "error": f"{type(err).__name__}: {str(err)[:300]}"})
-            continue
+            section["runs"].append({**{k: v for k, v in spec.items() if k != "fn"}, "status": "error",
+                                    "error": f"{type(err).__name__}: {str(err)[:300]}"})
+            usable.remove(spec)
+    text_config._attn_implementation = "sdpa"
 
-        for batch in args.text_batch_sizes:
-            groups, rows = text_workload(args, batch, text_config.vocab_size, args.seed + batch)
-            if layout == "sorted":
-                order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-                rows = [rows[i] for i in order]
-                groups = [[len(r) for r in rows[i : i + batch]] for i in range(0, len(rows), batch)]
-            batches = [prepare(rows[i : i + batch]) for i in range(0, len(rows), batch)]
-            real_tokens = sum(len(r) for r in rows)
-            padded_tokens = sum(len(g) * max(g) for g in groups) if layout in ("padded", "sorted") else real_tokens
-            flops_real = text_forward_flops(text_config, [len(r) for r in rows])["total"]
-            flops_exec = (sum(text_forward_flops(text_config, [max(g)] * len(g))["total"] for g in groups)
-                          if padded_tokens != real_tokens else flops_real)
-            run = {**info, "batch_size": batch, "num_batches": len(batches), "sequences": len(rows),
-                   "real_tokens": real_tokens, "computed_tokens": padded_tokens,
-                   "padding_fraction": 1 - real_tokens / padded_tokens, "flops_real": flops_real,
-                   "flops_executed": flops_exec, "compiled": bool(spec.get("compiled"))}
-
-            def work():
-                for prepared in batches:
-                    run_layout(None, prepared)
-
-            run.update(runner.timed(work))
+    for batch in args.text_batch_sizes:
+        _, rows = text_workload(args, batch, text_config.vocab_size, args.seed + batch)
+        real_tokens = sum(len(r) for r in rows)
+        flops_real = text_forward_flops(text_config, [len(r) for r in rows])["total"]
+        fns, infos = {}, {}
+        for spec in usable:
+            batches, unpadded = plan(spec, rows, batch)
+            prepared = [prepare(spec, [rows[i] for i in b]) for b in batches]
+            groups = [[len(rows[i]) for i in b] for b in batches]
+            is_padded = spec["layout"] == "padded" or (spec["layout"] == "plan" and not unpadded)
+            buckets = spec["layout"] in ("model_unpadded", "plan") and "flash" not in spec["attn"]
+            computed, flops_exec = _executed_flops(text_config, groups, is_padded, buckets)
+            infos[spec["path"]] = {**{k: v for k, v in spec.items() if k != "fn"}, "compiled": bool(spec.get("compiled")),
+                                   "batch_size": batch, "num_batches": len(batches), "sequences": len(rows),
+                                   "real_tokens": real_tokens, "computed_tokens": computed,
+                                   "padding_fraction": 1 - real_tokens / computed, "flops_real": flops_real,
+                                   "flops_executed": flops_exec, **({"unpadded": unpadded} if unpadded is not None else {})}
+            fns[spec["path"]] = partial(lambda s, ps, u: [embed(s, None, p, u) for p in ps], spec, prepared, unpadded)
+        timings = runner.interleaved(fns)
+        text_config._attn_implementation = "sdpa"
+        for name, timing in timings.items():
+            run = {**infos[name], **timing}
             if run["status"] == "ok":
                 seconds = run["median_s"]
                 run["tokens_per_s"] = real_tokens / seconds
                 run["sequences_per_s"] = len(rows) / seconds
                 run["tflops_per_s"] = flops_real / seconds / 1e12
                 run["mfu"] = mfu(flops_real, seconds, runner.peak)
+                if "stock_padded" in timings and name != "stock_padded":
+                    run["speedup_vs_baseline"] = common.pair_ratio(timings["stock_padded"], timing)
             section["runs"].append(run)
-            del batches
-            if run["status"] == "oom":
-                break
+        if all(t["status"] == "oom" for t in timings.values()):
+            break
     common.set_attn(model, "sdpa")
 
 
@@ -466,17 +545,21 @@ def compute_targets(result: dict) -> list[dict]:
         best512["mfu"] if best512 else None, unit="MFU", force_unmeasured=not_real,
         note="; ".join(filter(None, [no512, h100, best512 and f"attn={best512['attn']} batch={best512['batch_size']} compiled={best512['compiled']}"])) or None,
     ))
-    ours = _best(image["runs"], "images_per_s", image_size=512, impl="jina_clip")
+    # Like with like: our SDPA path vs timm's default fused (SDPA) attention, neither compiled, round by round at the
+    # batch where ours is fastest (compiled vs compiled and eager vs eager are in image.pairs).
+    ours = _best(image["runs"], "images_per_s", image_size=512, impl="jina_clip", attn="sdpa", compiled=False)
     baseline = image.get("baseline") or {}
-    theirs = _best(baseline.get("runs", []), "images_per_s", image_size=512, attn="timm-fused")
+    pair = next((p for p in image.get("pairs", []) if ours and p["image_size"] == 512 and p["attention"] == "sdpa"
+                 and not p["compiled"] and p["batch_size"] == ours["batch_size"] and p["speedup"]), None)
     equal = [p["ok"] for p in baseline.get("parity", []) if p["image_size"] == 512]
     note = None if equal and all(equal) else "timm outputs do not match" if equal else None
     if baseline.get("skipped"):
         note = baseline["skipped"]
-    note = "; ".join(filter(None, [no512, note])) or None
+    pair_note = pair and f"jina_clip sdpa vs timm fused (SDPA), not compiled, batch {pair['batch_size']}, median of round-by-round ratios"
+    note = "; ".join(filter(None, [no512, note, pair_note])) or None
     targets.append(common.target(
-        "image_speedup_vs_timm_512px", "images/s at 512 px vs timm Eva (eager, default fused attention), same weights",
-        1.5, ours["images_per_s"] / theirs["images_per_s"] if ours and theirs and (not equal or all(equal)) else None,
+        "image_speedup_vs_timm_512px", "images/s at 512 px vs timm Eva on the same attention backend (SDPA), same weights",
+        1.5, pair["speedup"]["median"] if pair and (not equal or all(equal)) else None,
         unit="x", force_unmeasured=not_real, note=note,
     ))
     text = result.get("text") or {"runs": [], "unpadded": {}}
@@ -495,6 +578,10 @@ def compute_targets(result: dict) -> list[dict]:
     return targets
 
 
+def _fmt_ratio(ratio: dict | None) -> str:
+    return "-" if not ratio else f"{ratio['median']:.3g}x ({ratio['min']:.3g}-{ratio['max']:.3g})"
+
+
 def markdown(result: dict) -> str:
     out = ["# Encoding benchmark\n\n", common.md_environment(result), "\n## Targets\n\n", common.md_targets(result["targets"])]
     image = result.get("image")
@@ -509,16 +596,23 @@ def markdown(result: dict) -> str:
             ["px", "batch", "impl", "attention", "compiled", "status", "median s", "images/s", "TFLOP/s", "MFU", "peak mem"], rows)]
         if (image.get("baseline") or {}).get("skipped"):
             out.append(f"\ntimm baseline skipped: {image['baseline']['skipped']}\n")
+        if image.get("pairs"):
+            out += ["\n### Same backend: ours vs timm, round by round\n\n", common.md_table(
+                ["px", "batch", "attention", "compiled", "ours", "timm", "speedup (median, min-max)"],
+                [[p["image_size"], p["batch_size"], p["attention"], common.fmt(p["compiled"]), p["jina_clip"], p["timm"],
+                  _fmt_ratio(p["speedup"])] for p in image["pairs"]])]
     text = result.get("text")
     if text:
         rows = [[r["path"], r.get("backend") or r.get("attn"), r.get("batch_size", "-"), r["status"], common.fmt(r.get("real_tokens")),
                  common.fmt_pct(r.get("padding_fraction")), common.fmt(r.get("median_s"), ".4g"),
                  common.fmt(r.get("tokens_per_s"), ".4g"), common.fmt(r.get("sequences_per_s"), ".4g"),
-                 common.fmt_pct(r.get("mfu")), common.fmt_bytes(r.get("peak_memory_bytes"))] for r in text["runs"]]
+                 _fmt_ratio(r.get("speedup_vs_baseline")), common.fmt_pct(r.get("mfu")), common.fmt_bytes(r.get("peak_memory_bytes"))]
+                for r in text["runs"]]
         d = text["length_distribution"]
         out += [f"\n## Text encoding\n\nLengths: lognormal (median {d['median']}, sigma {d['sigma']}) clipped to "
                 f"{d['clip']}; tokens/s counts real tokens only; MFU on real-token FLOPs.\n\n",
-                common.md_table(["path", "attention", "batch", "status", "real tokens", "padding", "median s", "tokens/s", "seq/s", "MFU", "peak mem"], rows)]
+                common.md_table(["path", "attention", "batch", "status", "real tokens", "padding", "median s", "tokens/s", "seq/s",
+                                 "speedup vs stock", "MFU", "peak mem"], rows)]
         model_api = text["unpadded"]["model"]
         out.append(f"\nModel unpadded API: {model_api.get('api') if model_api['available'] else 'not available - ' + model_api['reason']}. "
                    f"Varlen kernel ({text['unpadded']['varlen_kernel']['attn_implementation']}): "
@@ -530,6 +624,12 @@ def markdown(result: dict) -> str:
             parity_rows.append([section, p["path"], p.get("image_size", "-"), p["dtype"], common.fmt(p["max_abs_diff"], ".3g"),
                                 common.fmt(p["min_cosine"], ".6f"), "ok" if p["ok"] else "**FAIL**"])
     out += ["\n## Parity vs fp32 SDPA\n\n", common.md_table(["tower", "path", "px", "dtype", "max abs diff", "min cosine", "ok"], parity_rows)]
+    e2e = result.get("end_to_end")
+    if e2e is not None:
+        from jina_clip_v2.benchmarks.encode_table import md_sections
+
+        out.append("\n# End to end (encode_text / encode_image beside their forward passes)\n")
+        out.append(f"\nskipped: {e2e['skipped']}\n" if "skipped" in e2e else md_sections(e2e).replace("\n## ", "\n## End to end: "))
     return "".join(out)
 
 
@@ -548,7 +648,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="add torch.compile'd variants (first attention path)")
     p.add_argument("--timm-modes", nargs="+", default=["fused"], choices=["fused", "naive"],
                    help="timm Eva attention: fused = timm's default F.scaled_dot_product_attention, naive = written out")
-    p.add_argument("--no-baselines", action="store_true", help="skip timm and the padded eager text path")
+    p.add_argument("--no-baselines", action="store_true", help="skip timm and the stock transformers text tower")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end encode_text / encode_image rows")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder for the end-to-end rows (default: the fetched real one)")
+    p.add_argument("--e2e-texts", type=int, default=None, help="texts of the end-to-end rows")
+    p.add_argument("--e2e-images", type=int, default=None, help="1024x768 image files of the end-to-end rows")
     p.add_argument("--no-timm", action="store_true", help="skip only the timm baseline (recorded as skipped)")
     p.add_argument("--skip-images", action="store_true")
     p.add_argument("--skip-text", action="store_true")
@@ -575,8 +679,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def end_to_end(model, args, device: torch.device, base_pos, base_size) -> dict:
+    """encode_text / encode_image end to end beside the forward passes they make (``encode_table``'s sections, on this
+    model, at the last image size): needs the real tokenizer on disk (``jina-clip fetch-assets``; not fetched here)."""
+    from jina_clip_v2.benchmarks import encode_table
+
+    try:
+        tokenizer = encode_table.load_tokenizer(args.tokenizer, fetch=False)
+    except Exception as err:  # noqa: BLE001 - no tokenizer: the rows are skipped, and say why
+        return {"skipped": f"no tokenizer: {type(err).__name__}: {str(err)[:200]}"}
+    if len(tokenizer) > model.config.text_config.vocab_size:
+        return {"skipped": f"the tokenizer's {len(tokenizer)} ids do not fit the model's vocabulary ({model.config.text_config.vocab_size})"}
+    size = args.image_sizes[-1]
+    common.use_image_size(model, size, base_pos, base_size)
+    common.set_attn(model, "sdpa")
+    model.processor = encode_table.build_processor(tokenizer, size)
+    out: dict = {"image_size": size}
+    if not args.skip_text:
+        lengths = sample_lengths(args.e2e_texts, median=args.length_median, sigma=args.length_sigma, low=args.min_length,
+                                 high=args.max_length, seed=args.seed)
+        texts = encode_table.make_texts(tokenizer, lengths, args.seed)
+        out["text"] = encode_table.text_section(model, tokenizer, texts, device, args.warmup, args.iters)
+    if not args.skip_images:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            paths = encode_table.make_images(Path(folder), args.e2e_images, seed=args.seed)
+            from jina_clip_v2.modeling.modeling_jina_clip import default_image_workers
+
+            out["image"] = encode_table.image_section(model, paths, device, args.warmup, args.iters,
+                                                      sorted({1, default_image_workers()}))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Parse ``argv``, run, write ``--out`` (JSON) and its ``.md``; returns the result dict."""
+    """Parse ``argv``, run, write ``--out`` (JSON) and its ``.md``; returns the result dict. ``--table`` runs
+    ``encode_table`` (issue 16's defaults-vs-best table) with the remaining arguments instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--table" in argv:
+        from jina_clip_v2.benchmarks import encode_table
+
+        return encode_table.main([a for a in argv if a != "--table"])
     return common.run_benchmark(parse_args(argv), run)
 
 
@@ -588,13 +731,15 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
 
         args.attn = ["sdpa"] + (["flash_attention_2"] if device.type == "cuda" and is_flash_attn_2_available() else [])
     config = common.build_config(args.tiny, args.model)
-    model = common.build_model(config, device, args.model, seed=args.seed).eval().requires_grad_(False)
+    # Random weights are randomised further (no zero bias, no identity norm): parity on fresh init proves little.
+    model = common.build_model(config, device, args.model, seed=args.seed, randomize=not args.model).eval().requires_grad_(False)
     base_size = config.vision_config.image_size
     base_pos = model.vision_model.pos_embed.detach().float().clone()
     settings = {k: v for k, v in vars(args).items()}
     settings["dtype"] = common.dtype_name(dtype)
     result = common.result_header(
         "encode", device, settings, config, model, peak, peak_source,
+        weights=common.weight_summary(model, args.model or "random, randomised (common.randomize_weights)"),
         flops_per_image={str(s): vision_forward_flops(config.vision_config, s) for s in args.image_sizes},
     )
 
@@ -621,6 +766,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         bench_images(model, runner, refs, base_pos, base_size, args.attn, result)
     if not args.skip_text:
         bench_text(model, runner, refs, args.attn, result)
+    if not args.no_e2e:
+        result["end_to_end"] = end_to_end(model, args, device, base_pos, base_size)
     result["targets"] = compute_targets(result)
     return common.publish(result, markdown(result), args.out)
 

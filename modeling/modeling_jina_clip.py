@@ -15,8 +15,12 @@ This file is Hub remote code: flat, relative imports only, nothing of this repos
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 try:
-    from transformers import AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
+    from transformers import AttentionInterface, AttentionMaskInterface, AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
 except ImportError as err:  # transformers < 5.4: name the version to install
     from .configuration_jina_clip import transformers_version_error
 
@@ -415,6 +419,225 @@ def _unpack_pixel_values(pixel_values):
     return pixel_values
 
 
+# Token budget of one encode_text batch (real tokens when unpadded, texts x longest when padded), per device
+# type. CPU: measured with benchmarks/encode.py --table (fp32, one thread, a 1-layer real-width text tower; see
+# benchmarks/README.md); larger budgets only add memory there. CUDA: large enough that the default batch_size
+# (32 texts) binds first for texts up to 1024 tokens; a memory bound (activations of ~32k tokens), not tuned.
+DEFAULT_TEXT_TOKENS_PER_BATCH = {"cpu": 4096, "cuda": 32768}
+
+
+def text_batches(lengths: Sequence[int], batch_size: int, max_tokens: int, unpadded: bool) -> list[list[int]]:
+    """Text indices in batches, longest first (ties in input order): at most `batch_size` texts and `max_tokens`
+    tokens per batch (the real tokens when `unpadded`, texts x longest text when padded). A text longer than
+    the budget gets a batch of its own. Short texts go in large batches, long ones in small: memory stays flat."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens}")
+    batches: list[list[int]] = []
+    tokens = 0
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        current = batches[-1] if batches else None
+        # Descending order: a padded batch's longest text is its first, so it holds len(batch) x that.
+        grown = tokens + lengths[index] if unpadded else (len(current) + 1) * lengths[current[0]] if current else 0
+        if current and len(current) < batch_size and grown <= max_tokens:
+            current.append(index)
+            tokens = grown
+        else:
+            batches.append([index])
+            tokens = lengths[index]
+    return batches
+
+
+def default_image_workers() -> int:
+    """Threads decoding images for encode_image: one per available CPU core, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _image_stream(images) -> tuple[Iterator, bool, int | None]:
+    """(iterator over the images, single image?, count or None). Lists, tuples and arrays go through `_as_list`;
+    any other iterable (a generator, a dataset) is streamed, never materialised."""
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, list, tuple, np.ndarray, torch.Tensor)) or not (
+        isinstance(images, Iterable)
+    ):
+        items, single = _as_list(images, "images")
+        return iter(items), single, len(items)
+    iterator = iter(images)
+    first = next(iterator, _END)
+    if first is _END:
+        raise ValueError("images must not be empty")
+    return itertools.chain([first], iterator), False, len(images) if isinstance(images, Sized) else None
+
+
+_END = object()
+
+
+def _preprocess_image(image_processor, item) -> np.ndarray:
+    # One image through the processor, which decodes it with the package's one decoder (load_image).
+    return image_processor([item], return_tensors="np")["pixel_values"][0]
+
+
+def _stack_pixels(arrays: list[np.ndarray], pin_memory: bool) -> torch.Tensor:
+    # Stacked straight into (pinned, on CUDA) torch memory: one copy, and the host-to-device copy can overlap.
+    out = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.from_numpy(arrays[0][:0]).dtype, pin_memory=pin_memory)
+    np.stack(arrays, out=out.numpy())
+    return out
+
+
+def _image_batches(items: Iterator, image_processor, batch_size: int, num_workers: int, pin_memory: bool):
+    """(indices, {"pixel_values": (n, 3, H, W)}, {}) for consecutive batches of `items`, in order.
+
+    With workers, a thread pool decodes and preprocesses images one by one while the caller embeds the previous
+    batch; at most 2 x batch_size images are submitted ahead, so memory stays bounded for any input length.
+    Without, the processor runs on each batch in the calling thread. Both give the same pixels: the processor
+    treats every image on its own."""
+    start = 0
+    if num_workers == 0:
+        while chunk := list(itertools.islice(items, batch_size)):
+            pixels = image_processor(chunk, return_tensors="pt")["pixel_values"]
+            yield list(range(start, start + len(chunk))), {"pixel_values": pixels.pin_memory() if pin_memory else pixels}, {}
+            start += len(chunk)
+        return
+    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="jina-clip-images")
+    pending: deque = deque()
+    window = 2 * batch_size
+
+    def top_up() -> None:
+        for item in itertools.islice(items, window - len(pending)):
+            pending.append(pool.submit(_preprocess_image, image_processor, item))
+
+    try:
+        top_up()
+        while pending:
+            arrays = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            top_up()  # the workers prepare the next batch while this one is embedded
+            yield list(range(start, start + len(arrays))), {"pixel_values": _stack_pixels(arrays, pin_memory)}, {}
+            start += len(arrays)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None) != (b.index is None):
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
+def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cuda":
+        # From pinned memory the copy is asynchronous: the host prepares the next batch meanwhile.
+        return {k: (v if v.is_pinned() else v.pin_memory()).to(device, non_blocking=True) for k, v in tensors.items()}
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Unpadded text attention without FlashAttention: length buckets instead of a (T, T) block mask
+# ----------------------------------------------------------------------------------------------------
+
+# The name under which `packed_attention_forward` is registered in transformers' attention interface. The text
+# tower looks its attention function up by `config._attn_implementation`; the unpadded path sets this name for
+# the duration of one call.
+PACKED_ATTENTION = "jina_clip_packed"
+# Texts of a packed batch share one attention call while padding them to the longest of their bucket adds at
+# most this fraction of their real tokens (0: only equal lengths share a call). Padding is masked, so it changes
+# no output; it only trades a little attention work for fewer, larger kernel calls.
+BUCKET_PADDING = 0.125
+
+
+def length_buckets(lengths: Sequence[int], padding: float = BUCKET_PADDING) -> list[list[int]]:
+    """Text indices in buckets, longest first, such that padding each bucket to its longest text costs at most
+    `padding` x the bucket's real tokens."""
+    buckets: list[list[int]] = []
+    real = 0
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if buckets and (len(buckets[-1]) + 1) * lengths[buckets[-1][0]] <= (1.0 + padding) * (real + lengths[index]):
+            buckets[-1].append(index)
+            real += lengths[index]
+        else:
+            buckets.append([index])
+            real = lengths[index]
+    return buckets
+
+
+@dataclass
+class PackedTextLayout:
+    """Where the texts of a packed (1, T) row sit, in length buckets (see `length_buckets`).
+
+    Each bucket is (index, key_mask): `index` (n, L) holds the packed positions of the bucket's n texts, padded
+    to its longest text L with position 0, and `key_mask` (n, L) marks the real tokens (None: no padding)."""
+
+    base: str  # "sdpa" or "eager": the attention run on each bucket
+    buckets: list[tuple[torch.Tensor, torch.Tensor | None]]
+
+    @classmethod
+    def build(cls, lengths: torch.Tensor, base: str, padding: float = BUCKET_PADDING) -> "PackedTextLayout":
+        starts = torch.cumsum(lengths, 0) - lengths
+        host_lengths = lengths.tolist()
+        buckets = []
+        for members in length_buckets(host_lengths, padding):
+            rows = torch.tensor(members, device=lengths.device)
+            longest = host_lengths[members[0]]
+            offsets = torch.arange(longest, device=lengths.device)
+            real = offsets[None] < lengths[rows][:, None]
+            index = torch.where(real, starts[rows][:, None] + offsets[None], 0)
+            uniform = all(host_lengths[i] == longest for i in members)
+            buckets.append((index, None if uniform else real))
+        return cls(base=base, buckets=buckets)
+
+
+def packed_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    packed_layout: PackedTextLayout | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of the packed texts (1, H, T, d) -> (1, T, H, d), each text attending to itself only: per
+    length bucket, gather the texts into an (n, H, L, d) batch (keys past a text's end masked), attend, scatter
+    back. Work and memory grow with sum(n * L^2) over the buckets, not with T^2."""
+    if packed_layout is None:
+        raise ValueError(f"the {PACKED_ATTENTION!r} attention needs the packed_layout of get_text_features(unpadded=True)")
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, d)
+    out = q.new_empty(q.shape)
+    for index, key_mask in packed_layout.buckets:
+        qb, kb, vb = (t[index].transpose(1, 2) for t in (q, k, v))  # (n, H, L, d)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if packed_layout.base == "eager":
+            weights = torch.matmul(qb, kb.transpose(-1, -2)) * scaling
+            if mask is not None:
+                weights = weights.masked_fill(~mask, torch.finfo(weights.dtype).min)
+            weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(qb.dtype)
+            weights = F.dropout(weights, p=dropout, training=module.training)
+            attended = torch.matmul(weights, vb)
+        else:
+            attended = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        attended = attended.transpose(1, 2)  # (n, L, H, d)
+        if key_mask is None:
+            out[index.flatten()] = attended.flatten(0, 1)
+        else:
+            out[index[key_mask]] = attended[key_mask]
+    return out[None], None
+
+
+def _no_attention_mask(*args, **kwargs) -> None:
+    # The packed path needs no mask tensor: the layout says which tokens attend to which.
+    return None
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+AttentionMaskInterface.register(PACKED_ATTENTION, _no_attention_mask)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------
@@ -447,27 +670,34 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         self.visual_projection = nn.Identity()
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self._processor = None
+        self._processor_error: str | None = None
+        self._towers_compiled = False
         self.post_init()
 
     # -- resolution -----------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, load_processor: bool = True, **kwargs):
         """As `PreTrainedModel.from_pretrained`; a `config` whose `vision_config.image_size` differs from the
-        checkpoint's loads the weights at their own size, then resamples the position table."""
+        checkpoint's loads the weights at their own size, then resamples the position table.
+
+        The processor (tokenizer + image processor) saved next to the weights is loaded here too, so the first
+        `encode_*` call does not pay for it; a folder without one loads fine and `encode_*` then says how to
+        attach one. `load_processor=False` skips it (e.g. when the caller assigns its own `model.processor`)."""
         if "dtype" not in kwargs and "torch_dtype" not in kwargs:
             # As the release: bf16 where CUDA is available (the towers were trained in bf16, Table 6), fp32 on
             # CPU, where bf16 matmuls are slow and lose digits. An explicit dtype always wins.
             kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        hub_kwargs = {
+            k: kwargs[k]
+            for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            if k in kwargs
+        }
+        model = None
         # Duck-typed, not isinstance: a config built from this package and a model class loaded as remote code
         # (transformers_modules.*) are different classes of the same thing.
         vision_config = getattr(config, "vision_config", None)
         if getattr(vision_config, "image_size", None) is not None and pretrained_model_name_or_path is not None:
-            hub_kwargs = {
-                k: kwargs[k]
-                for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-                if k in kwargs
-            }
             stored = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
             target = config.vision_config.image_size
             if stored.vision_config.image_size != target:
@@ -475,14 +705,31 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 config.vision_config.image_size = stored.vision_config.image_size
                 model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
                 model.set_image_size(target)
-                return model
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if model is None:
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if load_processor and isinstance(model, JinaCLIPModel) and pretrained_model_name_or_path is not None:
+            model._load_processor(pretrained_model_name_or_path, **hub_kwargs)
+        return model
+
+    def _load_processor(self, source, **hub_kwargs) -> None:
+        """Attach the processor saved at `source`; when there is none, remember why for `encode_*`'s error."""
+        try:
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=True, **hub_kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            self._processor_error = (
+                f"cannot load the processor (tokenizer + image processor) of {str(source)!r}: {err}. Save one next "
+                "to the weights with `processor.save_pretrained(folder)` or assign `model.processor`."
+            )
+            return
+        _set_processor_image_size(processor, self.config.vision_config.image_size)
+        self._processor = processor
 
     def compile_towers(self, **compile_kwargs) -> "JinaCLIPModel":
         """`torch.compile` both towers in place (kwargs go to `torch.compile`, e.g. mode="max-autotune").
         Opt-in: compilation costs minutes at real size and pays off on long encoding or training runs."""
         self.text_model.compile(**compile_kwargs)
         self.vision_model.compile(**compile_kwargs)
+        self._towers_compiled = True  # encode_text then pads (a packed layout would recompile per batch)
         return self
 
     def set_image_size(self, image_size: int) -> None:
@@ -518,9 +765,12 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         included), no projection. `pooler_output` holds the raw (un-normalised) embedding.
 
         `unpadded` packs the batch's real tokens into one row (positions restart per text, so RoPE (v2) and
-        ALiBi distances (v1) are each text's own; attention stays inside each text), so no pad token is computed. None (default) picks it when the text tower runs a
-        FlashAttention backend, whose variable-length kernels make it free; eager/sdpa then need a (T, T)
-        block mask, correct but only worth it for very uneven batches.
+        ALiBi distances (v1) are each text's own; attention stays inside each text), so no pad token is
+        computed. None (default) picks it when the text tower runs a FlashAttention backend, whose
+        variable-length kernels make it free. Under eager/SDPA the attention runs per bucket of similar lengths
+        (`packed_attention_forward`: no (T, T) mask; the text tower's attention setting is switched to it for
+        the call, so one model should not run this concurrently with a padded call from another thread).
+        `encode_text` chooses per device (`_text_batch_plan`).
 
         `input_ids` may also be the tokenizer's `BatchEncoding` (or any mapping with `input_ids`), passed
         positionally as release code does; `**tokenizer(...)` works too.
@@ -557,21 +807,29 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         segment = torch.repeat_interleave(torch.arange(len(lengths), device=input_ids.device), lengths)
         starts = torch.cumsum(lengths, 0) - lengths
         position_ids = (torch.arange(packed_ids.shape[1], device=input_ids.device) - starts[segment])[None]
+        text_config = self.text_model.config
         if flash:
             # transformers' FlashAttention integration runs the varlen kernel from these (cu_seqlens).
             cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
             longest = int(lengths.max())
             kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest, max_length_k=longest)
-            mask = None
+            outputs = self.text_model(input_ids=packed_ids, position_ids=position_ids, **kwargs)
+        elif not isinstance(self.text_model, JinaEmbeddingsV3Model):
+            # jina-clip-v1's JinaBERT adds its ALiBi biases to the mask it is given (distances from the
+            # per-text position_ids): a (T, T) block-diagonal mask keeps each text to itself. Quadratic in the
+            # packed length, so encode_text pads for this tower (`_text_batch_plan`); this is the explicit path.
+            same_text = (segment[:, None] == segment[None, :])[None, None]
+            outputs = self.text_model(input_ids=packed_ids, attention_mask=same_text, position_ids=position_ids, **kwargs)
         else:
-            same_text = (segment[:, None] == segment[None, :])[None, None]  # (1, 1, T, T) block diagonal
-            if self.config.text_config._attn_implementation == "sdpa":
-                mask = same_text
-            else:
-                dtype = self.text_model.embeddings.word_embeddings.weight.dtype
-                mask = torch.zeros(same_text.shape, dtype=dtype, device=input_ids.device)
-                mask.masked_fill_(~same_text, torch.finfo(dtype).min)
-        outputs = self.text_model(input_ids=packed_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
+            # eager / sdpa: attention per bucket of similar lengths (packed_attention_forward); a (T, T)
+            # block-diagonal mask over the whole batch would cost T^2 and be slower than padding.
+            previous = text_config._attn_implementation
+            layout = PackedTextLayout.build(lengths, "eager" if previous == "eager" else "sdpa")
+            text_config._attn_implementation = PACKED_ATTENTION
+            try:
+                outputs = self.text_model(input_ids=packed_ids, position_ids=position_ids, packed_layout=layout, **kwargs)
+            finally:
+                text_config._attn_implementation = previous
         hidden = outputs.last_hidden_state[0]
         sums = torch.zeros(len(lengths), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
         pooled = sums.index_add_(0, segment, hidden.float()) / lengths[:, None].float()
@@ -652,28 +910,21 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
 
     @property
     def processor(self):
-        """The tokenizer + image processor saved with the model (loaded lazily with `AutoProcessor`)."""
+        """The tokenizer + image processor: loaded by `from_pretrained` from the model's folder, or assigned."""
         if self._processor is None:
-            source = self.name_or_path
-            if not source:
-                raise ValueError(
-                    "this model has no processor: load it with from_pretrained from a folder that holds one, "
-                    "or assign one: `model.processor = CLIPProcessor(image_processor=JinaCLIPImageProcessor(...), "
-                    "tokenizer=PreTrainedTokenizerFast(tokenizer_file='tokenizer.json', ...))`"
-                )
-            try:
-                self._processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-            except (OSError, ValueError) as err:
-                raise ValueError(
-                    f"cannot load the processor (tokenizer + image processor) of {source!r}: {err}. Save one next "
-                    "to the weights with `processor.save_pretrained(folder)` or assign `model.processor`."
-                ) from err
-            _set_processor_image_size(self._processor, self.config.vision_config.image_size)
+            if self._processor_error is not None:
+                raise ValueError(self._processor_error)
+            raise ValueError(
+                "this model has no processor: load it with from_pretrained from a folder that holds one, "
+                "or assign one: `model.processor = CLIPProcessor(image_processor=JinaCLIPImageProcessor(...), "
+                "tokenizer=PreTrainedTokenizerFast(tokenizer_file='tokenizer.json', ...))`"
+            )
         return self._processor
 
     @processor.setter
     def processor(self, value) -> None:
         self._processor = value
+        self._processor_error = None
 
     def get_tokenizer(self):
         """The tokenizer saved with the model (the release's `get_tokenizer()`): `self.processor.tokenizer`."""
@@ -747,13 +998,21 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     ):
         """Embed texts. Returns a (n, dim) float32 array by default (a vector for a single string).
 
+        The texts are tokenized once, sorted by token count (longest first) and grouped into batches of at most
+        `batch_size` texts and `max_tokens_per_batch` tokens; where the backend makes it pay (FlashAttention,
+        or eager/SDPA on CPU) the batches are unpadded, so no pad token is computed (`_text_batch_plan`). The
+        outputs come back in the input order and equal those of encoding each text alone (to float rounding).
+
         Args:
             task: "retrieval.query" prepends the release's query instruction; None adds nothing. (jina-clip-v1
                 has no instructions: any task is an error there.)
             truncate_dim: keep the first k dims (one of `config.matryoshka_dimensions`), then L2-normalise.
             max_length: tokens per text (default `config.max_text_length`, 512 as in the release).
-            max_tokens_per_batch: token budget per batch (texts x longest text) instead of a fixed number of
-                texts; `batch_size` still caps the count. Useful for corpora of very uneven lengths.
+            max_tokens_per_batch: token budget per batch: real tokens when unpadded, texts x longest text when
+                padded (default: `DEFAULT_TEXT_TOKENS_PER_BATCH` for the device). A text longer than the budget
+                gets a batch of its own.
+            tokenizer_kwargs: passed to the tokenizer (e.g. truncation=False). Padding options (padding,
+                pad_to_multiple_of) only shape padded batches: they change no embedding.
         """
         texts, single = _as_list(sentences, "texts")
         for index, text in enumerate(texts):
@@ -774,47 +1033,75 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                     hint = " (a jina-embeddings-v3 task: jina-clip-v2 has only the query instruction; embed documents with task=None)"
                 raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.config.task_instructions)}{hint}")
             texts = [self.config.task_instructions[task] + text for text in texts]
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         tokenizer = self.processor.tokenizer
-        # The release's defaults, each overridable (padding="max_length", truncation=False, ...).
-        settings = {"padding": True, "truncation": True, **tokenizer_kwargs}
+        # The release's defaults, each overridable (truncation=False, max_length=..., ...).
+        settings = {"truncation": True, **tokenizer_kwargs}
         settings["max_length"] = max_length or self.config.max_text_length
-        settings["return_tensors"] = "pt"
-        if max_tokens_per_batch is None:
-            # Longest first (by characters, as the release: no second tokenisation pass): batches of similar
-            # length waste little padding; the caller's order is restored at the end.
-            order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-            batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        else:
-            batches = self._token_budget_batches(texts, tokenizer, settings, batch_size, max_tokens_per_batch)
+        padding = settings.pop("padding", True)
+        pad_to_multiple_of = settings.pop("pad_to_multiple_of", None)
+        settings.pop("return_tensors", None)
+        # The one tokenization: the batching's lengths and every batch's ids come from it.
+        ids = tokenizer(texts, padding=False, return_attention_mask=False, **settings)["input_ids"]
+        lengths = [len(row) for row in ids]
+        batches, unpadded = self._text_batch_plan(lengths, batch_size, max_tokens_per_batch, device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.config.text_config.pad_token_id
+        flat = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long)
+        length_table = torch.tensor(lengths, dtype=torch.long)
+        starts = torch.cumsum(length_table, 0) - length_table
+
+        def prepare(indices: list[int]):
+            rows = torch.tensor(indices, dtype=torch.long)
+            row_lengths = length_table[rows]
+            # A text with no token at all (add_special_tokens=False on "") cannot be packed: padded, it pools to 0.
+            packed = unpadded and min(lengths[i] for i in indices) > 0
+            width = max(lengths[i] for i in indices)
+            if not packed:
+                if padding == "max_length":
+                    width = max(width, settings["max_length"])
+                if pad_to_multiple_of:
+                    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+            offsets = torch.arange(width)
+            real = offsets[None] < row_lengths[:, None]
+            input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+            input_ids[real] = flat[(starts[rows][:, None] + offsets[None])[real]]  # right padding, as the release
+            return indices, {"input_ids": input_ids, "attention_mask": real.long()}, {"unpadded": packed}
+
         return self._encode_batches(
-            batches,
-            lambda idx: tokenizer([texts[i] for i in idx], **settings),
-            lambda batch: self.get_text_features(batch["input_ids"], attention_mask=batch["attention_mask"]),
-            single, show_progress_bar, device, truncate_dim, normalize_embeddings,
+            map(prepare, batches),
+            lambda batch, unpadded: self.get_text_features(
+                batch["input_ids"], attention_mask=batch["attention_mask"], unpadded=unpadded
+            ),
+            len(batches), single, show_progress_bar, device, truncate_dim, normalize_embeddings,
             convert_to_numpy, convert_to_tensor, "Encoding texts",
         )
 
-    @staticmethod
-    def _token_budget_batches(texts, tokenizer, settings, batch_size, max_tokens_per_batch) -> list[list[int]]:
-        """Group texts, longest first, so that each padded batch holds at most `max_tokens_per_batch` tokens
-        (texts x longest): short texts go in large batches, long ones in small, and memory stays flat."""
-        if max_tokens_per_batch < 1:
-            raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
-        lengths = [
-            len(ids)
-            for ids in tokenizer(texts, truncation=settings["truncation"], max_length=settings["max_length"])["input_ids"]
-        ]
-        batches: list[list[int]] = []
-        for index in sorted(range(len(texts)), key=lambda i: -lengths[i]):
-            current = batches[-1] if batches else None
-            # The batch's longest text is its first (descending order), so padding is len(batch) x that.
-            if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= max_tokens_per_batch:
-                current.append(index)
-            else:
-                batches.append([index])
-        return batches
+    def _text_batch_plan(
+        self,
+        lengths: Sequence[int],
+        batch_size: int = 32,
+        max_tokens_per_batch: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> tuple[list[list[int]], bool]:
+        """How `encode_text` batches texts of these token counts: (batches of indices, unpadded).
+
+        Unpadded (packed) batches where they are the fastest exact path: under FlashAttention (varlen kernels)
+        and, for eager/SDPA, on CPU (length-bucket attention, `packed_attention_forward`; measured faster than
+        padded batches, see benchmarks/README.md). On CUDA without FlashAttention, padded length-sorted batches
+        (one fused SDPA kernel per layer; the packed path is not yet measured there). A text tower other than
+        `JinaEmbeddingsV3Model`, or one compiled by `compile_towers` (every packed layout would be a new graph),
+        is never packed."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        device = torch.device(device) if device is not None else self.device
+        attn = self.config.text_config._attn_implementation or ""
+        unpadded = (
+            isinstance(self.text_model, JinaEmbeddingsV3Model)
+            and not self._towers_compiled
+            and ("flash" in attn or (device.type == "cpu" and attn in ("eager", "sdpa")))
+        )
+        if max_tokens_per_batch is None:
+            max_tokens_per_batch = DEFAULT_TEXT_TOKENS_PER_BATCH.get(device.type, DEFAULT_TEXT_TOKENS_PER_BATCH["cuda"])
+        return text_batches(lengths, batch_size, max_tokens_per_batch, unpadded), unpadded
 
     @torch.inference_mode()
     def encode_image(
@@ -827,44 +1114,66 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         device: str | torch.device | None = None,
         normalize_embeddings: bool = True,
         truncate_dim: int | None = None,
+        num_workers: int | None = None,
     ):
-        """Embed images given as PIL images, paths, http(s) URLs, data:image URIs, bytes or numpy arrays,
-        decoded as the release decodes them (`processing_jina_clip.load_image`, with the options saved in the
-        image processor). Returns a (n, dim) float32 array by default (a vector for a single image)."""
-        items, single = _as_list(images, "images")
+        """Embed images given as PIL images, paths, http(s) URLs, data:image URIs, bytes or numpy arrays (one,
+        a list, or any iterable, e.g. a generator of paths), decoded as the release decodes them
+        (`processing_jina_clip.load_image`, with the options saved in the image processor). Returns a (n, dim)
+        float32 array by default (a vector for a single image).
+
+        Args:
+            num_workers: threads that decode and preprocess images while the model embeds the previous batch
+                (default `min(8, CPU cores)`; 0: everything in the calling thread). At most 2 x `batch_size`
+                images are read ahead of the model, so an iterator of any length streams in bounded memory.
+                The pixels are the same bit for bit whatever the number of workers.
+        """
         truncate_dim = self._check_truncate_dim(truncate_dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers is None:
+            num_workers = default_image_workers()
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        items, single, count = _image_stream(images)
         image_processor = self.processor.image_processor
+        target = torch.device(device) if device is not None else self.device
+        batches = _image_batches(
+            items, image_processor, batch_size, 0 if count == 1 else num_workers, pin_memory=target.type == "cuda"
+        )
         return self._encode_batches(
-            [list(range(start, min(start + batch_size, len(items)))) for start in range(0, len(items), batch_size)],
-            # The processor decodes every input (paths, URLs, bytes, arrays, PIL) with the package's one decoder.
-            lambda idx: image_processor([items[i] for i in idx], return_tensors="pt"),
+            batches,
             lambda batch: self.get_image_features(batch["pixel_values"]),
-            single, show_progress_bar, device, truncate_dim, normalize_embeddings,
-            convert_to_numpy, convert_to_tensor, "Encoding images",
+            None if count is None else -(-count // batch_size), single, show_progress_bar, device, truncate_dim,
+            normalize_embeddings, convert_to_numpy, convert_to_tensor, "Encoding images",
         )
 
     def _encode_batches(
-        self, batches, prepare, embed, single, show_progress_bar, device, truncate_dim,
+        self, batches, embed, total, single, show_progress_bar, device, truncate_dim,
         normalize_embeddings, convert_to_numpy, convert_to_tensor, description,
     ):
+        """Run `embed` over `batches` ((indices, CPU tensors, embed kwargs) triples), then restore the input order,
+        truncate and normalise. The model is switched to eval mode (and back) only when it is training: sweeping
+        every module costs milliseconds per call at real size."""
         from tqdm.auto import tqdm
 
-        if device is not None:
+        if device is not None and not _same_device(torch.device(device), self.device):
             self.to(device)
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
+        chunks, order = [], []
         try:
-            chunks = []
-            for indices in tqdm(batches, desc=description, disable=not show_progress_bar):
-                batch = prepare(indices).to(self.device)
-                chunks.append(embed(batch).pooler_output)
+            for indices, batch, options in tqdm(batches, total=total, desc=description, disable=not show_progress_bar):
+                chunks.append(embed(_to_device(batch, self.device), **options).pooler_output)
+                order.extend(indices)
         finally:
-            self.train(was_training)
-        order = [index for indices in batches for index in indices]
+            if was_training:
+                self.train()
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stops the image workers if the forward pass raised
         return self._finish(
             chunks, order, single, truncate_dim, normalize_embeddings, convert_to_numpy, convert_to_tensor
         )

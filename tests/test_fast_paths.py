@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from _tiny import build_processor, build_tokenizer, tiny_model
+from jina_clip_v2.modeling.modeling_jina_clip import text_batches
 
 TEXTS = [
     "Ein Hund.",
@@ -57,13 +58,13 @@ def test_token_budget_batching_changes_nothing(model):
     budgeted = model.encode_text(TEXTS, batch_size=4, max_tokens_per_batch=40)
     np.testing.assert_allclose(budgeted, reference, atol=1e-5, rtol=0)
     lengths = [len(ids) for ids in model.processor.tokenizer(TEXTS)["input_ids"]]
-    tokenizer = model.processor.tokenizer
-    settings = {"truncation": True, "max_length": 512}
-    batches = model._token_budget_batches(TEXTS, tokenizer, settings, 4, 40)
-    assert sorted(i for b in batches for i in b) == list(range(len(TEXTS)))
-    for batch in batches:
-        assert len(batch) <= 4
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 40
+    for unpadded in (False, True):
+        batches = text_batches(lengths, 4, 40, unpadded)
+        assert sorted(i for b in batches for i in b) == list(range(len(TEXTS)))
+        for batch in batches:
+            assert len(batch) <= 4
+            tokens = sum(lengths[i] for i in batch) if unpadded else len(batch) * max(lengths[i] for i in batch)
+            assert len(batch) == 1 or tokens <= 40
     with pytest.raises(ValueError, match="max_tokens_per_batch"):
         model.encode_text(TEXTS, max_tokens_per_batch=0)
 

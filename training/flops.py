@@ -107,16 +107,24 @@ def vision_train_tokens(vision_config, image_size: int | None = None) -> int:
     return (max(1, int(patches * (1.0 - p))) if p > 0 else patches) + 1
 
 
-def text_forward_flops(text_config, lengths: int | Iterable[int]) -> dict[str, int]:
+def text_forward_flops(
+    text_config, lengths: int | Iterable[int], attention_lengths: Iterable[int] | None = None
+) -> dict[str, int]:
     """FLOPs of the text tower over sequences of the given lengths (one int = one sequence), by component
     (keys: qkvo, attention, mlp, total, tokens). Pass the real lengths for model FLOPs, or the padded length
-    repeated for what a padded batch executes."""
+    repeated for what a padded batch executes.
+
+    ``attention_lengths``: the query-key blocks the attention really computes when they differ from the token
+    counts (one entry per block of a x a): for a packed batch, its length buckets' padded lengths (one per text,
+    ``JinaCLIPModel``'s length-bucket attention), or ``[T]`` for a (T, T) block-diagonal mask over the whole packed
+    row. The projections and MLP still run on ``sum(lengths)`` tokens."""
     lengths = [int(lengths)] if isinstance(lengths, int) else [int(s) for s in lengths]
     d, i, layers = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
     # v2's MLP is fc1 + fc2; jina-clip-v1's JinaBERT has a gated unit: gate, up and down projections.
     mlp_matrices = 3 if getattr(text_config, "model_type", "") == "jina_bert" else 2
     tokens = sum(lengths)
-    squares = sum(s * s for s in lengths)
+    spans = lengths if attention_lengths is None else [int(a) for a in attention_lengths]
+    squares = sum(s * s for s in spans)
     parts = {
         "qkvo": 2 * layers * tokens * 4 * d * d,
         "attention": 2 * layers * 2 * squares * d,
