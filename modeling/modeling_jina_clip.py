@@ -419,6 +419,55 @@ def _unpack_pixel_values(pixel_values):
     return pixel_values
 
 
+def _positive_int(value, name: str) -> int:
+    """`value` as a count >= 1, or a clear error (bools and floats are mistakes, not counts)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _check_texts(texts: list) -> None:
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings; item {index} is {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # lone surrogates: no tokenizer can read them
+            raise ValueError(
+                f"text {index} is not valid Unicode ({err.reason} at position {err.start}: {text[err.start]!r})"
+            ) from None
+
+
+def _eager() -> bool:
+    """False while torch.compile / torch.export / the ONNX exporter trace: value checks (`int(t.max())`) would
+    be data-dependent guards there, and traced graphs only see example inputs."""
+    compiler = torch.compiler
+    exporting = getattr(compiler, "is_exporting", lambda: False)()
+    return not (compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def _check_text_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int) -> None:
+    """Shapes, dtypes and values a tokenizer gives: ids in [0, vocab_size), a mask of the same shape, and at
+    least one token per text (an all-zero mask row would pool to a zero vector)."""
+    if input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise ValueError(f"input_ids must have shape (batch, sequence) with at least one token; got {tuple(input_ids.shape)}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+        raise TypeError(f"input_ids must hold integer token ids; got dtype {input_ids.dtype}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+    if not _eager():
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary (0 .. {vocab_size - 1})")
+    empty = (attention_mask.sum(1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"text(s) {empty[:10]} have no token (an all-zero attention_mask row): nothing to embed")
+
+
 # Token budget of one encode_text batch (real tokens when unpadded, texts x longest when padded), per device
 # type. CPU: measured with benchmarks/encode.py --table (fp32, one thread, a 1-layer real-width text tower; see
 # benchmarks/README.md); larger budgets only add memory there. CUDA: large enough that the default batch_size
@@ -677,13 +726,20 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     # -- resolution -----------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, load_processor: bool = True, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, config=None, load_processor: bool = True, strict: bool = True, **kwargs
+    ):
         """As `PreTrainedModel.from_pretrained`; a `config` whose `vision_config.image_size` differs from the
         checkpoint's loads the weights at their own size, then resamples the position table.
 
         The processor (tokenizer + image processor) saved next to the weights is loaded here too, so the first
         `encode_*` call does not pay for it; a folder without one loads fine and `encode_*` then says how to
-        attach one. `load_processor=False` skips it (e.g. when the caller assigns its own `model.processor`)."""
+        attach one. `load_processor=False` skips it (e.g. when the caller assigns its own `model.processor`).
+
+        `strict` (default): a tensor missing from or extra in the weights, a tensor of another shape, a
+        non-finite weight, an unreadable weights file, or a processor folder without its tokenizer.json is an
+        error naming it (transformers would re-initialise missing tensors at random with a log line).
+        `strict=False` allows deliberate partial loads."""
         if "dtype" not in kwargs and "torch_dtype" not in kwargs:
             # As the release: bf16 where CUDA is available (the towers were trained in bf16, Table 6), fp32 on
             # CPU, where bf16 matmuls are slow and lose digits. An explicit dtype always wins.
@@ -693,7 +749,8 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
             if k in kwargs
         }
-        model = None
+        wants_info = kwargs.pop("output_loading_info", False)
+        model = info = None
         # Duck-typed, not isinstance: a config built from this package and a model class loaded as remote code
         # (transformers_modules.*) are different classes of the same thing.
         vision_config = getattr(config, "vision_config", None)
@@ -703,16 +760,61 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             if stored.vision_config.image_size != target:
                 config = cls.config_class.from_dict(config.to_dict())  # a copy, of the model's own class
                 config.vision_config.image_size = stored.vision_config.image_size
-                model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+                model, info = cls._load_checked(pretrained_model_name_or_path, model_args, config, kwargs, strict)
                 model.set_image_size(target)
         if model is None:
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-        if load_processor and isinstance(model, JinaCLIPModel) and pretrained_model_name_or_path is not None:
-            model._load_processor(pretrained_model_name_or_path, **hub_kwargs)
-        return model
+            model, info = cls._load_checked(pretrained_model_name_or_path, model_args, config, kwargs, strict)
+        if load_processor and pretrained_model_name_or_path is not None:
+            model._load_processor(pretrained_model_name_or_path, strict=strict, **hub_kwargs)
+        return (model, info) if wants_info else model
 
-    def _load_processor(self, source, **hub_kwargs) -> None:
-        """Attach the processor saved at `source`; when there is none, remember why for `encode_*`'s error."""
+    @classmethod
+    def _load_checked(cls, source, model_args, config, kwargs, strict: bool):
+        """`PreTrainedModel.from_pretrained` -> (model, loading report), the report turned into errors when
+        `strict`."""
+        try:
+            model, info = super().from_pretrained(source, *model_args, config=config, output_loading_info=True, **kwargs)
+        except Exception as err:  # noqa: BLE001 - a corrupt weights file: name it
+            if type(err).__name__ != "SafetensorError" and "deserializ" not in str(err):
+                raise
+            raise ValueError(
+                f"cannot read the weights of {source}: {err} (a truncated or corrupt .safetensors file; download or "
+                "export it again)"
+            ) from err
+        if strict:
+            problems = []
+            for label, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys"))):
+                if keys:
+                    keys = sorted(keys)
+                    problems.append(f"{len(keys)} {label} tensor(s): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
+            if info.get("mismatched_keys"):
+                problems.append(f"tensors of another shape: {[str(m) for m in info['mismatched_keys']][:8]}")
+            if problems:
+                raise ValueError(
+                    f"the weights in {source} do not match the model: {'; '.join(problems)} (strict=False loads "
+                    "anyway, initialising missing tensors at random)"
+                )
+            # A NaN weight makes every embedding NaN: refuse it here, naming the tensor.
+            bad = [
+                name for name, tensor in model.state_dict().items()
+                if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())
+            ]  # fmt: skip
+            if bad:
+                raise ValueError(f"the weights in {source} hold NaN or infinite values in {', '.join(bad[:8])}")
+        return model, info
+
+    def _load_processor(self, source, strict: bool = True, **hub_kwargs) -> None:
+        """Attach the processor saved at `source`; when there is none, remember why for `encode_*`'s error. A
+        local folder that holds a processor without its tokenizer.json is an error when `strict`: transformers
+        would build a tokenizer of a few special tokens, under which every text embeds the same."""
+        folder = os.fspath(source)
+        if strict and os.path.isdir(folder):
+            configs = [name for name in ("processor_config.json", "tokenizer_config.json") if os.path.isfile(os.path.join(folder, name))]
+            if configs and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+                raise ValueError(
+                    f"{folder} holds {', '.join(configs)} but no tokenizer.json: the tokenizer cannot be loaded "
+                    "(export or convert the folder again; strict=False loads the model without it)"
+                )
         try:
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=True, **hub_kwargs)
         except (OSError, ValueError, KeyError) as err:
@@ -779,6 +881,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         if attention_mask is None:
             # The release derives the mask from the ids (pad id 1), so callers may pass input_ids alone.
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
+        _check_text_inputs(input_ids, attention_mask, self.config.text_config.vocab_size)
         kwargs.pop("token_type_ids", None)  # one token type (type_vocab_size=1): the tower adds row 0 itself
         flash = "flash" in (self.config.text_config._attn_implementation or "")
         if unpadded if unpadded is not None else flash:
@@ -843,6 +946,10 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         `pixel_values` may also be the image processor's `BatchFeature` (or any mapping with
         `pixel_values`), passed positionally as release code does; `**image_processor(...)` works too."""
         pixel_values = _unpack_pixel_values(pixel_values)
+        if pixel_values.ndim == 4 and pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values holds no image (batch of 0)")
+        if _eager() and pixel_values.is_floating_point() and not bool(torch.isfinite(pixel_values).all()):
+            raise ValueError("pixel_values holds NaN or infinite values")
         outputs = self.vision_model(pixel_values, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
@@ -1015,11 +1122,14 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 pad_to_multiple_of) only shape padded batches: they change no embedding.
         """
         texts, single = _as_list(sentences, "texts")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings; item {index} is {type(text).__name__}")
+        _check_texts(texts)
         truncate_dim = self._check_truncate_dim(truncate_dim)
         _refuse_release_only_arguments(tokenizer_kwargs)
+        batch_size = _positive_int(batch_size, "batch_size")
+        if max_length is not None:
+            max_length = _positive_int(max_length, "max_length")
+        if max_tokens_per_batch is not None:
+            max_tokens_per_batch = _positive_int(max_tokens_per_batch, "max_tokens_per_batch")
         if task is not None:
             if not self.config.task_instructions:
                 raise ValueError(
@@ -1036,13 +1146,16 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         tokenizer = self.processor.tokenizer
         # The release's defaults, each overridable (truncation=False, max_length=..., ...).
         settings = {"truncation": True, **tokenizer_kwargs}
-        settings["max_length"] = max_length or self.config.max_text_length
+        settings["max_length"] = max_length if max_length is not None else self.config.max_text_length
         padding = settings.pop("padding", True)
         pad_to_multiple_of = settings.pop("pad_to_multiple_of", None)
         settings.pop("return_tensors", None)
         # The one tokenization: the batching's lengths and every batch's ids come from it.
         ids = tokenizer(texts, padding=False, return_attention_mask=False, **settings)["input_ids"]
         lengths = [len(row) for row in ids]
+        empty = [index for index, length in enumerate(lengths) if length == 0]
+        if empty:  # e.g. "" with add_special_tokens=False: it would pool to a zero vector
+            raise ValueError(f"text(s) {empty[:10]} give no token at all (with these tokenizer settings): nothing to embed")
         batches, unpadded = self._text_batch_plan(lengths, batch_size, max_tokens_per_batch, device)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.config.text_config.pad_token_id
         flat = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long)
@@ -1052,8 +1165,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         def prepare(indices: list[int]):
             rows = torch.tensor(indices, dtype=torch.long)
             row_lengths = length_table[rows]
-            # A text with no token at all (add_special_tokens=False on "") cannot be packed: padded, it pools to 0.
-            packed = unpadded and min(lengths[i] for i in indices) > 0
+            packed = unpadded
             width = max(lengths[i] for i in indices)
             if not packed:
                 if padding == "max_length":
@@ -1128,8 +1240,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 The pixels are the same bit for bit whatever the number of workers.
         """
         truncate_dim = self._check_truncate_dim(truncate_dim)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = _positive_int(batch_size, "batch_size")
         if num_workers is None:
             num_workers = default_image_workers()
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:

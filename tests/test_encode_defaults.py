@@ -155,10 +155,15 @@ def test_padding_options_change_nothing(model, tokenizer):
     np.testing.assert_allclose(model.encode_text(texts, pad_to_multiple_of=64), reference, atol=1e-6, rtol=0)
 
 
-def test_empty_text_without_special_tokens_is_padded_not_packed(model):
-    # add_special_tokens=False on "" gives no token at all: it cannot be packed, and pools to zeros as before.
-    out = model.encode_text(["", "a frog"], add_special_tokens=False, normalize_embeddings=False)
-    assert np.all(out[0] == 0) and np.abs(out[1]).sum() > 0
+def test_empty_text_without_special_tokens_is_refused(model):
+    # add_special_tokens=False on "" gives no token at all: a zero vector would be a silent wrong result
+    # (issue 13), so it is an error naming the text; the same texts with the special tokens embed.
+    import pytest
+
+    with pytest.raises(ValueError, match=r"text\(s\) \[0\] give no token"):
+        model.encode_text(["", "a frog"], add_special_tokens=False)
+    out = model.encode_text(["", "a frog"], normalize_embeddings=False)
+    assert np.abs(out[0]).sum() > 0 and np.abs(out[1]).sum() > 0
 
 
 def test_no_eval_sweep_unless_training(model):
