@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot
+from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot, read_weights_file
 from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 
 from ._util import configure_logging, hub_logger
@@ -95,11 +95,9 @@ def release_tokenizer(folder: Path, version: str = "v2"):
 
 def _check_saved_weights(folder: Path, model, dtype: torch.dtype | None) -> None:
     """The tensors in the exported safetensors files equal the converted model's, bit for bit."""
-    from safetensors.torch import load_file
-
     saved: dict[str, torch.Tensor] = {}
     for path in sorted(folder.glob("*.safetensors")):
-        saved.update(load_file(str(path)))
+        saved.update(read_weights_file(path))
     expected = model.state_dict()
     if saved.keys() != expected.keys():
         missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())

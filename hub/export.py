@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
+from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, read_weights_file
 from jina_clip_v2.modeling.processing_jina_clip import (
     JinaCLIPImageProcessor,
     exact_tokenizer,
@@ -97,19 +98,10 @@ def _strict_load(config: JinaCLIPConfig, state_dict: dict[str, torch.Tensor] | N
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path))
-    elif path.suffix in (".bin", ".pt", ".pth"):
-        # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state_dict, Mapping) and isinstance(state_dict.get("model"), Mapping):
-            state_dict = state_dict["model"]
-    else:
-        raise ExportError(f"unknown weights file type {path.suffix!r} ({path}); expected .safetensors or .bin")
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ExportError(f"{path} is not a state dict of named tensors")
+    try:
+        state_dict = read_weights_file(path)  # safetensors, or torch.load(weights_only=True): never a full unpickle
+    except ReleaseCheckpointError as err:
+        raise ExportError(str(err)) from err
     cleaned = {}
     for key, value in state_dict.items():
         for prefix in _WRAPPER_PREFIXES:

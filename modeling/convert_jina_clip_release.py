@@ -543,6 +543,11 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
         raise ReleaseCheckpointError(
             f"{path} holds more than tensors; it is not loaded with a full unpickler (weights_only=True): {err}"
         ) from err
+    except (RuntimeError, EOFError) as err:  # torch's zip reader on a cut or overwritten file
+        raise ReleaseCheckpointError(f"cannot read {path}: {err} (a truncated or corrupt file)") from err
+    # A training checkpoint's layout: the state dict under "model".
+    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+        data = data["model"]
     if not isinstance(data, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
     ):
@@ -550,25 +555,46 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(data)
 
 
+def _load_safetensors_file(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError)
+        if type(err).__name__ != "SafetensorError" and "deserializ" not in str(err):
+            raise
+        raise ReleaseCheckpointError(f"cannot read {path}: {err} (a truncated or corrupt .safetensors file)") from err
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The named tensors of one `.safetensors` file, or of a `.bin` / `.pt` / `.pth` file read with
+    `torch.load(weights_only=True)`; a clear error for a corrupt file, a pickle holding more than tensors or
+    another suffix."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return _load_safetensors_file(path)
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return _load_torch_file(path)
+    raise ReleaseCheckpointError(f"unknown weights file type {path.suffix!r} ({path}); expected .safetensors or .bin")
+
+
 def load_release_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The release tensors of a snapshot folder: `model.safetensors`, a sharded
     `model.safetensors.index.json`, `pytorch_model.bin` or `pytorch_model.bin.index.json` (first found)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     candidates = (
-        ("model.safetensors", lambda p: [p], load_file),
-        ("model.safetensors.index.json", lambda p: _shard_paths(folder, p), load_file),
-        ("pytorch_model.bin", lambda p: [p], _load_torch_file),
-        ("pytorch_model.bin.index.json", lambda p: _shard_paths(folder, p), _load_torch_file),
+        ("model.safetensors", lambda p: [p]),
+        ("model.safetensors.index.json", lambda p: _shard_paths(folder, p)),
+        ("pytorch_model.bin", lambda p: [p]),
+        ("pytorch_model.bin.index.json", lambda p: _shard_paths(folder, p)),
     )
-    for name, files, loader in candidates:
+    for name, files in candidates:
         path = folder / name
         if not path.is_file():
             continue
         state_dict: dict[str, torch.Tensor] = {}
         for file in files(path):
-            part = loader(str(file) if loader is load_file else file)
+            part = read_weights_file(file)
             duplicated = sorted(state_dict.keys() & part.keys())
             if duplicated:
                 raise ReleaseCheckpointError(f"{file} repeats tensors of another shard: {duplicated[:_LIST_LIMIT]}")
@@ -578,7 +604,7 @@ def load_release_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"no such folder: {folder}")
     present = sorted(p.name for p in folder.iterdir())
     raise FileNotFoundError(
-        f"no weights in {folder}: expected one of {', '.join(name for name, _, _ in candidates)}; "
+        f"no weights in {folder}: expected one of {', '.join(name for name, _ in candidates)}; "
         f"the folder holds {present or 'nothing'}"
     )
 
@@ -645,5 +671,6 @@ __all__ = [
     "expected_release_shapes",
     "load_release_snapshot",
     "load_release_weights",
+    "read_weights_file",
     "release_lora_settings",
 ]

@@ -387,6 +387,20 @@ def _refuse_release_only_arguments(tokenizer_kwargs: dict) -> None:
         )
 
 
+def _refuse_unknown_tokenizer_arguments(tokenizer, tokenizer_kwargs: dict) -> None:
+    """encode_text passes its extra keywords to the tokenizer, which only warns about names it does not know: a
+    typo (`normalise_embeddings=False`) would be ignored silently. Names the tokenizer's __call__ declares pass."""
+    import inspect
+
+    known = inspect.signature(type(tokenizer).__call__).parameters
+    unknown = sorted(name for name in tokenizer_kwargs if name not in known)
+    if unknown:
+        raise TypeError(
+            f"encode_text got unexpected keyword argument(s) {unknown}: neither an encode_text argument nor a "
+            f"setting of the tokenizer ({type(tokenizer).__name__}.__call__)"
+        )
+
+
 def _unpack_text_inputs(input_ids, attention_mask):
     """`get_text_features` inputs as tensors: the release's callers pass the tokenizer's `BatchEncoding`
     positionally (`model.get_text_features(tokenizer(texts))`); its mask is used unless one is given."""
@@ -772,6 +786,10 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     def _load_checked(cls, source, model_args, config, kwargs, strict: bool):
         """`PreTrainedModel.from_pretrained` -> (model, loading report), the report turned into errors when
         `strict`."""
+        if strict and "ignore_mismatched_sizes" not in kwargs:
+            # Let transformers list tensors of another shape in its report (not raise with a pointer to its log),
+            # so the error below names them.
+            kwargs = {**kwargs, "ignore_mismatched_sizes": True}
         try:
             model, info = super().from_pretrained(source, *model_args, config=config, output_loading_info=True, **kwargs)
         except Exception as err:  # noqa: BLE001 - a corrupt weights file: name it
@@ -948,7 +966,9 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         pixel_values = _unpack_pixel_values(pixel_values)
         if pixel_values.ndim == 4 and pixel_values.shape[0] == 0:
             raise ValueError("pixel_values holds no image (batch of 0)")
-        if _eager() and pixel_values.is_floating_point() and not bool(torch.isfinite(pixel_values).all()):
+        if not pixel_values.is_floating_point():  # raw 0..255 pixels, not the processor's normalized floats
+            raise TypeError(f"pixel_values must be floating point (the image processor's output); got {pixel_values.dtype}")
+        if _eager() and not bool(torch.isfinite(pixel_values).all()):
             raise ValueError("pixel_values holds NaN or infinite values")
         outputs = self.vision_model(pixel_values, **kwargs)
         return BaseModelOutputWithPooling(
@@ -1144,6 +1164,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
                 raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.config.task_instructions)}{hint}")
             texts = [self.config.task_instructions[task] + text for text in texts]
         tokenizer = self.processor.tokenizer
+        _refuse_unknown_tokenizer_arguments(tokenizer, tokenizer_kwargs)
         # The release's defaults, each overridable (truncation=False, max_length=..., ...).
         settings = {"truncation": True, **tokenizer_kwargs}
         settings["max_length"] = max_length if max_length is not None else self.config.max_text_length

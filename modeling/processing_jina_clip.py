@@ -128,6 +128,8 @@ def open_image(image: Any, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S, fe
         elif source[:5].lower() == "data:":
             img = _decode(_data_uri_bytes(source), "data URI")
         else:
+            if os.path.isdir(source):
+                raise IsADirectoryError(f"image path is a folder, not a file: {source!r}")
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"image file not found: {source!r}")
             with open(source, "rb") as handle:
@@ -164,7 +166,12 @@ def _decode(data: bytes, origin: str):
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # decode now (first frame), so a truncated file fails here and not in the processor
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError as err:
+        head = data[:8]
+        raise ImageLoadError(
+            f"cannot decode image from {origin}: not a format PIL recognizes ({len(data)} bytes starting {head!r})"
+        ) from err
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageLoadError(f"cannot decode image from {origin}: {err}") from err
     return img
 

@@ -49,7 +49,7 @@ def test_unpadded_is_not_a_no_op(model):
 
 def test_unpadded_rejects_empty_rows(model):
     ids = torch.tensor([[0, 5, 2], [1, 1, 1]])
-    with pytest.raises(ValueError, match="non-pad token"):
+    with pytest.raises(ValueError, match=r"text\(s\) \[1\] have no token"):
         model.get_text_features(ids, (ids != 1).long(), unpadded=True)
 
 
