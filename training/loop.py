@@ -64,7 +64,7 @@ class Stage:
         # optimizer and the wrappers see the parameters, so the checkpoint's shapes fit.
         self.resume_path = self._find_resume(resume)
         if self.resume_path is not None:
-            state = json.loads((self.resume_path / ckpt.TRAINER_STATE).read_text(encoding="utf-8"))
+            state = ckpt.read_trainer_state(self.resume_path)
             if state.get("image_size"):
                 self.model.set_image_size(int(state["image_size"]))
         self.step = TrainStep(cfg, self.model, acc)
@@ -129,7 +129,7 @@ class Stage:
         acc.init_trackers(f"stage{cfg.stage}", config=tracker_config(cfg) if acc.is_main_process else None)
         # Resuming restores the RNG states: nothing may draw random numbers between it and the loop.
         if self.resume_path is not None:
-            trainer_state, data_state = ckpt.load_checkpoint(acc, self.resume_path)
+            trainer_state, data_state = ckpt.load_checkpoint(acc, self.resume_path, self.step)
             start_step = int(trainer_state["step"])
             self.samples_seen = dict(trainer_state.get("samples_seen", self.samples_seen))
             for name, stream in self.streams.items():
@@ -239,6 +239,7 @@ class Stage:
             self.accelerator,
             self.checkpoint_root,
             step,
+            parts=self.step,
             data_state={name: stream.state_dict() for name, stream in self.streams.items()},
             trainer_state={
                 "stage": self.cfg.stage,
