@@ -152,3 +152,213 @@ def test_a_payload_in_a_weights_file_for_export_or_conversion_never_runs(assets,
     with pytest.raises(ReleaseCheckpointError, match="weights_only"):
         load_release_weights(evil)  # `jina-clip convert` of a release snapshot with a .bin
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: unusable sources, bad rows, empty sources
+# --------------------------------------------------------------------------------------------------
+
+
+class _Messages(list):
+    """The log messages of ``jina_clip_v2`` while in the block (without pytest's caplog, which the suite's
+    ``-p no:logging`` switches off)."""
+
+    def __enter__(self):
+        import logging
+
+        self.handler = logging.Handler(logging.INFO)
+        self.handler.emit = lambda record: self.append(record.getMessage())
+        self.logger = logging.getLogger("jina_clip_v2")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+    def text(self) -> str:
+        return "\n".join(self)
+
+
+def _processor():
+    from _tiny import build_processor, build_tokenizer
+
+    return build_processor(build_tokenizer(), image_size=28)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return _processor()
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _stream(sources, kind="text_pairs", processor=None, **options):
+    from jina_clip_v2.training.data import SourceConfig, TaskDataConfig, build_task_stream
+
+    extra = {k: options.pop(k) for k in ("max_consecutive_skips", "on_bad_row", "num_negatives") if k in options}
+    cfg = TaskDataConfig(kind=kind, sources=[s if isinstance(s, SourceConfig) else SourceConfig(str(s)) for s in sources],
+                         batch_size=4, image_size=28, shuffle_buffer=0, name="data.test", **extra)
+    return build_task_stream(cfg, processor or _processor(), keep_raw=True, **options)
+
+
+@pytest.mark.parametrize("case", ["undecodable_images", "empty_texts", "triplets_without_negatives", "mixed_reasons"])
+def test_a_source_without_usable_examples_stops_in_seconds(tmp_path, processor, case):
+    """Data that is all unusable is read epoch after epoch without a batch; at the default
+    data.max_consecutive_skips (1000) the stream stops with an error naming the source and the reasons."""
+    import time
+
+    from jina_clip_v2.training.data import DataError
+
+    if case == "undecodable_images":
+        kind, rows = "image_text_short", [{"image": f"missing_{i}.png", "caption": f"c{i}"} for i in range(30)]
+        expected = r"1000 undecodable image"
+    elif case == "empty_texts":
+        kind, rows = "text_pairs", [{"query": "", "document": f"d{i}"} for i in range(30)]
+        expected = r"1000 empty text"
+    elif case == "triplets_without_negatives":
+        kind, rows = "text_triplets", [{"query": f"q{i}", "positive": f"p{i}", "negatives": []} for i in range(30)]
+        expected = r"1000 too few negatives"
+    else:
+        kind = "image_text_short"
+        rows = [{"image": "missing.png", "caption": "c"} if i % 5 else {"image": "missing.png", "caption": ""}
+                for i in range(30)]
+        expected = r"800 undecodable image, 200 empty text"
+    stream = _stream([_jsonl(tmp_path / "bad.jsonl", rows)], kind, processor)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=rf"data\.test\.sources\.0 \(.*bad\.jsonl\): 1000 consecutive unusable examples \({expected}\)"):
+        next(stream)
+    assert time.perf_counter() - start < 60
+
+
+def test_a_bad_source_among_good_ones_is_named(tmp_path, processor):
+    """The count is per source: the good source's examples do not hide the one that yields nothing."""
+    from jina_clip_v2.training.data import DataError, SourceConfig
+
+    good = _jsonl(tmp_path / "good.jsonl", [{"query": f"q{i}", "document": f"d{i}"} for i in range(40)])
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"query": f"q{i}", "document": None} for i in range(40)])
+    stream = _stream([SourceConfig(str(good)), SourceConfig(str(bad))], processor=processor, max_consecutive_skips=50)
+    with pytest.raises(DataError, match=r"data\.test\.sources\.1 \(.*bad\.jsonl\): 50 consecutive unusable examples \(50 empty text\)"):
+        for _ in range(200):
+            next(stream)
+
+
+def test_bad_jsonl_rows_are_skipped_with_file_and_line(tmp_path, processor):
+    from jina_clip_v2.training.data import DataError
+
+    rows = [
+        {"query": "q0", "document": "d0"},
+        "{not json",                                        # line 2: invalid JSON
+        {"query": 5, "document": "d2"},                     # line 3: wrong type
+        {"query": "q3"},                                    # line 4: a field the first row had is missing
+        "[1, 2]",                                           # line 5: no JSON object
+        {"query": "q5", "document": "d5"},
+        {"query": "q6", "document": "d6"},
+        {"query": "q7", "document": "d7"},
+    ]
+    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    stream = _stream([path], processor=processor)
+    with _Messages() as log:
+        batch = next(stream)
+    assert [r["query"] for r in batch["raw"]] == ["q0", "q5", "q6", "q7"]
+    assert stream.skipped == {"bad_row": 4}
+    messages = log.text()
+    for line, problem in ((2, "invalid JSON"), (3, "'query' has type int, not a string"),
+                          (4, "field 'document' is missing (earlier rows have it)"), (5, "a JSON list, not an object")):
+        assert f"{path} line {line}: {problem}" in messages, (line, messages)
+    with pytest.raises(DataError, match=rf"bad row: {path} line 2: invalid JSON .*data.on_bad_row=error"):
+        next(_stream([path], processor=processor, on_bad_row="error"))
+    # A column the file's first row lacks is a mapping problem: an error naming the file, not a skip.
+    other = _jsonl(tmp_path / "other.jsonl", [{"q": "a", "d": "b"}] * 3)
+    with pytest.raises(KeyError, match=rf"{other}: column 'query' not found .*SourceConfig.columns"):
+        next(_stream([other], processor=processor))
+
+
+def test_bad_parquet_rows_and_unreadable_files_are_skipped(tmp_path, processor):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jina_clip_v2.training.data import DataError
+
+    negatives = json.dumps([f"n{j}" for j in range(7)])
+    table = pa.table({
+        "query": [f"q{i}" for i in range(6)],
+        "positive": [f"p{i}" for i in range(6)],
+        "negatives": [negatives, negatives, "not a list", negatives, "42", negatives],  # JSON strings
+    })
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "a.parquet")
+    good = (tmp_path / "data" / "a.parquet").read_bytes()
+    (tmp_path / "data" / "b.parquet").write_bytes(good[: len(good) // 2])  # truncated: unreadable
+    stream = _stream([str(tmp_path / "data" / "*.parquet")], "text_triplets", processor)
+    with _Messages() as log:
+        batch = next(stream)
+        assert [r["query"] for r in batch["raw"]] == ["q0", "q1", "q3", "q5"]
+        next(stream)
+    messages = log.text()
+    assert f"{tmp_path / 'data' / 'a.parquet'} row 2: 'negatives' is a string that is no JSON list" in messages
+    assert f"{tmp_path / 'data' / 'a.parquet'} row 4: 'negatives' has type int, not a list" in messages
+    assert f"{tmp_path / 'data' / 'b.parquet'}: cannot read it (ArrowInvalid" in messages
+    assert stream.skipped == {"bad_row": 5}  # the second batch: b.parquet (one bad row), a.parquet's next epoch
+    with pytest.raises(DataError, match="row 2"):
+        next(_stream([tmp_path / "data" / "a.parquet"], "text_triplets", processor, on_bad_row="error"))
+
+
+def test_empty_sources_are_named(tmp_path, processor):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jina_clip_v2.training.data import DataError, SourceConfig
+
+    empty_jsonl = tmp_path / "empty.jsonl"
+    empty_jsonl.write_text("\n\n")
+    pq.write_table(pa.table({"query": pa.array([], pa.string()), "document": pa.array([], pa.string())}),
+                   tmp_path / "empty.parquet")
+    good = _jsonl(tmp_path / "good.jsonl", [{"query": "q", "document": "d"}] * 4)
+    for sources, index in (([empty_jsonl], 0), ([tmp_path / "empty.parquet"], 0), ([good, empty_jsonl], 1)):
+        with pytest.raises(DataError, match=rf"data\.test\.sources\.{index} \({sources[index]}\): no rows"):
+            _stream([SourceConfig(str(s)) for s in sources], processor=processor)
+
+
+def test_what_datasets_cannot_read_is_a_data_error(tmp_path, processor):
+    """A folder goes through datasets' own builders, which fail a whole file on one bad line: the run
+    stops with a DataError naming the source, not a bare pyarrow error."""
+    from jina_clip_v2.training.data import DataError
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", [{"query": f"q{i}", "document": "d"} for i in range(5)] + ["{broken"])
+    with pytest.raises(DataError, match=rf"data\.test: reading example 0 of epoch 0 failed \(sources: {folder}\): ArrowInvalid"):
+        stream = _stream([folder], processor=processor)
+        for _ in range(3):
+            next(stream)
+
+
+def test_a_stage_on_undecodable_images_stops_with_the_source_named(assets, tmp_path):  # noqa: F811
+    import time
+
+    from jina_clip_v2.training.data import DataError
+
+    bad = _jsonl(tmp_path / "images.jsonl", [{"image": f"gone_{i}.jpg", "caption": f"c{i}"} for i in range(50)])
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"data\.image_text\.sources\.0 \(.*images\.jsonl\): 1000 consecutive "
+                                        r"unusable examples \(1000 undecodable image\)"):
+        stage_main(["--config", str(TINY), *tiny_overrides(assets, tmp_path / "run", "train.steps=2",
+                                                            f"data.image_text.sources=[{{path: {bad}}}]")])
+    assert time.perf_counter() - start < 60

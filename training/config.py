@@ -109,6 +109,12 @@ class DataSection:
     """Where ``demo://`` sources are written (default ``<output_dir>/demo_data``); reused if present."""
     demo_langs: list[str] | None = None
     """Languages of the ``demo://`` sources (None: ``training.demo_data.DEMO_LANGS``, 12 languages)."""
+    max_consecutive_skips: int = checked(1000, check=at_least(1))
+    """Unusable examples in a row (undecodable image, empty text, too few negatives, bad row) from one
+    source that stop the run with an error naming the source and the reasons."""
+    on_bad_row: str = checked("skip", check=one_of("skip", "error"))
+    """A row that cannot be read (invalid JSON, a field of the wrong type or missing): skip it with a
+    warning naming the file and row, or stop with that error."""
 
 
 @dataclass

@@ -105,6 +105,9 @@ class Stage:
                     num_negatives=task.num_negatives,
                     shuffle_buffer=task.shuffle_buffer,
                     seed=task.seed,
+                    max_consecutive_skips=cfg.data.max_consecutive_skips,
+                    on_bad_row=cfg.data.on_bad_row,
+                    name=f"data.{name}",
                 )
                 self.streams[name] = build_task_stream(
                     data_cfg, self.processor, rank=acc.process_index, world_size=acc.num_processes, train=True,
