@@ -362,3 +362,89 @@ def test_a_stage_on_undecodable_images_stops_with_the_source_named(assets, tmp_p
         stage_main(["--config", str(TINY), *tiny_overrides(assets, tmp_path / "run", "train.steps=2",
                                                             f"data.image_text.sources=[{{path: {bad}}}]")])
     assert time.perf_counter() - start < 60
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite losses
+# --------------------------------------------------------------------------------------------------
+
+
+def _poisoned_stage(assets, out, at_call: int, *extra):  # noqa: F811
+    """A Stage whose ``at_call``-th loss (1-based) has a NaN image-text part (and so a NaN total), as a
+    diverging run would compute it."""
+    from jina_clip_v2.training.config import load_config
+    from jina_clip_v2.training.loop import Stage
+    from jina_clip_v2.training.losses import LossOutput
+
+    stage = Stage(load_config(TINY, tiny_overrides(assets, out, *extra)))
+    original, calls = stage.step.loss, []
+
+    def poisoned(emb, num_negatives=0, **kwargs):
+        output = original(emb, num_negatives, **kwargs)
+        calls.append(1)
+        if len(calls) == at_call:
+            nan = torch.tensor(float("nan"))
+            parts = dict(output.parts)
+            parts["image_text"] = LossOutput(parts["image_text"].loss * nan, parts["image_text"].per_dim)
+            output = LossOutput(output.loss * nan, output.per_dim, parts)
+        return output
+
+    stage.step.loss = poisoned
+    return stage
+
+
+@pytest.mark.parametrize("log_every", [1, 5])
+def test_a_nonfinite_loss_stops_the_run_and_saves_nothing_after_it(assets, tmp_path, log_every):  # noqa: F811
+    """Step 3's loss is NaN. Logged every step, the run stops right there; logged every 5 steps, it stops
+    at the checkpoint of step 4, before writing it. Either way the checkpoint of step 2 stays the newest,
+    intact, and nothing with NaN reached metrics.jsonl."""
+    from jina_clip_v2.training.launch import reset_accelerate_state
+    from jina_clip_v2.training.loop import NonFiniteLossError
+
+    out = tmp_path / "run"
+    stage = _poisoned_stage(assets, out, 3, "train.steps=6", "train.checkpoint_every=2", f"train.log_every={log_every}")
+    try:
+        with pytest.raises(NonFiniteLossError, match=r"step 3: the loss is not finite \(loss=nan, loss/image_text=nan, "
+                                                     r"loss/text=[0-9.]+\).*Last good checkpoint: step_0000002"):
+            stage.run()
+    finally:
+        reset_accelerate_state()
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [2]
+    assert ckpt.verify_checkpoint(out / "checkpoints" / "step_0000002") == []
+    assert not list((out / "checkpoints").glob("*.tmp"))
+    metrics = read_metrics(out) if (out / "metrics.jsonl").exists() else {}
+    assert all(record["loss"] == record["loss"] for record in metrics.values())  # no NaN logged
+    assert max(metrics, default=0) <= 2
+
+
+def test_a_nonfinite_loss_can_skip_its_update(assets, tmp_path):  # noqa: F811
+    from jina_clip_v2.training.launch import reset_accelerate_state
+
+    out = tmp_path / "run"
+    stage = _poisoned_stage(assets, out, 3, "train.steps=5", "train.checkpoint_every=5", "train.log_every=1",
+                            "train.on_nonfinite_loss=skip")
+    try:
+        stage.run()
+        assert stage.skipped_steps == [3]
+        assert all(torch.isfinite(p).all() for p in stage.model.parameters())
+        adam_steps = {float(s["step"]) for s in stage.step.optimizer.state_dict()["state"].values()}
+        assert adam_steps == {4.0}  # 5 steps, one update skipped
+    finally:
+        reset_accelerate_state()
+    metrics = read_metrics(out)
+    assert sorted(metrics) == [1, 2, 4, 5] and metrics[5]["skipped_updates"] == 1
+    state = json.loads((out / "checkpoints" / "step_0000005" / ckpt.TRAINER_STATE).read_text())
+    assert state["skipped_steps"] == [3]
+
+
+def test_no_checkpoint_of_nonfinite_weights_is_written(tmp_path):
+    from test_training import _FakeAccelerator, _Parts
+
+    root, acc, parts = tmp_path / "checkpoints", _FakeAccelerator(), _Parts()
+    ckpt.save_checkpoint(acc, root, 1, parts=parts, data_state={}, trainer_state={})
+    with torch.no_grad():
+        parts.model.weight[0, 0] = float("inf")
+    with pytest.raises(ckpt.CheckpointError, match="step 2: .*NaN / inf: no checkpoint written"):
+        ckpt.save_checkpoint(acc, root, 2, parts=parts, data_state={}, trainer_state={})
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [1] and not list(root.glob("*.tmp"))
+    assert ckpt.verify_checkpoint(root / "step_0000001") == []

@@ -210,6 +210,11 @@ class TrainSection:
     export: bool = True
     export_dtype: str | None = None
     overwrite_output_dir: bool = False
+    on_nonfinite_loss: str = checked("stop", check=one_of("stop", "skip"))
+    """A step whose loss (or a part of it) is NaN / inf: ``stop`` the run with an error naming the step
+    and the loss parts (checked at every log and before every checkpoint, so no checkpoint holds what
+    followed; the last good one stays the newest), or ``skip`` that step's update (a check and a device
+    sync every step; 100 skipped steps in a row stop the run)."""
     dump_batches: int = checked(0, check=non_negative)
     """Debug: save the first N steps' batches of every process under ``output_dir/debug``."""
     project_name: str = "jina-clip-v2"

@@ -34,9 +34,15 @@ from jina_clip_v2.training.metrics import MetricsWindow, append_record, progress
 from jina_clip_v2.training.resolution import set_image_size
 from jina_clip_v2.training.step import TrainStep
 
-__all__ = ["Stage"]
+__all__ = ["MAX_SKIPPED_IN_A_ROW", "NonFiniteLossError", "Stage"]
 
 logger = get_logger(__name__)
+
+MAX_SKIPPED_IN_A_ROW = 100  # train.on_nonfinite_loss=skip: then the weights themselves are broken
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step's loss is NaN / inf (``train.on_nonfinite_loss``)."""
 
 
 class Stage:
@@ -68,8 +74,13 @@ class Stage:
             if state.get("image_size"):
                 self.model.set_image_size(int(state["image_size"]))
         self.step = TrainStep(cfg, self.model, acc)
+        if cfg.train.on_nonfinite_loss == "skip":
+            self.step.update_filter = self._finite_update
         self.streams: dict = {}
         self.samples_seen = {"text": 0, "image_text": 0}
+        self.skipped_steps: list[int] = []  # steps whose update train.on_nonfinite_loss=skip dropped
+        self.current_step = 0  # the step being computed (1-based, as logged)
+        self.last_checkpoint: Path | None = self.resume_path
         peak, _ = detect_peak_tflops(acc.device, compute_dtype(acc), cfg.train.peak_tflops)
         self.peak_tflops = peak
 
@@ -135,6 +146,7 @@ class Stage:
             trainer_state, data_state = ckpt.load_checkpoint(acc, self.resume_path, self.step)
             start_step = int(trainer_state["step"])
             self.samples_seen = dict(trainer_state.get("samples_seen", self.samples_seen))
+            self.skipped_steps = list(trainer_state.get("skipped_steps", []))
             for name, stream in self.streams.items():
                 if name in data_state:
                     stream.load_state_dict(data_state[name])
@@ -188,6 +200,7 @@ class Stage:
         )
         history: list[dict] = []
         window, window_start = MetricsWindow(), time.perf_counter()
+        pending: list[tuple[int, dict]] = []  # (step, loss terms) not yet checked to be finite
         for step in range(start_step, total):
             if switch is not None and step == switch.at_step:
                 self.set_image_size(switch.image_size)
@@ -195,12 +208,18 @@ class Stage:
             image = ImageTextBatch.from_stream(next(self.streams["image_text"]))
             if step < cfg.train.dump_batches:
                 self._dump_batches(step, text, image)
+            self.current_step = done = step + 1
             output = self.step(text, image)
-            window.add(output, self.step_flops(text, image))
+            if not self.skipped_steps or self.skipped_steps[-1] != done:
+                window.add(output, self.step_flops(text, image))
+                pending.append((done, output.terms()))
             self.samples_seen["text"] += text.rows * acc.num_processes
             self.samples_seen["image_text"] += image.rows * acc.num_processes
-            done = step + 1
-            if done % cfg.train.log_every == 0 or done == total:
+            log_now, save_now = done % cfg.train.log_every == 0 or done == total, done % cfg.train.checkpoint_every == 0
+            if log_now or save_now:
+                self._check_finite(pending)  # before anything is logged or saved
+                pending = []
+            if log_now and window.steps:
                 record = self._log(done, window, time.perf_counter() - window_start)
                 history.append(record)
                 if acc.is_main_process:
@@ -208,10 +227,64 @@ class Stage:
                     bar.set_postfix(progress_postfix(record), refresh=False)
                 window, window_start = MetricsWindow(), time.perf_counter()
             bar.update(1)
-            if done % cfg.train.checkpoint_every == 0:
-                self.save_checkpoint(done)
+            if save_now:
+                self.last_checkpoint = self.save_checkpoint(done)
         bar.close()
         return history
+
+    # -- non-finite losses ---------------------------------------------------------------------------------
+
+    def _check_finite(self, pending: list[tuple[int, dict]]) -> None:
+        """Stop at the first of ``pending``'s steps whose loss is not finite on any process (a collective:
+        every process checks the same steps; one device sync for all of them)."""
+        if not pending:
+            return
+        keys = sorted(pending[0][1])
+        values = torch.stack([torch.stack([terms[k].detach().float() for k in keys]) for _, terms in pending])
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            values = acc.reduce(values.to(acc.device), reduction="mean")
+        finite = torch.isfinite(values).all(dim=1).cpu()
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0])
+        raise NonFiniteLossError(self._nonfinite_message(pending[first][0], dict(zip(keys, values[first].tolist()))))
+
+    @staticmethod
+    def _loss_parts(values: dict[str, float]) -> str:
+        return ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+
+    def _nonfinite_message(self, step: int, values: dict[str, float]) -> str:
+        parts = self._loss_parts(values)
+        kept = self.last_checkpoint.name if self.last_checkpoint is not None else "none yet"
+        return (
+            f"step {step}: the loss is not finite ({parts}); the run stops before logging or saving it "
+            f"(train.on_nonfinite_loss={self.cfg.train.on_nonfinite_loss}; 'skip' skips such steps' updates). "
+            f"Last good checkpoint: {kept}"
+        )
+
+    def _finite_update(self, output) -> bool:
+        """``TrainStep.update_filter`` for train.on_nonfinite_loss=skip: False (skip the update) when the
+        loss is not finite on any process. A collective and a device sync every step."""
+        terms = output.terms()
+        values = torch.stack([terms[k].detach().float() for k in sorted(terms)])
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            values = acc.reduce(values.to(acc.device), reduction="mean")
+        if bool(torch.isfinite(values).all()):
+            return True
+        step = self.current_step
+        in_a_row = 1
+        while in_a_row <= len(self.skipped_steps) and self.skipped_steps[-in_a_row] == step - in_a_row:
+            in_a_row += 1
+        self.skipped_steps.append(step)
+        values = dict(zip(sorted(terms), values.tolist()))
+        if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise NonFiniteLossError(f"{in_a_row} steps in a row had a non-finite loss; the last: "
+                                     + self._nonfinite_message(step, values))
+        logger.warning("step %d: the loss is not finite (%s): its update is skipped (train.on_nonfinite_loss=skip)",
+                       step, self._loss_parts(values))
+        return False
 
     def step_flops(self, text: TextBatch, image: ImageTextBatch) -> dict[str, float]:
         """``training.flops.step_flops`` of this process's step (what the benchmark counts as well)."""
@@ -232,6 +305,8 @@ class Stage:
         record["max_length/text"] = self.streams["text"].max_length
         if self.step.last_grad_norm is not None:
             record["grad_norm"] = float(self.step.last_grad_norm)
+        if self.skipped_steps:
+            record["skipped_updates"] = len(self.skipped_steps)
         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
         return record
 
@@ -248,6 +323,7 @@ class Stage:
                 "stage": self.cfg.stage,
                 "step": step,
                 "samples_seen": dict(self.samples_seen),
+                "skipped_steps": list(self.skipped_steps),
                 "image_size": self.model.config.vision_config.image_size,
                 "config": config_to_dict(self.cfg),
             },
