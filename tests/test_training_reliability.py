@@ -448,3 +448,65 @@ def test_no_checkpoint_of_nonfinite_weights_is_written(tmp_path):
         ckpt.save_checkpoint(acc, root, 2, parts=parts, data_state={}, trainer_state={})
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [1] and not list(root.glob("*.tmp"))
     assert ckpt.verify_checkpoint(root / "step_0000001") == []
+
+
+# --------------------------------------------------------------------------------------------------
+# --resume auto: the newest intact checkpoint
+# --------------------------------------------------------------------------------------------------
+
+
+def test_resume_auto_takes_the_newest_intact_checkpoint(assets, trained, tmp_path):  # noqa: F811
+    """step_0000004 lost its data state: named explicitly it is refused, --resume auto skips it (logged,
+    moved aside as step_0000004.damaged) and resumes from step_0000002 with the losses of the
+    uninterrupted run."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    (out / "checkpoints" / "step_0000004" / ckpt.data_state_file(0)).unlink()
+    args = ["--config", str(TINY), *tiny_overrides(assets, out, "train.steps=4", "train.checkpoint_every=2")]
+    with pytest.raises(ckpt.CheckpointError, match=r"cannot resume from .*step_0000004: data_state_rank0\.json is missing"):
+        stage_main([*args, "--resume", str(out / "checkpoints" / "step_0000004")])
+    with _Messages() as log:
+        stage_main([*args, "--resume", "auto"])
+    assert "--resume auto: skipping step_0000004: data_state_rank0.json is missing" in log.text()
+    assert "--resume auto: resuming from step_0000002 (newer ones are damaged: step_0000004)" in log.text()
+    assert (out / "checkpoints" / "step_0000004.damaged").is_dir()
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [2, 4]
+    reference, resumed = read_metrics(trained), read_metrics(out)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert resumed[step]["loss"] == reference[step]["loss"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_json", "no_file_list", "zeroed_header"])
+def test_damaged_checkpoints_are_found(trained, tmp_path, damage):
+    path = tmp_path / "step"
+    shutil.copytree(trained / "checkpoints" / "step_0000004", path)
+    if damage == "truncated":
+        data = (path / ckpt.MODEL).read_bytes()
+        (path / ckpt.MODEL).write_bytes(data[: len(data) // 2])
+        expected = r"model\.safetensors is \d+ bytes, \d+ were written"
+    elif damage == "bad_json":
+        text = (path / ckpt.SCHEDULER).read_text()
+        (path / ckpt.SCHEDULER).write_text(text[:-1] + "x")  # same size, no JSON
+        expected = r"scheduler\.json does not parse"
+    elif damage == "no_file_list":
+        state = json.loads((path / ckpt.TRAINER_STATE).read_text())
+        del state["files"]
+        (path / ckpt.TRAINER_STATE).write_text(json.dumps(state))
+        expected = "lacks its file list"
+    else:
+        data = bytearray((path / ckpt.OPTIMIZER).read_bytes())
+        data[:8] = b"\xff" * 8  # a header length past the end of the file
+        (path / ckpt.OPTIMIZER).write_bytes(bytes(data))
+        expected = r"optimizer\.safetensors does not parse"
+    (problem,) = ckpt.verify_checkpoint(path)
+    assert __import__("re").search(expected, problem), problem
+
+
+def test_resume_auto_without_any_intact_checkpoint_is_an_error(assets, trained, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    for _, path in ckpt.list_checkpoints(out / "checkpoints"):
+        (path / ckpt.TEMPERATURES).unlink()
+    with pytest.raises(ckpt.CheckpointError, match=r"no intact checkpoint .*step_0000004: temperatures\.safetensors is missing"):
+        stage_main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, "train.steps=4")])

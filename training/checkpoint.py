@@ -64,6 +64,7 @@ __all__ = [
     "required_files",
     "rng_state_file",
     "save_checkpoint",
+    "set_aside",
     "verify_checkpoint",
 ]
 
@@ -210,6 +211,19 @@ def find_resumable(root: str | os.PathLike) -> tuple[Path | None, list[tuple[Pat
             return path, skipped
         skipped.append((path, problems))
     return None, skipped
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a damaged checkpoint to ``<name>.damaged`` (``.damaged.2``, ...): kept for inspection, but no
+    longer a checkpoint (``list_checkpoints`` skips it, so ``keep_last`` pruning never keeps it instead
+    of an intact one)."""
+    path = Path(path)
+    target, n = path.with_name(path.name + ".damaged"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged.{n}")
+    os.replace(path, target)
+    return target
 
 
 def clean_incomplete(root: str | os.PathLike) -> list[Path]:

@@ -68,6 +68,7 @@ class Stage:
         self.start_image_size = self.model.config.vision_config.image_size
         # A resumed run past the resolution switch continues at the new size: set it before the
         # optimizer and the wrappers see the parameters, so the checkpoint's shapes fit.
+        self.damaged: list[tuple[Path, list[str]]] = []  # checkpoints --resume auto skipped
         self.resume_path = self._find_resume(resume)
         if self.resume_path is not None:
             state = ckpt.read_trainer_state(self.resume_path)
@@ -85,16 +86,31 @@ class Stage:
         self.peak_tflops = peak
 
     def _find_resume(self, resume: str | None) -> Path | None:
+        """The checkpoint to resume from: ``auto`` takes the newest intact one under ``checkpoints/``
+        (damaged newer ones are logged and set aside at the start of ``run``); a named folder must be
+        intact (``CheckpointError`` naming every problem)."""
         if resume in (None, "", "none", "no"):
             return None
         if resume == "auto":
-            path = ckpt.latest_checkpoint(self.checkpoint_root)
+            path, self.damaged = ckpt.find_resumable(self.checkpoint_root)
+            for bad, problems in self.damaged:
+                logger.warning("--resume auto: skipping %s: %s", bad.name, "; ".join(problems))
+            if path is None and self.damaged:
+                raise ckpt.CheckpointError(
+                    f"--resume auto: no intact checkpoint in {self.checkpoint_root} ("
+                    + "; ".join(f"{bad.name}: {problems[0]}" for bad, problems in self.damaged)
+                    + "); resume from another folder, or start over with train.overwrite_output_dir=true"
+                )
             if path is None:
                 logger.info("--resume auto: no checkpoint in %s, starting from scratch", self.checkpoint_root)
+            else:
+                newer = f" (newer ones are damaged: {', '.join(bad.name for bad, _ in self.damaged)})" if self.damaged else ""
+                logger.info("--resume auto: resuming from %s%s", path.name, newer)
             return path
         path = Path(resume)
-        if not (path / ckpt.TRAINER_STATE).is_file():
-            raise FileNotFoundError(f"--resume {path}: not a complete checkpoint (no {ckpt.TRAINER_STATE})")
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint folder")
+        ckpt.read_trainer_state(path)  # verifies: a damaged or incomplete folder is refused here
         return path
 
     # -- data ------------------------------------------------------------------------------------------
@@ -183,6 +199,9 @@ class Stage:
                 shutil.rmtree(self.checkpoint_root)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             ckpt.clean_incomplete(self.checkpoint_root)
+            for bad, _ in self.damaged:  # out of the listing, so that pruning never keeps them over good ones
+                aside = ckpt.set_aside(bad)
+                logger.warning("moved the damaged checkpoint %s to %s", bad.name, aside.name)
             if self.resume_path is None:
                 (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
             with atomic_write(self.output_dir / "config.yaml") as handle:
