@@ -442,7 +442,7 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
     common = [f"train.steps={steps}", "train.checkpoint_every=4", "train.keep_last=2"]
     # Reference: an uninterrupted run.
     reference = tmp_path / "reference"
-    stage_main(["--config", str(TINY), *tiny_overrides(assets, reference, *common)])
+    reference_summary = stage_main(["--config", str(TINY), *tiny_overrides(assets, reference, *common)])
     expected = read_metrics(reference)
 
     # The same run in a subprocess, killed with SIGKILL once a checkpoint is complete, preferably while
@@ -485,6 +485,7 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
         for key in ("loss", "loss/text", "loss/image_text", "temperature/text", "temperature/image_text", "lr/text"):
             assert resumed[step][key] == expected[step][key], (step, key)
     assert summary["samples_seen"] == {"text": 16 * steps, "image_text": 16 * steps}
+    assert summary["first_losses"] == reference_summary["first_losses"]  # the run's, not the resumed part's
     assert not list(root.glob("*.tmp"))  # the leftovers of the kill are cleaned at the restart
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [24, 28]
 

@@ -62,7 +62,8 @@ def test_the_payload_is_live(tmp_path):
 def trained(assets, tmp_path_factory):  # noqa: F811
     """A tiny run of 4 steps with checkpoints at steps 2 and 4."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    stage_main(["--config", str(TINY), *tiny_overrides(assets, out, "train.steps=4", "train.checkpoint_every=2")])
+    summary = stage_main(["--config", str(TINY), *tiny_overrides(assets, out, "train.steps=4", "train.checkpoint_every=2")])
+    (out / "reference_summary.json").write_text(json.dumps(summary, default=str))
     return out
 
 
@@ -510,3 +511,30 @@ def test_resume_auto_without_any_intact_checkpoint_is_an_error(assets, trained, 
         (path / ckpt.TEMPERATURES).unlink()
     with pytest.raises(ckpt.CheckpointError, match=r"no intact checkpoint .*step_0000004: temperatures\.safetensors is missing"):
         stage_main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, "train.steps=4")])
+
+
+# --------------------------------------------------------------------------------------------------
+# The summary of a resumed run
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_a_resumed_run_keeps_its_first_losses(assets, tmp_path, log_every):  # noqa: F811
+    """The summary's first losses are the run's first logged ones, also when the run was resumed (and
+    with log_every=3 the checkpoint of step 2 holds none yet: the first logged losses come after it)."""
+    common = ["train.steps=4", "train.checkpoint_every=2", f"train.log_every={log_every}"]
+    reference = stage_main(["--config", str(TINY), *tiny_overrides(assets, tmp_path / "reference", *common)])
+    out = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "reference", out)
+    shutil.rmtree(out / "checkpoints" / "step_0000004")
+    resumed = stage_main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, *common)])
+    assert resumed["first_losses"] == reference["first_losses"] and resumed["first_losses"]
+    assert resumed["final_losses"] == reference["final_losses"]
+    # A window that spans the checkpoint is resumed with its sums: the same records as without the resume.
+    assert {s: r["loss"] for s, r in read_metrics(out).items()} == {s: r["loss"] for s, r in read_metrics(tmp_path / "reference").items()}
+    state = json.loads((out / "checkpoints" / "step_0000004" / ckpt.TRAINER_STATE).read_text())
+    assert state["first_record"]["step"] == (1 if log_every == 1 else 3)
+    # Resumed at the last step (nothing left to train): the first and last losses are the checkpoint's.
+    again = stage_main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, *common)])
+    assert again["first_losses"] == reference["first_losses"]
+    assert again["final_losses"] == reference["final_losses"]

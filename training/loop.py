@@ -82,6 +82,8 @@ class Stage:
         self.skipped_steps: list[int] = []  # steps whose update train.on_nonfinite_loss=skip dropped
         self.current_step = 0  # the step being computed (1-based, as logged)
         self.last_checkpoint: Path | None = self.resume_path
+        self.logged: list[dict] = []  # the first and the last logged record before a resume
+        self.window: MetricsWindow | None = None  # the logging window being summed
         peak, _ = detect_peak_tflops(acc.device, compute_dtype(acc), cfg.train.peak_tflops)
         self.peak_tflops = peak
 
@@ -163,6 +165,12 @@ class Stage:
             start_step = int(trainer_state["step"])
             self.samples_seen = dict(trainer_state.get("samples_seen", self.samples_seen))
             self.skipped_steps = list(trainer_state.get("skipped_steps", []))
+            # The summary's first losses are the run's, not the resumed part's (and with nothing left to
+            # log, its last ones are the checkpoint's).
+            self.logged = [r for r in (trainer_state.get("first_record"), trainer_state.get("last_record")) if r]
+            if len(self.logged) == 2 and self.logged[0]["step"] == self.logged[1]["step"]:
+                self.logged.pop()
+            self.window = self._window_from_state(trainer_state.get("window"))
             for name, stream in self.streams.items():
                 if name in data_state:
                     stream.load_state_dict(data_state[name])
@@ -217,8 +225,9 @@ class Stage:
             total=total, initial=start_step, desc=f"stage {cfg.stage}", dynamic_ncols=True,
             disable=not (acc.is_main_process and cfg.train.progress_bar),
         )
-        history: list[dict] = []
-        window, window_start = MetricsWindow(), time.perf_counter()
+        history: list[dict] = list(self.logged)
+        self.window, window_start = self.window or MetricsWindow(), time.perf_counter()
+        window = self.window
         pending: list[tuple[int, dict]] = []  # (step, loss terms) not yet checked to be finite
         for step in range(start_step, total):
             if switch is not None and step == switch.at_step:
@@ -241,10 +250,12 @@ class Stage:
             if log_now and window.steps:
                 record = self._log(done, window, time.perf_counter() - window_start)
                 history.append(record)
+                self.logged = [history[0], record]
                 if acc.is_main_process:
                     append_record(metrics_path, record)
                     bar.set_postfix(progress_postfix(record), refresh=False)
-                window, window_start = MetricsWindow(), time.perf_counter()
+                self.window = window = MetricsWindow()
+                window_start = time.perf_counter()
             bar.update(1)
             if save_now:
                 self.last_checkpoint = self.save_checkpoint(done)
@@ -343,11 +354,36 @@ class Stage:
                 "step": step,
                 "samples_seen": dict(self.samples_seen),
                 "skipped_steps": list(self.skipped_steps),
+                "first_record": self.logged[0] if self.logged else None,
+                "last_record": self.logged[-1] if self.logged else None,
+                "window": self._window_state(),
                 "image_size": self.model.config.vision_config.image_size,
                 "config": config_to_dict(self.cfg),
             },
             keep_last=self.cfg.train.keep_last,
         )
+
+    def _window_state(self) -> dict | None:
+        """The logging window's sums so far (a checkpoint between two logs: the resumed run logs the same
+        record at the window's end)."""
+        window = self.window
+        if window is None or not window.steps:
+            return None
+        return {
+            "steps": window.steps,
+            "losses": {k: [float(v), str(v.dtype).removeprefix("torch.")] for k, v in window.losses.items()},
+            "counts": window.counts.tolist(),
+        }
+
+    def _window_from_state(self, state: dict | None) -> MetricsWindow:
+        window = MetricsWindow()
+        if state:
+            device = self.accelerator.device
+            window.steps = int(state["steps"])
+            window.losses = {k: torch.tensor(v, dtype=getattr(torch, dtype), device=device)
+                             for k, (v, dtype) in state["losses"].items()}
+            window.counts = torch.tensor(state["counts"], dtype=window.counts.dtype)
+        return window
 
     def _dump_batches(self, step: int, text: TextBatch, image: ImageTextBatch) -> None:
         folder = self.output_dir / "debug"
