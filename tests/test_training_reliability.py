@@ -538,3 +538,36 @@ def test_a_resumed_run_keeps_its_first_losses(assets, tmp_path, log_every):  # n
     again = stage_main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, *common)])
     assert again["first_losses"] == reference["first_losses"]
     assert again["final_losses"] == reference["final_losses"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Stale staging folders
+# --------------------------------------------------------------------------------------------------
+
+
+def test_what_interrupted_writes_left_is_removed_at_the_next_start(assets, trained, tmp_path):  # noqa: F811
+    import os
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [
+        out / "checkpoints" / "step_0000006.tmp",             # a checkpoint being written
+        out / "checkpoints" / "step_0000002.k3j2.old.tmp",    # a pruned checkpoint being deleted
+        out / f"tmp_export_{dead.pid}_x8f1",                  # the export's staging folder, its process gone
+        out / "model.a1b2.old.tmp",                           # an export being replaced
+    ]
+    for folder in stale:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+    stale_files = [out / ".metrics.jsonl.q1w2.tmp", out / ".config.yaml.e3r4.tmp"]
+    for file in stale_files:
+        file.write_text("half")
+    live = out / f"tmp_export_{os.getpid()}_live"  # a writer that is still running: left alone
+    live.mkdir()
+    stage_main(["--config", str(TINY), "--resume", "auto", *tiny_overrides(assets, out, "train.steps=4")])
+    for path in stale + stale_files:
+        assert not path.exists(), path
+    assert live.is_dir()
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [2, 4]

@@ -55,6 +55,7 @@ __all__ = [
     "CheckpointError",
     "checkpoint_name",
     "clean_incomplete",
+    "clean_stale",
     "data_state_file",
     "find_resumable",
     "latest_checkpoint",
@@ -224,6 +225,37 @@ def set_aside(path: str | os.PathLike) -> Path:
         target = path.with_name(f"{path.name}.damaged.{n}")
     os.replace(path, target)
     return target
+
+
+# hub/_util.atomic_folder's staging folders: tmp_export_<pid>_<random> next to the export (output_dir/model).
+_EXPORT_STAGING_PREFIX = "tmp_export_"
+
+
+def clean_stale(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted writers left in a run's folder, at its start (main process, before anything
+    writes there): incomplete checkpoints (``clean_incomplete``), the export's staging folders whose
+    process is gone (``_io.remove_stale_staging``; a live one is kept), folders being replaced or deleted
+    (``*.old.tmp``) and ``atomic_write``'s temporary files (``.<name>.<random>.tmp``) in the run folder
+    and its ``model/``."""
+    from jina_clip_v2._io import remove_stale_staging
+
+    output_dir = Path(output_dir)
+    removed = clean_incomplete(output_dir / "checkpoints")
+    removed += remove_stale_staging(output_dir, _EXPORT_STAGING_PREFIX, "")
+    for folder in (output_dir, output_dir / "model"):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.endswith(".old.tmp") and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+                entry.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(entry)
+    if removed:
+        logger.warning("removed what interrupted writes left in %s: %s", output_dir, ", ".join(p.name for p in removed))
+    return removed
 
 
 def clean_incomplete(root: str | os.PathLike) -> list[Path]:

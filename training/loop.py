@@ -206,7 +206,7 @@ class Stage:
             if existing and self.resume_path is None:
                 shutil.rmtree(self.checkpoint_root)
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.clean_incomplete(self.checkpoint_root)
+            ckpt.clean_stale(self.output_dir)
             for bad, _ in self.damaged:  # out of the listing, so that pruning never keeps them over good ones
                 aside = ckpt.set_aside(bad)
                 logger.warning("moved the damaged checkpoint %s to %s", bad.name, aside.name)
