@@ -571,3 +571,57 @@ def test_what_interrupted_writes_left_is_removed_at_the_next_start(assets, train
         assert not path.exists(), path
     assert live.is_dir()
     assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [2, 4]
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: one line per error
+# --------------------------------------------------------------------------------------------------
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ": error: " in line]
+
+
+def test_cli_errors_are_one_line(assets, tmp_path):  # noqa: F811
+    """`jina-clip train` and `accelerate launch training/stage.py`: a config error and a data error end the
+    run with exit code 1 and one line naming the problem, no traceback; --debug shows it."""
+    bad = _jsonl(tmp_path / "images.jsonl", [{"image": f"gone_{i}.jpg", "caption": f"c{i}"} for i in range(20)])
+    base = ["--config", str(TINY), *tiny_overrides(assets, tmp_path / "run", "train.steps=2")]
+    cli = [sys.executable, "-m", "jina_clip_v2.cli", "train"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "1",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "training" / "stage.py")]
+    cases = [
+        (cli, ["train.steps=many"], "error: 'train.steps' must be an integer, got 'many' [ConfigError"),
+        (cli, [f"data.image_text.sources=[{{path: {bad}}}]"], "1000 consecutive unusable examples (1000 undecodable image)"),
+        (launch, ["data.on_bad_row=sometimes"], "error: 'data.on_bad_row' must be one of ['skip', 'error']"),
+        (launch, [f"data.image_text.sources=[{{path: {bad}}}]"], "[DataError; --debug shows the traceback]"),
+    ]
+    for command, extra, expected in cases:
+        result = subprocess.run([*command, *base, *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr[-3000:]
+        lines = _error_lines(result.stderr)
+        assert len(lines) == 1 and expected in lines[0], result.stderr[-3000:]
+        assert lines[0].startswith("jina-clip train: error: ")
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    result = subprocess.run([*cli, *base, "train.steps=many", "--debug"], cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_a_multi_process_error_names_the_rank_and_reaches_torchruns_summary(assets, tmp_path):  # noqa: F811
+    from test_training import free_port
+
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        str(ROOT / "training" / "stage.py"), "--config", str(TINY),
+        *tiny_overrides(assets, tmp_path / "run", "train.steps=2", "train.keep_last=0"),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    lines = _error_lines(result.stderr)
+    assert lines and all(line.startswith("jina-clip train (rank ") and " of 2): error: 'train.keep_last' must be >= 1" in line
+                         for line in lines), result.stderr[-3000:]
+    # torchrun's summary of the failed processes shows the same message instead of a hint to enable tracebacks
+    assert "traceback : ConfigError: 'train.keep_last' must be >= 1" in result.stderr, result.stderr[-3000:]

@@ -229,37 +229,40 @@ class Stage:
         self.window, window_start = self.window or MetricsWindow(), time.perf_counter()
         window = self.window
         pending: list[tuple[int, dict]] = []  # (step, loss terms) not yet checked to be finite
-        for step in range(start_step, total):
-            if switch is not None and step == switch.at_step:
-                self.set_image_size(switch.image_size)
-            text = TextBatch.from_stream(next(self.streams["text"]))
-            image = ImageTextBatch.from_stream(next(self.streams["image_text"]))
-            if step < cfg.train.dump_batches:
-                self._dump_batches(step, text, image)
-            self.current_step = done = step + 1
-            output = self.step(text, image)
-            if not self.skipped_steps or self.skipped_steps[-1] != done:
-                window.add(output, self.step_flops(text, image))
-                pending.append((done, output.terms()))
-            self.samples_seen["text"] += text.rows * acc.num_processes
-            self.samples_seen["image_text"] += image.rows * acc.num_processes
-            log_now, save_now = done % cfg.train.log_every == 0 or done == total, done % cfg.train.checkpoint_every == 0
-            if log_now or save_now:
-                self._check_finite(pending)  # before anything is logged or saved
-                pending = []
-            if log_now and window.steps:
-                record = self._log(done, window, time.perf_counter() - window_start)
-                history.append(record)
-                self.logged = [history[0], record]
-                if acc.is_main_process:
-                    append_record(metrics_path, record)
-                    bar.set_postfix(progress_postfix(record), refresh=False)
-                self.window = window = MetricsWindow()
-                window_start = time.perf_counter()
-            bar.update(1)
-            if save_now:
-                self.last_checkpoint = self.save_checkpoint(done)
-        bar.close()
+        try:  # the bar closed before an error's line, not after it at exit
+            for step in range(start_step, total):
+                if switch is not None and step == switch.at_step:
+                    self.set_image_size(switch.image_size)
+                text = TextBatch.from_stream(next(self.streams["text"]))
+                image = ImageTextBatch.from_stream(next(self.streams["image_text"]))
+                if step < cfg.train.dump_batches:
+                    self._dump_batches(step, text, image)
+                self.current_step = done = step + 1
+                output = self.step(text, image)
+                if not self.skipped_steps or self.skipped_steps[-1] != done:
+                    window.add(output, self.step_flops(text, image))
+                    pending.append((done, output.terms()))
+                self.samples_seen["text"] += text.rows * acc.num_processes
+                self.samples_seen["image_text"] += image.rows * acc.num_processes
+                log_now = done % cfg.train.log_every == 0 or done == total
+                save_now = done % cfg.train.checkpoint_every == 0
+                if log_now or save_now:
+                    self._check_finite(pending)  # before anything is logged or saved
+                    pending = []
+                if log_now and window.steps:
+                    record = self._log(done, window, time.perf_counter() - window_start)
+                    history.append(record)
+                    self.logged = [history[0], record]
+                    if acc.is_main_process:
+                        append_record(metrics_path, record)
+                        bar.set_postfix(progress_postfix(record), refresh=False)
+                    self.window = window = MetricsWindow()
+                    window_start = time.perf_counter()
+                bar.update(1)
+                if save_now:
+                    self.last_checkpoint = self.save_checkpoint(done)
+        finally:
+            bar.close()
         return history
 
     # -- non-finite losses ---------------------------------------------------------------------------------
