@@ -7,8 +7,10 @@ Runs use the tiny config and the demo data of tests/test_training.py, on CPU.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -42,8 +44,6 @@ def _payloads(marker: Path, size: int) -> dict[str, bytes]:
     """The payload as a raw pickle padded to ``size`` bytes (pickle stops at its STOP opcode: the file keeps
     its recorded size, so only parsing can tell), and as a ``torch.save`` zip."""
     raw = pickle.dumps(_Payload(marker))
-    import io
-
     buffer = io.BytesIO()
     torch.save({"weights": torch.zeros(2), "payload": _Payload(marker)}, buffer)
     return {"pickle": raw + b"\0" * max(0, size - len(raw)), "torch": buffer.getvalue()}
@@ -54,7 +54,7 @@ def test_the_payload_is_live(tmp_path):
     pickle.loads(_payloads(marker, 0)["pickle"])  # the test's own unpickling: proves the payload works
     assert marker.exists()
     marker.unlink()
-    torch.load(__import__("io").BytesIO(_payloads(marker, 0)["torch"]), weights_only=False)
+    torch.load(io.BytesIO(_payloads(marker, 0)["torch"]), weights_only=False)
     assert marker.exists()
 
 
@@ -198,16 +198,6 @@ def _jsonl(path: Path, rows: list) -> Path:
     lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _stream(sources, kind="text_pairs", processor=None, **options):
@@ -501,7 +491,7 @@ def test_damaged_checkpoints_are_found(trained, tmp_path, damage):
         (path / ckpt.OPTIMIZER).write_bytes(bytes(data))
         expected = r"optimizer\.safetensors does not parse"
     (problem,) = ckpt.verify_checkpoint(path)
-    assert __import__("re").search(expected, problem), problem
+    assert re.search(expected, problem), problem
 
 
 def test_resume_auto_without_any_intact_checkpoint_is_an_error(assets, trained, tmp_path):  # noqa: F811

@@ -13,7 +13,6 @@ atomic, last ``train.keep_last`` kept), ``metrics.jsonl`` (one line per logged s
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path

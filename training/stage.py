@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one jina-clip-v2 training stage (launch with `accelerate launch` to scale out).",
     )
     parser.add_argument("--config", required=True, help="stage YAML (training/configs/*.yaml, also from the installed package)")
-    parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in output_dir, if any) or a checkpoint folder")
+    parser.add_argument("--resume", default=None, help="'auto' (the newest intact checkpoint in output_dir, if any) or a checkpoint folder")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, values parsed as YAML")
     return parser
