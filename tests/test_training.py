@@ -260,22 +260,53 @@ def test_accelerate_config_files_load():
 
 
 class _FakeAccelerator:
+    """One process, no wrapper: what save_checkpoint / load_checkpoint ask of an Accelerator."""
+
     is_main_process = True
     process_index = 0
     num_processes = 1
+    device = torch.device("cpu")
+
+    @property
+    def distributed_type(self):
+        from accelerate.utils import DistributedType
+
+        return DistributedType.NO
 
     def wait_for_everyone(self):
         pass
 
-    def save_state(self, path):
-        Path(path, "model.safetensors").write_bytes(b"weights")
+
+class _Parts:
+    """What a checkpoint restores (a TrainStep's model, encoder, optimizer, scheduler, temperatures)."""
+
+    def __init__(self, seed: int = 0):
+        torch.manual_seed(seed)
+        self.model = self.encoder = torch.nn.Linear(3, 2)
+        self.temperatures = torch.nn.Linear(1, 1, bias=False)
+        self.optimizer = torch.optim.AdamW(list(self.model.parameters()) + list(self.temperatures.parameters()), lr=0.1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0 / (1 + s))
+
+    def step(self):
+        loss = self.model(torch.ones(4, 3)).square().sum() + self.temperatures.weight.sum()
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path):
     root = tmp_path / "checkpoints"
-    acc = _FakeAccelerator()
+    acc, parts = _FakeAccelerator(), _Parts()
     for step in (10, 20, 30):
-        ckpt.save_checkpoint(acc, root, step, data_state={"text": {"consumed": step}}, trainer_state={}, keep_last=2)
+        parts.step()
+        ckpt.save_checkpoint(acc, root, step, parts=parts, data_state={"text": {"consumed": step}}, trainer_state={},
+                             keep_last=2)
+    import random
+
+    import numpy as np
+
+    after_save = (torch.rand(3), random.random(), np.random.rand())  # drawn from the generators as saved
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [20, 30]
     assert sorted(p.name for p in root.iterdir()) == ["step_0000020", "step_0000030"]
     # A crash while writing leaves a *.tmp folder: never listed, removed at the next start.
@@ -286,7 +317,26 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     ckpt.clean_incomplete(root)
     assert not (root / "step_0000040.tmp").exists()
     state = json.loads((root / "step_0000030" / ckpt.TRAINER_STATE).read_text())
-    assert state["step"] == 30 and state["world_size"] == 1
+    assert state["step"] == 30 and state["world_size"] == 1 and state["format"] == ckpt.FORMAT_VERSION
+    assert ckpt.verify_checkpoint(root / "step_0000030") == []
+    # Nothing but safetensors and JSON: no pickle anywhere in the folder.
+    assert {p.suffix for p in (root / "step_0000030").iterdir()} == {".safetensors", ".json"}
+
+    # Loading restores every part exactly, and the RNG states.
+    expected = {k: v.clone() for k, v in parts.optimizer.state_dict()["state"][0].items()}
+    fresh = _Parts(seed=1)
+    random.seed(5)
+    np.random.seed(5)
+    trainer_state, data_state = ckpt.load_checkpoint(acc, root / "step_0000030", fresh)
+    assert trainer_state["step"] == 30 and data_state == {"text": {"consumed": 30}}
+    for a, b in zip(parts.model.parameters(), fresh.model.parameters()):
+        assert torch.equal(a, b)
+    for key, value in expected.items():
+        assert torch.equal(fresh.optimizer.state_dict()["state"][0][key], value), key
+    assert fresh.optimizer.state_dict()["param_groups"] == parts.optimizer.state_dict()["param_groups"]
+    assert fresh.scheduler.state_dict() == parts.scheduler.state_dict()
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(again[0], after_save[0]) and again[1:] == after_save[1:]  # generators as saved
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,7 +442,7 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
     common = [f"train.steps={steps}", "train.checkpoint_every=4", "train.keep_last=2"]
     # Reference: an uninterrupted run.
     reference = tmp_path / "reference"
-    stage_main(["--config", str(TINY), *tiny_overrides(assets, reference, *common)])
+    reference_summary = stage_main(["--config", str(TINY), *tiny_overrides(assets, reference, *common)])
     expected = read_metrics(reference)
 
     # The same run in a subprocess, killed with SIGKILL once a checkpoint is complete, preferably while
@@ -421,9 +471,9 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
     # Whatever the kill interrupted, nothing half-written is a checkpoint: every listed one is complete.
     for _, path in ckpt.list_checkpoints(root):
         assert not path.name.endswith(".tmp")
-        for name in (ckpt.TRAINER_STATE, "model.safetensors", "optimizer.bin", "scheduler.bin",
-                     "random_states_0.pkl", "custom_checkpoint_0.pkl", ckpt.data_state_file(0)):
+        for name in (ckpt.TRAINER_STATE, *ckpt.required_files(1)):
             assert (path / name).is_file(), (path, name)
+        assert ckpt.verify_checkpoint(path) == []
     start = int(json.loads((killed_at / ckpt.TRAINER_STATE).read_text())["step"])
     assert start % 4 == 0 and 4 <= start < steps
     assert max(read_metrics(out)) < steps
@@ -435,6 +485,7 @@ def test_sigkill_then_resume_gives_the_same_losses(assets, tmp_path):
         for key in ("loss", "loss/text", "loss/image_text", "temperature/text", "temperature/image_text", "lr/text"):
             assert resumed[step][key] == expected[step][key], (step, key)
     assert summary["samples_seen"] == {"text": 16 * steps, "image_text": 16 * steps}
+    assert summary["first_losses"] == reference_summary["first_losses"]  # the run's, not the resumed part's
     assert not list(root.glob("*.tmp"))  # the leftovers of the kill are cleaned at the restart
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [24, 28]
 
@@ -477,7 +528,7 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(assets, tmp_p
         for step in (0, 1):
             if step == 1:
                 stage.set_image_size(70)
-            batches = [torch.load(out / "debug" / f"batch_step{step}_rank{r}.pt") for r in (0, 1)]
+            batches = [torch.load(out / "debug" / f"batch_step{step}_rank{r}.pt", weights_only=True) for r in (0, 1)]
             assert batches[0]["text"]["query"]["input_ids"].shape[0] == 8  # 16 global / 2 processes
             text = TextBatch.concat([TextBatch.from_stream(b["text"]) for b in batches])
             image = ImageTextBatch.concat([ImageTextBatch.from_stream(b["image_text"]) for b in batches])
@@ -506,7 +557,7 @@ def test_benchmark_times_the_trainers_own_step(assets, tmp_path):
                                "train.checkpoint_every=100")
     stage_main(["--config", str(TINY), *overrides])
     record = read_metrics(out)[1]
-    batch = torch.load(out / "debug" / "batch_step0_rank0.pt")
+    batch = torch.load(out / "debug" / "batch_step0_rank0.pt", weights_only=True)
     text, image = TextBatch.from_stream(batch["text"]), ImageTextBatch.from_stream(batch["image_text"])
 
     cfg = load_config(TINY, overrides)

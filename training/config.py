@@ -109,6 +109,12 @@ class DataSection:
     """Where ``demo://`` sources are written (default ``<output_dir>/demo_data``); reused if present."""
     demo_langs: list[str] | None = None
     """Languages of the ``demo://`` sources (None: ``training.demo_data.DEMO_LANGS``, 12 languages)."""
+    max_consecutive_skips: int = checked(1000, check=at_least(1))
+    """Unusable examples in a row (undecodable image, empty text, too few negatives, bad row) from one
+    source that stop the run with an error naming the source and the reasons."""
+    on_bad_row: str = checked("skip", check=one_of("skip", "error"))
+    """A row that cannot be read (invalid JSON, a field of the wrong type or missing): skip it with a
+    warning naming the file and row, or stop with that error."""
 
 
 @dataclass
@@ -204,6 +210,11 @@ class TrainSection:
     export: bool = True
     export_dtype: str | None = None
     overwrite_output_dir: bool = False
+    on_nonfinite_loss: str = checked("stop", check=one_of("stop", "skip"))
+    """A step whose loss (or a part of it) is NaN / inf: ``stop`` the run with an error naming the step
+    and the loss parts (checked at every log and before every checkpoint, so no checkpoint holds what
+    followed; the last good one stays the newest), or ``skip`` that step's update (a check and a device
+    sync every step; 100 skipped steps in a row stop the run)."""
     dump_batches: int = checked(0, check=non_negative)
     """Debug: save the first N steps' batches of every process under ``output_dir/debug``."""
     project_name: str = "jina-clip-v2"

@@ -52,7 +52,11 @@ ratio=(3/4, 4/3), bicubic)`` (as torchvision's, reimplemented with PIL and a ``r
 (seed, rank, epoch, example index) so that a resumed run draws the same crops), then the processor's
 rescale and CLIP mean/std normalization; at eval time the processor's own resize + center crop. An image
 that fails to decode is skipped (the batch is filled with the next example) and counted in
-``TaskStream.skipped``, with a logged warning.
+``TaskStream.skipped``, with a logged warning; so are empty texts, triplets with too few negatives and bad
+rows (``training.sources``: invalid JSON, wrong types; ``on_bad_row="error"`` stops at the first instead).
+A source that yields ``max_consecutive_skips`` unusable examples in a row stops the stream with a
+``DataError`` naming the source and the reasons counted: data that is all bad would otherwise be read
+forever, epoch after epoch, without a single batch.
 
 Resume. ``IterableDataset.state_dict()`` is exact for a stream without a shuffle buffer, but not with
 one: datasets saves the position of the buffer's *input* and drops the buffer content, so a resumed
@@ -81,11 +85,27 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from jina_clip_v2.training.images import default_image_size, image_from_record, normalize_images, random_resized_crop
-from jina_clip_v2.training.sources import IMAGE_KINDS, KIND_COLUMNS, KINDS, SourceConfig, load_source
+from jina_clip_v2.training.sources import (
+    IMAGE_KINDS,
+    KIND_COLUMNS,
+    KINDS,
+    DataError,
+    SourceConfig,
+    load_source,
+    source_label,
+)
 
 logger = logging.getLogger(__name__)
 
 _END = object()  # the end of an iterator, for next(iterator, _END)
+ON_BAD_ROW = ("skip", "error")
+SKIP_REASONS = {  # TaskStream.skipped's keys, as errors name them
+    "bad_row": "bad row",
+    "empty_text": "empty text",
+    "missing_image": "missing image",
+    "corrupt_image": "undecodable image",
+    "too_few_negatives": "too few negatives",
+}
 
 
 @dataclass
@@ -98,6 +118,9 @@ class TaskDataConfig:
     num_negatives: int = 7  # triplets
     shuffle_buffer: int = 1000
     seed: int = 0
+    max_consecutive_skips: int = 1000  # unusable examples in a row from one source before a DataError
+    on_bad_row: str = "skip"  # skip | error
+    name: str = "data"  # how errors name the task (the config key: "data.text", "data.image_text")
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -107,6 +130,13 @@ class TaskDataConfig:
             raise ValueError("a task needs at least one source")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
+        if self.on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
+
+    def source_label(self, index: int) -> str:
+        return source_label(self.sources[index], f"{self.name}.sources.{index}")
 
 
 def build_dataset(cfg: TaskDataConfig, *, rank: int = 0, world_size: int = 1, train: bool = True):
@@ -114,7 +144,7 @@ def build_dataset(cfg: TaskDataConfig, *, rank: int = 0, world_size: int = 1, tr
     from datasets import interleave_datasets
     from datasets.distributed import split_dataset_by_node
 
-    sources = [load_source(src, cfg.kind, i) for i, src in enumerate(cfg.sources)]
+    sources = [load_source(src, cfg.kind, i, label=cfg.source_label(i)) for i, src in enumerate(cfg.sources)]
     if len(sources) == 1:
         ds = sources[0]
     else:
@@ -177,6 +207,8 @@ class TaskStream:
         self.consumed = 0  # raw examples this rank has read in the current epoch
         self.examples_seen = 0  # raw examples read in all epochs (bookkeeping)
         self.skipped: Counter = Counter()
+        # Per source: the reasons of the unusable examples since its last usable one.
+        self.consecutive: dict[int, Counter] = {}
         self._iterator: Iterator | None = None
         self._native_state: dict | None = None
         self._finished = False
@@ -201,10 +233,12 @@ class TaskStream:
                 prepared = list(self._pool.map(self._prepare, raws))
             else:
                 prepared = [self._prepare(raw) for raw in raws]
-            for item in prepared:
+            for raw, item in zip(raws, prepared):
+                source = int(raw[2].get("_source") or 0)
                 if isinstance(item, tuple):
-                    self._skip(*item)
+                    self._skip(*item, source=source)
                 else:
+                    self.consecutive.pop(source, None)
                     examples.append(item)
         if not examples:
             raise StopIteration
@@ -220,8 +254,8 @@ class TaskStream:
             self._native_state = None
         iterator = iter(self.dataset)
         for done in range(skip):  # deterministic replay: same seeds, same order, nothing decoded
-            if next(iterator, _END) is _END:
-                raise RuntimeError(
+            if self._read(iterator, _END) is _END:
+                raise DataError(
                     f"cannot resume the {self.cfg.kind} data at epoch {self.epoch}, example {skip}: this rank's "
                     f"stream now ends after {done} examples (did the sources or world size change?)"
                 )
@@ -233,13 +267,13 @@ class TaskStream:
             return None
         if self._iterator is None:
             self._start_epoch()
-        try:
-            example = next(self._iterator)
-        except StopIteration:
+        example = self._read(self._iterator, _END)
+        if example is _END:
             if self.consumed == 0:
-                raise RuntimeError(
-                    f"data for {self.cfg.kind} yielded no examples on rank {self.rank}/{self.world_size}"
-                ) from None
+                raise DataError(
+                    f"{self.cfg.name} ({self.cfg.kind}) yielded no examples on rank {self.rank}/{self.world_size} "
+                    f"(sources: {', '.join(s.path for s in self.cfg.sources)})"
+                )
             self.epoch += 1
             self.consumed = 0
             self._iterator = None
@@ -252,17 +286,48 @@ class TaskStream:
         self.examples_seen += 1
         return self.epoch, index, example
 
-    def _skip(self, reason: str, detail: str = "") -> None:
-        """Count (and log, sparingly) an example dropped for bad data; the batch is filled from the next."""
+    def _read(self, iterator, default):
+        """The next raw example of the dataset; its read errors (not the mapping's ``KeyError``) as a
+        ``DataError`` naming the task's sources and the position."""
+        try:
+            return next(iterator, default)
+        except (DataError, KeyError):
+            raise
+        except Exception as err:
+            raise DataError(
+                f"{self.cfg.name}: reading example {self.consumed} of epoch {self.epoch} failed (sources: "
+                f"{', '.join(s.path for s in self.cfg.sources)}): {type(err).__name__}: {err}"
+            ) from err
+
+    def _skip(self, reason: str, detail: str = "", *, source: int = 0) -> None:
+        """Count (and log, sparingly) an example dropped for bad data; the batch is filled from the next.
+        A bad row stops the stream under ``on_bad_row="error"``, and so does the ``max_consecutive_skips``-th
+        unusable example in a row from one source."""
+        label = self.cfg.source_label(source) if source < len(self.cfg.sources) else f"source {source}"
+        if reason == "bad_row" and self.cfg.on_bad_row == "error":
+            raise DataError(f"{label}: bad row: {detail} (data.on_bad_row=error; 'skip' skips such rows)")
         self.skipped[reason] += 1
         count = self.skipped[reason]
         if count <= 10 or count % 1000 == 0:
-            logger.warning("skipping an example (%s, %d so far)%s", reason, count, f": {detail}" if detail else "")
+            logger.warning("%s: skipping an example (%s, %d so far)%s", label, SKIP_REASONS.get(reason, reason), count,
+                           f": {detail}" if detail else "")
+        run = self.consecutive.setdefault(source, Counter())
+        run[reason] += 1
+        total = sum(run.values())
+        if total >= self.cfg.max_consecutive_skips:
+            reasons = ", ".join(f"{n} {SKIP_REASONS.get(r, r)}" for r, n in run.most_common())
+            raise DataError(
+                f"{label}: {total} consecutive unusable examples ({reasons}); the last: "
+                f"{SKIP_REASONS.get(reason, reason)}{f' ({detail})' if detail else ''}. Fix the data or its "
+                "column mapping (data.max_consecutive_skips sets how many in a row stop the run)"
+            )
 
     def _prepare(self, raw: tuple[int, int, dict]) -> dict | tuple[str, str]:
         """Decode/augment/validate one raw example (thread-safe); (reason, detail) when it is skipped."""
         epoch, index, example = raw
         kind = self.cfg.kind
+        if example.get("_bad"):
+            return ("bad_row", example["_bad"])
         if kind in IMAGE_KINDS:
             caption = example.get("caption")
             if not caption:
@@ -366,6 +431,7 @@ class TaskStream:
             "image_size": self.image_size,
             "max_length": self.max_length,
             "skipped": dict(self.skipped),
+            "consecutive": {str(k): dict(v) for k, v in self.consecutive.items()},
             "resume": "replay" if self.exact_resume else "datasets",
         }
         if self._iterator is not None:
@@ -392,6 +458,7 @@ class TaskStream:
         if state.get("max_length") is not None:
             self.max_length = int(state["max_length"])
         self.skipped = Counter(state.get("skipped", {}))
+        self.consecutive = {int(k): Counter(v) for k, v in state.get("consecutive", {}).items()}
         self._iterator = None
         self._native_state = None
         if not self.exact_resume and state.get("datasets_state") is not None:
@@ -417,4 +484,4 @@ def build_task_stream(
     return TaskStream(cfg, processor, dataset, rank=rank, world_size=world_size, train=train, **options)
 
 
-__all__ = ["KINDS", "SourceConfig", "TaskDataConfig", "TaskStream", "build_dataset", "build_task_stream"]
+__all__ = ["KINDS", "DataError", "SourceConfig", "TaskDataConfig", "TaskStream", "build_dataset", "build_task_stream"]

@@ -7,6 +7,12 @@
 The config (``training.config``): a YAML file, then dotted ``key=value`` overrides whose values are YAML.
 The run (``training.loop.Stage``): one ``training.step.TrainStep`` per step over a text batch and an
 image-text batch, checkpoints, metrics, the export. See training/README.md for the files and what each does.
+
+Errors (a config value, data, a checkpoint) end the process with one line on stderr naming the problem,
+no traceback (``--debug`` shows it), through ``jina_clip_v2.cli.run``; under a multi-process launch the
+line names the rank, and torchrun's failure summary gets the same line (its ``TORCHELASTIC_ERROR_FILE``)
+instead of a hint to enable tracebacks. What the launcher prints about the failed process is its own:
+``accelerate launch -q`` leaves out the single-process launcher's ``CalledProcessError`` traceback.
 """
 
 import sys
@@ -23,6 +29,8 @@ if __package__ in (None, ""):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
 
 from jina_clip_v2.training.config import config_to_dict, config_to_yaml, load_config  # noqa: E402
 
@@ -32,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one jina-clip-v2 training stage (launch with `accelerate launch` to scale out).",
     )
     parser.add_argument("--config", required=True, help="stage YAML (training/configs/*.yaml, also from the installed package)")
-    parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in output_dir, if any) or a checkpoint folder")
+    parser.add_argument("--resume", default=None, help="'auto' (the newest intact checkpoint in output_dir, if any) or a checkpoint folder")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, values parsed as YAML")
     return parser
@@ -61,7 +69,30 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def _program_name() -> str:
+    """How the error line names the program: with the rank under a multi-process launch."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return f"jina-clip train (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else "jina-clip train"
+
+
+def _launched_main(argv: list[str]) -> dict:
+    """``main`` for `accelerate launch` / torchrun: an error is also written to the launcher's error file
+    (torchrun reads it for its summary of the failed processes)."""
+    try:
+        return main(argv)
+    except Exception as err:
+        error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+        if error_file:
+            message = f"{type(err).__name__}: {str(err).strip() or type(err).__name__} (--debug shows the traceback)"
+            try:
+                with open(error_file, "w", encoding="utf-8") as handle:
+                    json.dump({"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}, handle)
+            except OSError:
+                pass
+        raise
+
+
 if __name__ == "__main__":
     from jina_clip_v2.cli import run
 
-    sys.exit(run(main, name="jina-clip train"))
+    sys.exit(run(_launched_main, name=_program_name()))

@@ -56,6 +56,8 @@ class TrainStep:
         dims: the Matryoshka widths the losses are summed over.
         grad_cache: the gradient-caching settings (``train.grad_cache``); may be replaced between steps.
         last_grad_norm: the global gradient norm before the last clipping (None without clipping).
+        update_filter: called with the step's detached loss before the update; False skips the
+            optimizer step (the schedule still steps). The loop sets it for train.on_nonfinite_loss=skip.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class TrainStep:
         self.encoder, self.optimizer, self.scheduler = accelerator.prepare(DualEncoder(model), optimizer, scheduler)
         accelerator.register_for_checkpointing(self.temperatures)
         self.last_grad_norm: torch.Tensor | None = None
+        self.update_filter = None
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad] + [
@@ -97,6 +100,10 @@ class TrainStep:
             self.accelerator.backward(output.loss)
             output = output.detach()
         average_gradients([p for p in self.temperatures.parameters() if p.requires_grad])
+        if self.update_filter is not None and not self.update_filter(output):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return output
         if self.cfg.optim.max_grad_norm is not None:
             self.last_grad_norm = self._clip_gradients(self.cfg.optim.max_grad_norm)
         self.optimizer.step()
