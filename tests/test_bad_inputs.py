@@ -536,6 +536,54 @@ EVALUATION = [
     ),
 ]
 
+# ----------------------------------------------------------------------------------------------------------
+# Training data (jsonl sources read row by row; a source that yields nothing stops the run)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _data_error():
+    from jina_clip_v2.training.data import DataError
+
+    return DataError
+
+
+def _rows(c, rows: list, suffix=".jsonl") -> str:
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    return c.file("".join(line + "\n" for line in lines).encode(), suffix)
+
+
+def _first_batch(c, rows, kind="text_pairs", **options):
+    from jina_clip_v2.training.data import SourceConfig, TaskDataConfig, build_task_stream
+
+    source = rows if isinstance(rows, str) else _rows(c, rows)
+    cfg = TaskDataConfig(kind=kind, sources=[SourceConfig(source)], batch_size=2, image_size=28, shuffle_buffer=0,
+                         name="data.bad", max_consecutive_skips=options.pop("max_consecutive_skips", 50), **options)
+    if getattr(c, "_data_processor", None) is None:
+        c._data_processor = build_processor(build_tokenizer(), image_size=28)
+    return next(build_task_stream(cfg, c._data_processor, keep_raw=True))
+
+
+PAIRS = [{"query": f"q{i}", "document": f"d{i}"} for i in range(4)]
+
+TRAINING_DATA = [
+    Case("data-all-images-undecodable", lambda c: _first_batch(c, [{"image": f"missing{i}.png", "caption": "c"} for i in range(9)], "image_text_short"),
+         _data_error(), r"data\.bad\.sources\.0 \(.*\): 50 consecutive unusable examples \(50 undecodable image\)"),
+    Case("data-all-texts-empty", lambda c: _first_batch(c, [{"query": "", "document": "d"}] * 9), _data_error(), r"\(50 empty text\)"),
+    Case("data-triplets-without-negatives", lambda c: _first_batch(c, [{"query": "q", "positive": "p", "negatives": []}] * 9, "text_triplets"),
+         _data_error(), r"too few negatives"),
+    Case("data-invalid-json-row", lambda c: _first_batch(c, [PAIRS[0], "{not json", *PAIRS[1:]], on_bad_row="error"), _data_error(), r"line 2: invalid JSON"),
+    Case("data-wrong-type-row", lambda c: _first_batch(c, [PAIRS[0], {"query": 5, "document": "d"}], on_bad_row="error"), _data_error(), r"line 2: 'query' has type int"),
+    Case("data-json-list-row", lambda c: _first_batch(c, [PAIRS[0], "[1, 2]"], on_bad_row="error"), _data_error(), r"line 2: a JSON list, not an object"),
+    Case("data-empty-file", lambda c: _first_batch(c, c.file(b"\n\n", ".jsonl")), _data_error(), r"no rows"),
+    Case("data-missing-column", lambda c: _first_batch(c, [{"q": "a", "d": "b"}] * 3), KeyError, r"column 'query' not found"),
+    Case(
+        "data-bad-rows-skipped-by-default",
+        lambda c: _first_batch(c, [PAIRS[0], "{not json", {"query": None, "document": "d"}, PAIRS[1]]),
+        check=lambda c, batch: None if [r["query"] for r in batch["raw"]] == ["q0", "q1"] else pytest.fail(str(batch["raw"])),
+    ),
+]
+
+
 CATEGORIES = {
     "encode_text": ENCODE_TEXT,
     "encode_image": ENCODE_IMAGE,
@@ -545,6 +593,7 @@ CATEGORIES = {
     "convert_export": CONVERT_EXPORT,
     "push": PUSH,
     "training_config": TRAINING_CONFIG,
+    "training_data": TRAINING_DATA,
     "evaluation": EVALUATION,
 }
 ALL = [pytest.param(case, id=f"{category}:{case.id}") for category, cases in CATEGORIES.items() for case in cases]
