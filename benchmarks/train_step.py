@@ -46,6 +46,10 @@ PAPER_GPUS = 8  # Table 6's batch sizes are global over 8 GPUs
 REAL_MICRO = {1: (128, 128), 2: (32, 32), 3: (4, 32)}
 TINY_STAGE = {1: {"seq_len": 16, "image_size": 28}, 2: {"seq_len": 32, "image_size": 42}, 3: {"seq_len": 32, "image_size": 56}}
 TINY_MICRO = {1: (4, 4), 2: (4, 4), 3: (2, 4)}
+# Gradient-caching chunk sizes (rows per forward with activations, as train.grad_cache) of the tiny model: the stage
+# configs' sizes are meant for the real model on an 80 GB GPU and exceed every tiny batch (one chunk, nothing cached
+# chunk by chunk); 3 splits the tiny batches unevenly (4 -> 3 + 1, stage 3's 14 negatives -> 3 x 4 + 2).
+TINY_CHUNK_SIZES = {"text": 3, "image": 3}
 VARIANTS = {
     "plain": {"grad_cache": False, "checkpointing": False},
     "checkpointing": {"grad_cache": False, "checkpointing": True},
@@ -105,19 +109,36 @@ def stage_settings(stage: int, configs_dir: Path | None = None) -> dict:
     return settings
 
 
-def bench_config(cfg: StageConfig, model_config, chunks: int, text_rows: int, image_rows: int) -> StageConfig:
+def chunk_sizes(stage: int, args) -> dict:
+    """Gradient-caching chunk sizes in samples per forward, as the trainer takes them (``train.grad_cache.
+    {text,image}_chunk_size``, per process): ``--text-chunk-size`` / ``--image-chunk-size``, else the tiny model's
+    (``TINY_CHUNK_SIZES``) with ``--tiny``, else the stage config's own; each with its source."""
+    configs_dir = Path(args.configs_dir) if args.configs_dir else None
+    cfg, shown = stage_config(stage, configs_dir)
+    shown = str(SHIPPED_CONFIGS.relative_to(common.ROOT) / f"stage{stage}.yaml") if shown == "paper Table 6" else shown
+    out, sources = {}, {}
+    for tower in ("text", "image"):
+        explicit = getattr(args, f"{tower}_chunk_size")
+        if explicit is not None:
+            out[tower], sources[tower] = explicit, f"--{tower}-chunk-size"
+        elif args.tiny:
+            out[tower], sources[tower] = TINY_CHUNK_SIZES[tower], "tiny"
+        else:
+            out[tower] = getattr(cfg.train.grad_cache, f"{tower}_chunk_size")
+            sources[tower] = f"{shown}:train.grad_cache.{tower}_chunk_size"
+    return {**out, "sources": sources}
+
+
+def bench_config(cfg: StageConfig, model_config, text_chunk_size: int, image_chunk_size: int) -> StageConfig:
     """The stage's config for the benchmark model: the Matryoshka widths that fit its embedding (the config's,
-    else the model's own), and gradient-caching chunks of about ``rows / chunks`` rows (the text chunk size
-    follows the largest text group)."""
+    else the model's own), and the gradient-caching chunk sizes (samples per forward: every text group,
+    queries, positives, negatives and captions, is split into chunks of ``text_chunk_size`` rows, the images
+    into chunks of ``image_chunk_size``, exactly as in training)."""
     width = model_config.projection_dim
     dims = cfg.loss.matryoshka_dims
     if dims is not None and max(dims) > width:
         dims = list(model_config.matryoshka_dimensions)
-    grad_cache = dataclasses.replace(
-        cfg.train.grad_cache,
-        text_chunk_size=max(1, math.ceil(max(text_rows, image_rows) / chunks)),
-        image_chunk_size=max(1, math.ceil(image_rows / chunks)),
-    )
+    grad_cache = dataclasses.replace(cfg.train.grad_cache, text_chunk_size=text_chunk_size, image_chunk_size=image_chunk_size)
     train = dataclasses.replace(cfg.train, grad_cache=grad_cache, log_with=[])
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, matryoshka_dims=dims), train=train)
 
@@ -154,7 +175,9 @@ def run_variant(step: TrainStep, text: TextBatch, image: ImageTextBatch, name: s
     def run_step():
         last["out"] = step(text, image)
 
-    run = {"variant": name, **spec, "grad_cache_chunks": args.chunks if spec["grad_cache"] else None}
+    run = {"variant": name, **spec,
+           "grad_cache_chunk_sizes": chunk_settings(step) if spec["grad_cache"] else None,
+           "grad_cache_chunks": chunk_counts(step, text, image) if spec["grad_cache"] else None}
     run.update(common.timed(run_step, step.accelerator.device, args.warmup, args.iters))
     step.optimizer.zero_grad(set_to_none=True)
     set_gradient_checkpointing(step.model, False)
@@ -163,6 +186,19 @@ def run_variant(step: TrainStep, text: TextBatch, image: ImageTextBatch, name: s
         run["loss"] = loss
         run["loss_finite"] = math.isfinite(loss)
     return run
+
+
+def chunk_settings(step: TrainStep) -> dict[str, int]:
+    return {"text": step.grad_cache.text_chunk_size, "image": step.grad_cache.image_chunk_size}
+
+
+def chunk_counts(step: TrainStep, text: TextBatch, image: ImageTextBatch) -> dict[str, int]:
+    """Chunks per embedding group of a gradient-caching step (``TrainStep`` splits each group by its tower's size)."""
+    texts, images = step.groups(text, image)
+    sizes = chunk_settings(step)
+    counts = {name: math.ceil(enc["input_ids"].shape[0] / sizes["text"]) for name, enc in texts.items()}
+    counts.update({name: math.ceil(pixels.shape[0] / sizes["image"]) for name, pixels in images.items()})
+    return counts
 
 
 def loss_path(step: TrainStep, text: TextBatch, image: ImageTextBatch, args) -> dict:
@@ -226,7 +262,8 @@ def bench_stage(model, accelerator, stage_id: int, args, base, peak, config) -> 
     # Patch dropout keeps fewer vision tokens at train time (the FLOPs follow the config): the stage's, else the model's.
     model.config.vision_config.patch_dropout = stage.get("patch_dropout", base["patch_dropout"])
     stage["patch_dropout_used"] = model.config.vision_config.patch_dropout
-    out = {"stage": stage_id, "settings": stage,
+    chunks = chunk_sizes(stage_id, args)
+    out = {"stage": stage_id, "settings": stage, "grad_cache": chunks,
            "global_batch_per_gpu_at_8_gpus": {"text": stage["text_batch"] // PAPER_GPUS, "image_text": stage["image_text_batch"] // PAPER_GPUS},
            "runs": [], "batch_search": []}
     variants = list(args.variants)
@@ -234,8 +271,7 @@ def bench_stage(model, accelerator, stage_id: int, args, base, peak, config) -> 
     while True:
         accelerator.free_memory()  # drop the previous step's wrappers and optimizer state
         common.use_image_size(model, stage["image_size"], base["pos_embed"], base["image_size"])
-        step = TrainStep(bench_config(cfg, config, args.chunks, text_batch * max(1, stage["negatives"]), image_batch),
-                         model, accelerator)
+        step = TrainStep(bench_config(cfg, config, chunks["text"], chunks["image"]), model, accelerator)
         text, image = make_batches(config, stage, text_batch, image_batch, args.seed)
         first = run_variant(step, text, image, variants[0], args)
         out["batch_search"].append({"text_batch": text_batch, "image_batch": image_batch, "status": first["status"]})
@@ -304,16 +340,15 @@ def compute_targets(result: dict) -> list[dict]:
     ))
     for stage_id, stage in sorted(stages.items()):
         ratio = stage["step_time_ratios"].get("grad_cache / plain")
+        cached = next((r for r in stage["runs"] if r["variant"] == "grad_cache"), None)
+        counts = ", ".join(f"{k} {v}" for k, v in ((cached or {}).get("grad_cache_chunks") or {}).items())
         targets.append(common.target(
             f"grad_cache_overhead_stage{stage_id}", f"stage-{stage_id} gradient-caching step time / plain step time, same batch",
             1.35, ratio, higher_is_better=False, unit="x", force_unmeasured=not_real,
-            note=f"{args_chunks(result)} chunks per group",
+            note=f"chunk sizes: text {stage['grad_cache']['text']} / image {stage['grad_cache']['image']} samples"
+                 + (f"; chunks per group: {counts}" if counts else ""),
         ))
     return targets
-
-
-def args_chunks(result: dict) -> int:
-    return result["settings"]["chunks"]
 
 
 def markdown(result: dict) -> str:
@@ -322,8 +357,10 @@ def markdown(result: dict) -> str:
     for stage in result["stages"]:
         st = stage["settings"]
         for r in stage["runs"]:
+            sizes = r.get("grad_cache_chunk_sizes")
             rows.append([stage["stage"], f"{st['seq_len']} tok / {st['image_size']} px", r["variant"],
-                         f"{r['text_batch']}x{2 + st['negatives']} / {r['image_batch']}", r["status"],
+                         f"{r['text_batch']}x{2 + st['negatives']} / {r['image_batch']}",
+                         f"{sizes['text']} / {sizes['image']}" if sizes else "-", r["status"],
                          common.fmt(r.get("median_s"), ".4g"), common.fmt(r.get("samples_per_s"), ".4g"),
                          common.fmt(r.get("tflops_per_s"), ".3g"), common.fmt_pct(r.get("mfu")), common.fmt_pct(r.get("hfu")),
                          common.fmt_bytes(r.get("peak_memory_bytes"))])
@@ -332,11 +369,19 @@ def markdown(result: dict) -> str:
                           common.fmt_pct(lp.get("matryoshka_overhead_share")), common.fmt_pct(lp.get("gather_overhead_share")),
                           ", ".join(f"{k} = {v:.3f}" for k, v in stage["step_time_ratios"].items()) or "-"])
     out += ["\n## Steps\n\nBatch: text rows x texts per row (pairs 2, triplets with 7 negatives 9) / image-text pairs. "
+            "Chunk sizes: gradient caching's texts / images per forward with activations (train.grad_cache). "
             "MFU on model FLOPs (3 x forward); HFU adds recompute and gradient caching's extra pass.\n\n",
-            common.md_table(["stage", "shape", "variant", "batch", "status", "median s", "samples/s", "TFLOP/s", "MFU", "HFU", "peak mem"], rows),
+            common.md_table(["stage", "shape", "variant", "batch", "chunk sizes", "status", "median s", "samples/s", "TFLOP/s", "MFU", "HFU", "peak mem"], rows),
             "\n## Loss path and gradient-caching overhead\n\n",
             common.md_table(["stage", "loss fwd+bwd s", "share of plain step", "Matryoshka share", "gather share", "step-time ratios"], loss_rows)]
     return "".join(out)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -352,7 +397,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the first one decides the batch (halved until it fits)")
     p.add_argument("--text-batch", type=int, default=None, help="per-device text pairs / triplets (default per stage)")
     p.add_argument("--image-batch", type=int, default=None, help="per-device image-text pairs (default per stage)")
-    p.add_argument("--chunks", type=int, default=4, help="gradient-caching chunks of the largest text group and of the images")
+    p.add_argument("--text-chunk-size", type=positive_int, default=None,
+                   help="gradient caching: texts per forward with activations, as train.grad_cache.text_chunk_size "
+                        "(default: the stage config's; --tiny: %d)" % TINY_CHUNK_SIZES["text"])
+    p.add_argument("--image-chunk-size", type=positive_int, default=None,
+                   help="gradient caching: images per forward with activations, as train.grad_cache.image_chunk_size "
+                        "(default: the stage config's; --tiny: %d)" % TINY_CHUNK_SIZES["image"])
     p.add_argument("--configs-dir", default=None, help="folder of stage{N}.yaml (default: the shipped training/configs)")
     p.add_argument("--skip-loss-path", action="store_true")
     p.add_argument("--warmup", type=int, default=None)
