@@ -404,6 +404,62 @@ def test_train_step_tiny_cpu(tmp_path):
         assert heading in md
 
 
+def test_step_peak_bytes_counts_torch_cpu_allocations():
+    """The CPU peak is torch's allocator's own count (tracemalloc does not see torch): exact bytes of the tensors
+    allocated during the call at its high point, nothing allocated before it."""
+    resident = torch.empty(4_000_000, dtype=torch.uint8)  # allocated before: not in the peak, nor is its free
+
+    def work():
+        a = torch.empty(1_000_000, dtype=torch.uint8)
+        b = torch.empty(2_000_000, dtype=torch.uint8)
+        del a
+        c = torch.empty(3_000_000, dtype=torch.uint8)  # high point: b + c
+        del b, c
+
+    assert train_step.step_peak_bytes(work, torch.device("cpu")) == 5_000_000
+    assert train_step.step_peak_bytes(lambda: None, torch.device("cpu")) == 0
+    del resident
+
+
+def test_train_step_memory_scaling_tiny_cpu(tmp_path):
+    """Plain vs gradient caching at growing batches under a budget (stage-3 triplets: the plain step's peak grows
+    fastest): the plain step exceeds the budget at some batch (recorded with its measured peak, then not run at
+    larger batches) while gradient caching runs every batch within it; variants interleaved, ratios round by
+    round where both ran."""
+    out = tmp_path / "mem.json"
+    train_step.main(["--tiny", "--device", "cpu", "--memory-scaling", "--stages", "3", "--batches", "2", "4", "8",
+                     "--memory-budget-mb", "3", "--iters", "2", "--configs-dir", str(tmp_path), "--out", str(out)])
+    result = _strict_json(out)
+    assert result["benchmark"] == "train_step_memory" and result["targets"] == []
+    (stage,) = result["memory_scaling"]
+    budget = 3 * 2**20
+    assert stage["memory_budget_bytes"] == budget and (stage["grad_cache"]["text"], stage["grad_cache"]["image"]) == (3, 3)
+    # AdamW's two moments (and a scalar step count per parameter)
+    assert stage["resident"]["optimizer_state_bytes"] == pytest.approx(2 * stage["resident"]["parameters_bytes"], rel=1e-3)
+    rows = {(r["variant"], r["batch"]): r for r in stage["rows"]}
+    assert sorted(rows) == [(v, b) for v in ("grad_cache", "plain") for b in (2, 4, 8)]
+    for b in (2, 4, 8):
+        cached = rows["grad_cache", b]
+        assert cached["status"] == "ok" and 0 < cached["step_peak_bytes"] <= budget and cached["within_budget"]
+        assert cached["interleaved"] and len(cached["times_s"]) == 2
+        assert cached["grad_cache_chunks"]["negatives"] == math.ceil(7 * b / 3)
+    plain = [rows["plain", b] for b in (2, 4, 8)]
+    assert plain[0]["status"] == "ok" and plain[0]["step_peak_bytes"] > rows["grad_cache", 2]["step_peak_bytes"]
+    exceeded = next(r for r in plain if r["status"] == "exceeds_budget")
+    assert exceeded["step_peak_bytes"] > budget and not exceeded["within_budget"] and "budget" in exceeded["error"]
+    later = plain[plain.index(exceeded) + 1:]
+    assert all(r["status"] == "exceeds_budget" and r["step_peak_bytes"] is None for r in later)
+    ratios = {r["batch"]: r["grad_cache / plain"] for r in stage["step_time_ratios"]}
+    for r in plain:
+        assert (ratios[r["batch"]] is not None) == (r["status"] == "ok")
+    assert ratios[2]["ratios"] == [a / b for a, b in zip(rows["grad_cache", 2]["times_s"], rows["plain", 2]["times_s"])]
+    summary = stage["summary"]
+    assert summary["grad_cache"]["largest_batch_within_budget"] == 8 > summary["plain"]["largest_batch_within_budget"]
+    assert summary["plain"]["bytes_per_sample"] > summary["grad_cache"]["bytes_per_sample"]
+    md = out.with_suffix(".md").read_text()
+    assert "# Gradient caching: step memory and time" in md and "exceeds_budget" in md
+
+
 def test_flops_cli(capsys):
     summary = flops_cli.main(["--tiny", "--image-sizes", "56", "--seq-lens", "16"])
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(summary))
