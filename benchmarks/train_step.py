@@ -460,8 +460,15 @@ def memory_summary(rows: list[dict]) -> dict:
     return out
 
 
+def md_environment(result: dict) -> str:
+    """``common.md_environment``, naming a ``--layers`` model for what it is (real width, not real size)."""
+    layers = result["settings"].get("layers")
+    text = common.md_environment(result)
+    return text.replace("config: real size", f"config: real width, {layers} layer(s) per tower") if layers else text
+
+
 def memory_markdown(result: dict) -> str:
-    out = ["# Gradient caching: step memory and time at growing batches\n\n", common.md_environment(result)]
+    out = ["# Gradient caching: step memory and time at growing batches\n\n", md_environment(result)]
     s, text, vision = result["settings"], result["config"]["text"], result["config"]["vision"]
     out.append(f"- model: text {text['num_hidden_layers']} x {text['hidden_size']}-d (vocabulary {text['vocab_size']}), vision "
                f"{vision['num_hidden_layers']} x {vision['hidden_size']}-d, random weights; "
@@ -527,7 +534,7 @@ def compute_targets(result: dict) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    out = ["# Training-step benchmark\n\n", common.md_environment(result), "\n## Targets\n\n", common.md_targets(result["targets"])]
+    out = ["# Training-step benchmark\n\n", md_environment(result), "\n## Targets\n\n", common.md_targets(result["targets"])]
     rows, loss_rows = [], []
     for stage in result["stages"]:
         st = stage["settings"]
