@@ -46,6 +46,10 @@ PAPER_GPUS = 8  # Table 6's batch sizes are global over 8 GPUs
 REAL_MICRO = {1: (128, 128), 2: (32, 32), 3: (4, 32)}
 TINY_STAGE = {1: {"seq_len": 16, "image_size": 28}, 2: {"seq_len": 32, "image_size": 42}, 3: {"seq_len": 32, "image_size": 56}}
 TINY_MICRO = {1: (4, 4), 2: (4, 4), 3: (2, 4)}
+# Gradient-caching chunk sizes (rows per forward with activations, as train.grad_cache) of the tiny model: the stage
+# configs' sizes are meant for the real model on an 80 GB GPU and exceed every tiny batch (one chunk, nothing cached
+# chunk by chunk); 3 splits the tiny batches unevenly (4 -> 3 + 1, stage 3's 14 negatives -> 3 x 4 + 2).
+TINY_CHUNK_SIZES = {"text": 3, "image": 3}
 VARIANTS = {
     "plain": {"grad_cache": False, "checkpointing": False},
     "checkpointing": {"grad_cache": False, "checkpointing": True},
@@ -105,19 +109,36 @@ def stage_settings(stage: int, configs_dir: Path | None = None) -> dict:
     return settings
 
 
-def bench_config(cfg: StageConfig, model_config, chunks: int, text_rows: int, image_rows: int) -> StageConfig:
+def chunk_sizes(stage: int, args) -> dict:
+    """Gradient-caching chunk sizes in samples per forward, as the trainer takes them (``train.grad_cache.
+    {text,image}_chunk_size``, per process): ``--text-chunk-size`` / ``--image-chunk-size``, else the tiny model's
+    (``TINY_CHUNK_SIZES``) with ``--tiny``, else the stage config's own; each with its source."""
+    configs_dir = Path(args.configs_dir) if args.configs_dir else None
+    cfg, shown = stage_config(stage, configs_dir)
+    shown = str(SHIPPED_CONFIGS.relative_to(common.ROOT) / f"stage{stage}.yaml") if shown == "paper Table 6" else shown
+    out, sources = {}, {}
+    for tower in ("text", "image"):
+        explicit = getattr(args, f"{tower}_chunk_size")
+        if explicit is not None:
+            out[tower], sources[tower] = explicit, f"--{tower}-chunk-size"
+        elif args.tiny:
+            out[tower], sources[tower] = TINY_CHUNK_SIZES[tower], "tiny"
+        else:
+            out[tower] = getattr(cfg.train.grad_cache, f"{tower}_chunk_size")
+            sources[tower] = f"{shown}:train.grad_cache.{tower}_chunk_size"
+    return {**out, "sources": sources}
+
+
+def bench_config(cfg: StageConfig, model_config, text_chunk_size: int, image_chunk_size: int) -> StageConfig:
     """The stage's config for the benchmark model: the Matryoshka widths that fit its embedding (the config's,
-    else the model's own), and gradient-caching chunks of about ``rows / chunks`` rows (the text chunk size
-    follows the largest text group)."""
+    else the model's own), and the gradient-caching chunk sizes (samples per forward: every text group,
+    queries, positives, negatives and captions, is split into chunks of ``text_chunk_size`` rows, the images
+    into chunks of ``image_chunk_size``, exactly as in training)."""
     width = model_config.projection_dim
     dims = cfg.loss.matryoshka_dims
     if dims is not None and max(dims) > width:
         dims = list(model_config.matryoshka_dimensions)
-    grad_cache = dataclasses.replace(
-        cfg.train.grad_cache,
-        text_chunk_size=max(1, math.ceil(max(text_rows, image_rows) / chunks)),
-        image_chunk_size=max(1, math.ceil(image_rows / chunks)),
-    )
+    grad_cache = dataclasses.replace(cfg.train.grad_cache, text_chunk_size=text_chunk_size, image_chunk_size=image_chunk_size)
     train = dataclasses.replace(cfg.train, grad_cache=grad_cache, log_with=[])
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, matryoshka_dims=dims), train=train)
 
@@ -154,7 +175,9 @@ def run_variant(step: TrainStep, text: TextBatch, image: ImageTextBatch, name: s
     def run_step():
         last["out"] = step(text, image)
 
-    run = {"variant": name, **spec, "grad_cache_chunks": args.chunks if spec["grad_cache"] else None}
+    run = {"variant": name, **spec,
+           "grad_cache_chunk_sizes": chunk_settings(step) if spec["grad_cache"] else None,
+           "grad_cache_chunks": chunk_counts(step, text, image) if spec["grad_cache"] else None}
     run.update(common.timed(run_step, step.accelerator.device, args.warmup, args.iters))
     step.optimizer.zero_grad(set_to_none=True)
     set_gradient_checkpointing(step.model, False)
@@ -163,6 +186,19 @@ def run_variant(step: TrainStep, text: TextBatch, image: ImageTextBatch, name: s
         run["loss"] = loss
         run["loss_finite"] = math.isfinite(loss)
     return run
+
+
+def chunk_settings(step: TrainStep) -> dict[str, int]:
+    return {"text": step.grad_cache.text_chunk_size, "image": step.grad_cache.image_chunk_size}
+
+
+def chunk_counts(step: TrainStep, text: TextBatch, image: ImageTextBatch) -> dict[str, int]:
+    """Chunks per embedding group of a gradient-caching step (``TrainStep`` splits each group by its tower's size)."""
+    texts, images = step.groups(text, image)
+    sizes = chunk_settings(step)
+    counts = {name: math.ceil(enc["input_ids"].shape[0] / sizes["text"]) for name, enc in texts.items()}
+    counts.update({name: math.ceil(pixels.shape[0] / sizes["image"]) for name, pixels in images.items()})
+    return counts
 
 
 def loss_path(step: TrainStep, text: TextBatch, image: ImageTextBatch, args) -> dict:
@@ -211,22 +247,30 @@ def count_step(step: TrainStep, text: TextBatch, image: ImageTextBatch, variant:
 # ----------------------------------------------------------------------------------------------------
 
 
-def bench_stage(model, accelerator, stage_id: int, args, base, peak, config) -> dict:
-    """Every variant of one stage at the largest micro batch that fits. ``base``: the model's original
-    ``pos_embed``, ``image_size`` and ``patch_dropout`` (the default when the stage config names none)."""
-    device = accelerator.device
+def prepare_stage(model, stage_id: int, args, base) -> tuple[StageConfig, dict]:
+    """The stage's config and settings (tiny shapes with ``--tiny``), with the model's patch dropout set to the
+    stage's. ``base``: the model's original ``pos_embed``, ``image_size`` and ``patch_dropout`` (the default when
+    the stage config names none)."""
     cfg, _ = stage_config(stage_id, Path(args.configs_dir) if args.configs_dir else None)
     stage = stage_settings(stage_id, Path(args.configs_dir) if args.configs_dir else None)
     if args.tiny:
         stage.update(TINY_STAGE[stage_id])
         stage["sources"].update({"seq_len": "tiny", "image_size": "tiny"})
-    text_batch, image_batch = (TINY_MICRO if args.tiny else REAL_MICRO)[stage_id]
-    text_batch = args.text_batch or text_batch
-    image_batch = args.image_batch or image_batch
     # Patch dropout keeps fewer vision tokens at train time (the FLOPs follow the config): the stage's, else the model's.
     model.config.vision_config.patch_dropout = stage.get("patch_dropout", base["patch_dropout"])
     stage["patch_dropout_used"] = model.config.vision_config.patch_dropout
-    out = {"stage": stage_id, "settings": stage,
+    return cfg, stage
+
+
+def bench_stage(model, accelerator, stage_id: int, args, base, peak, config) -> dict:
+    """Every variant of one stage at the largest micro batch that fits (``base``: see ``prepare_stage``)."""
+    device = accelerator.device
+    cfg, stage = prepare_stage(model, stage_id, args, base)
+    text_batch, image_batch = (TINY_MICRO if args.tiny else REAL_MICRO)[stage_id]
+    text_batch = args.text_batch or text_batch
+    image_batch = args.image_batch or image_batch
+    chunks = chunk_sizes(stage_id, args)
+    out = {"stage": stage_id, "settings": stage, "grad_cache": chunks,
            "global_batch_per_gpu_at_8_gpus": {"text": stage["text_batch"] // PAPER_GPUS, "image_text": stage["image_text_batch"] // PAPER_GPUS},
            "runs": [], "batch_search": []}
     variants = list(args.variants)
@@ -234,8 +278,7 @@ def bench_stage(model, accelerator, stage_id: int, args, base, peak, config) -> 
     while True:
         accelerator.free_memory()  # drop the previous step's wrappers and optimizer state
         common.use_image_size(model, stage["image_size"], base["pos_embed"], base["image_size"])
-        step = TrainStep(bench_config(cfg, config, args.chunks, text_batch * max(1, stage["negatives"]), image_batch),
-                         model, accelerator)
+        step = TrainStep(bench_config(cfg, config, chunks["text"], chunks["image"]), model, accelerator)
         text, image = make_batches(config, stage, text_batch, image_batch, args.seed)
         first = run_variant(step, text, image, variants[0], args)
         out["batch_search"].append({"text_batch": text_batch, "image_batch": image_batch, "status": first["status"]})
@@ -285,6 +328,181 @@ def bench_stage(model, accelerator, stage_id: int, args, base, peak, config) -> 
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# Memory scaling: plain vs gradient caching at growing batches, under a memory budget
+# ----------------------------------------------------------------------------------------------------
+
+
+def step_peak_bytes(fn, device: torch.device) -> int:
+    """Peak bytes one call of ``fn`` allocates above what was allocated when it started: a training step's
+    activations, gradients and temporaries, not the resident weights, optimizer moments and inputs.
+
+    CUDA: ``max_memory_allocated - memory_allocated``. CPU: torch's CPU allocator, which (with the profiler's
+    ``profile_memory``) reports every tensor allocation and free with its running total of the bytes allocated
+    since profiling began; the peak of that total is exact. tracemalloc does not see torch's allocations, and
+    the peak RSS lags behind frees (malloc keeps freed pages) and counts the interpreter and libraries."""
+    if device.type == "cuda":
+        common.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        common.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocations, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        pending.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            allocations.append(event)
+    if not allocations:
+        return 0
+    allocations.sort(key=lambda event: event.start_time_ns)
+    first = allocations[0].extra_fields
+    start = first.total_allocated - first.alloc_size  # 0 unless an earlier profiling session left a count
+    return int(max(event.extra_fields.total_allocated for event in allocations) - start)
+
+
+def resident_bytes(step: TrainStep) -> dict[str, int]:
+    """What stays allocated between steps: the weights (and temperatures) and AdamW's moments."""
+    params = sum(p.numel() * p.element_size() for p in step.trainable())
+    state = sum(v.numel() * v.element_size() for s in step.optimizer.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor))
+    return {"parameters_bytes": params, "optimizer_state_bytes": state}
+
+
+def memory_stage(model, accelerator, stage_id: int, args, base, config) -> dict:
+    """Plain vs gradient caching (chunk sizes in samples, as the trainer) at each of ``--batches`` (text pairs or
+    triplets = image-text pairs = B): each variant's step peak (``step_peak_bytes``) from one untimed call, then
+    the variants within ``--memory-budget-mb`` timed interleaved (A B A B ...) with round-by-round ratios. A variant
+    over the budget is recorded as ``exceeds_budget`` (with its measured peak) and not run at larger batches; a real
+    out-of-memory error is ``oom``. One ``TrainStep`` serves every batch: one warmup step per variant at the smallest
+    batch creates AdamW's moments, so every measured peak is a step's own."""
+    device = accelerator.device
+    cfg, stage = prepare_stage(model, stage_id, args, base)
+    chunks = chunk_sizes(stage_id, args)
+    common.use_image_size(model, stage["image_size"], base["pos_embed"], base["image_size"])
+    step = TrainStep(bench_config(cfg, config, chunks["text"], chunks["image"]), model, accelerator)
+    budget = None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20)
+    variants = ["plain", "grad_cache"]
+
+    def step_fn(name, text, image):
+        def call():
+            step.grad_cache = dataclasses.replace(step.grad_cache, enabled=VARIANTS[name]["grad_cache"])
+            step(text, image)
+        return call
+
+    text, image = make_batches(config, stage, min(args.batches), min(args.batches), args.seed)
+    for name in variants:  # AdamW's moments are created here, outside every measured peak
+        step_fn(name, text, image)()
+    rows, ratios, over = [], [], {}
+    for batch in sorted(args.batches):
+        text, image = make_batches(config, stage, batch, batch, args.seed)
+        fns, entries = {}, {}
+        for name in variants:
+            entry = {"batch": batch, "text_batch": batch, "image_batch": batch, "variant": name,
+                     "grad_cache_chunks": chunk_counts(step, text, image) if VARIANTS[name]["grad_cache"] else None}
+            entries[name] = entry
+            if name in over:
+                entry.update(status="exceeds_budget", step_peak_bytes=None,
+                             error=f"exceeded the budget at batch {over[name]}: not run at larger batches")
+                continue
+            try:
+                entry["step_peak_bytes"] = step_peak_bytes(step_fn(name, text, image), device)
+            except Exception as err:  # noqa: BLE001 - a step that does not fit is a result
+                entry.update(status="oom" if common.is_oom(err) else "error", error=f"{type(err).__name__}: {str(err)[:300]}")
+                over[name] = batch
+                continue
+            finally:
+                step.optimizer.zero_grad(set_to_none=True)
+            if budget is not None and entry["step_peak_bytes"] > budget:
+                entry.update(status="exceeds_budget", error=f"step peak {entry['step_peak_bytes'] / 2**20:.0f} MiB > "
+                                                            f"budget {args.memory_budget_mb:g} MiB")
+                over[name] = batch
+                continue
+            fns[name] = step_fn(name, text, image)
+        common.free_memory(device, collect=True)
+        timings = common.interleaved(fns, device, args.warmup, args.iters, inference=False) if fns else {}
+        for name, entry in entries.items():
+            if name in timings:
+                entry.update(timings[name])
+                entry["samples_per_s"] = 2 * batch / entry["median_s"] if entry.get("status") == "ok" else None
+            entry["within_budget"] = None if budget is None or entry.get("step_peak_bytes") is None else entry["step_peak_bytes"] <= budget
+            rows.append(entry)
+        ratios.append({"batch": batch, "grad_cache / plain": common.pair_ratio(timings.get("grad_cache", {}), timings.get("plain", {}))})
+    out = {"stage": stage_id, "settings": stage, "grad_cache": chunks, "memory_budget_bytes": budget,
+           "resident": resident_bytes(step), "rows": rows, "step_time_ratios": ratios}
+    out["summary"] = memory_summary(rows)
+    del step, text, image
+    accelerator.free_memory()
+    common.free_memory(device, collect=True)
+    return out
+
+
+def memory_summary(rows: list[dict]) -> dict:
+    """Per variant: the peak at the smallest and largest measured batch and the growth per sample between them;
+    the largest batch each variant ran within the budget."""
+    out = {}
+    for name in ("plain", "grad_cache"):
+        measured = [r for r in rows if r["variant"] == name and r.get("step_peak_bytes") is not None]
+        ran = [r["batch"] for r in rows if r["variant"] == name and r.get("status") == "ok"]
+        entry = {"largest_batch_within_budget": max(ran) if ran else None}
+        if len(measured) >= 2:
+            lo, hi = measured[0], measured[-1]
+            entry.update(smallest_batch=lo["batch"], smallest_peak_bytes=lo["step_peak_bytes"], largest_batch=hi["batch"],
+                         largest_peak_bytes=hi["step_peak_bytes"],
+                         bytes_per_sample=(hi["step_peak_bytes"] - lo["step_peak_bytes"]) / (hi["batch"] - lo["batch"]))
+        out[name] = entry
+    return out
+
+
+def md_environment(result: dict) -> str:
+    """``common.md_environment``, naming a ``--layers`` model for what it is (real width, not real size)."""
+    layers = result["settings"].get("layers")
+    text = common.md_environment(result)
+    return text.replace("config: real size", f"config: real width, {layers} layer(s) per tower") if layers else text
+
+
+def memory_markdown(result: dict) -> str:
+    out = ["# Gradient caching: step memory and time at growing batches\n\n", md_environment(result)]
+    s, text, vision = result["settings"], result["config"]["text"], result["config"]["vision"]
+    out.append(f"- model: text {text['num_hidden_layers']} x {text['hidden_size']}-d (vocabulary {text['vocab_size']}), vision "
+               f"{vision['num_hidden_layers']} x {vision['hidden_size']}-d, random weights; "
+               f"{result['env']['torch_num_threads']} torch thread(s); memory: {s['memory_measure']}\n")
+    for stage in result["memory_scaling"]:
+        st, gc, res = stage["settings"], stage["grad_cache"], stage["resident"]
+        budget = stage["memory_budget_bytes"]
+        out.append(f"\n## Stage {stage['stage']}: {st['seq_len']} tokens, {st['image_size']} px\n\n"
+                   f"- gradient caching: text chunks of {gc['text']} samples, image chunks of {gc['image']} "
+                   f"(`train.grad_cache`); budget for a step's own peak: "
+                   f"{'none' if budget is None else f'{budget / 2**20:g} MiB'}\n"
+                   f"- resident between steps (not in the step peak): weights {res['parameters_bytes'] / 2**20:.0f} MiB, "
+                   f"AdamW moments {res['optimizer_state_bytes'] / 2**20:.0f} MiB\n"
+                   f"- batch B: B text {'triplets' if st['negatives'] else 'pairs'} + B image-text pairs; medians of "
+                   f"{s['iters']} interleaved rounds (A B A B); ratio: round by round, median [min, max]\n\n")
+        ratio = {r["batch"]: r["grad_cache / plain"] for r in stage["step_time_ratios"]}
+        rows = []
+        for r in stage["rows"]:
+            pr = ratio.get(r["batch"]) if r["variant"] == "grad_cache" else None
+            rows.append([r["batch"], r["variant"], r.get("status", "-"),
+                         common.fmt(None if r.get("step_peak_bytes") is None else r["step_peak_bytes"] / 2**20, ".1f"),
+                         common.fmt(r.get("median_s"), ".3g"), common.fmt(common.spread(r), ".2f"),
+                         f"{pr['median']:.2f}x [{pr['min']:.2f}, {pr['max']:.2f}]" if pr else "-"])
+        out.append(common.md_table(["batch", "variant", "status", "step peak MiB", "median s", "spread", "grad_cache / plain"], rows))
+        summary = stage["summary"]
+        for name, entry in summary.items():
+            if "bytes_per_sample" in entry:
+                out.append(f"\n- {name}: {entry['bytes_per_sample'] / 2**20:.2f} MiB more per sample from batch "
+                           f"{entry['smallest_batch']} to {entry['largest_batch']}; largest batch run within the budget: "
+                           f"{entry['largest_batch_within_budget']}")
+        out.append("\n")
+    return "".join(out)
+
+
 def compute_targets(result: dict) -> list[dict]:
     tiny = result["settings"]["tiny"]
     device_name = result["env"]["device_name"]
@@ -304,26 +522,27 @@ def compute_targets(result: dict) -> list[dict]:
     ))
     for stage_id, stage in sorted(stages.items()):
         ratio = stage["step_time_ratios"].get("grad_cache / plain")
+        cached = next((r for r in stage["runs"] if r["variant"] == "grad_cache"), None)
+        counts = ", ".join(f"{k} {v}" for k, v in ((cached or {}).get("grad_cache_chunks") or {}).items())
         targets.append(common.target(
             f"grad_cache_overhead_stage{stage_id}", f"stage-{stage_id} gradient-caching step time / plain step time, same batch",
             1.35, ratio, higher_is_better=False, unit="x", force_unmeasured=not_real,
-            note=f"{args_chunks(result)} chunks per group",
+            note=f"chunk sizes: text {stage['grad_cache']['text']} / image {stage['grad_cache']['image']} samples"
+                 + (f"; chunks per group: {counts}" if counts else ""),
         ))
     return targets
 
 
-def args_chunks(result: dict) -> int:
-    return result["settings"]["chunks"]
-
-
 def markdown(result: dict) -> str:
-    out = ["# Training-step benchmark\n\n", common.md_environment(result), "\n## Targets\n\n", common.md_targets(result["targets"])]
+    out = ["# Training-step benchmark\n\n", md_environment(result), "\n## Targets\n\n", common.md_targets(result["targets"])]
     rows, loss_rows = [], []
     for stage in result["stages"]:
         st = stage["settings"]
         for r in stage["runs"]:
+            sizes = r.get("grad_cache_chunk_sizes")
             rows.append([stage["stage"], f"{st['seq_len']} tok / {st['image_size']} px", r["variant"],
-                         f"{r['text_batch']}x{2 + st['negatives']} / {r['image_batch']}", r["status"],
+                         f"{r['text_batch']}x{2 + st['negatives']} / {r['image_batch']}",
+                         f"{sizes['text']} / {sizes['image']}" if sizes else "-", r["status"],
                          common.fmt(r.get("median_s"), ".4g"), common.fmt(r.get("samples_per_s"), ".4g"),
                          common.fmt(r.get("tflops_per_s"), ".3g"), common.fmt_pct(r.get("mfu")), common.fmt_pct(r.get("hfu")),
                          common.fmt_bytes(r.get("peak_memory_bytes"))])
@@ -332,11 +551,19 @@ def markdown(result: dict) -> str:
                           common.fmt_pct(lp.get("matryoshka_overhead_share")), common.fmt_pct(lp.get("gather_overhead_share")),
                           ", ".join(f"{k} = {v:.3f}" for k, v in stage["step_time_ratios"].items()) or "-"])
     out += ["\n## Steps\n\nBatch: text rows x texts per row (pairs 2, triplets with 7 negatives 9) / image-text pairs. "
+            "Chunk sizes: gradient caching's texts / images per forward with activations (train.grad_cache). "
             "MFU on model FLOPs (3 x forward); HFU adds recompute and gradient caching's extra pass.\n\n",
-            common.md_table(["stage", "shape", "variant", "batch", "status", "median s", "samples/s", "TFLOP/s", "MFU", "HFU", "peak mem"], rows),
+            common.md_table(["stage", "shape", "variant", "batch", "chunk sizes", "status", "median s", "samples/s", "TFLOP/s", "MFU", "HFU", "peak mem"], rows),
             "\n## Loss path and gradient-caching overhead\n\n",
             common.md_table(["stage", "loss fwd+bwd s", "share of plain step", "Matryoshka share", "gather share", "step-time ratios"], loss_rows)]
     return "".join(out)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -352,8 +579,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the first one decides the batch (halved until it fits)")
     p.add_argument("--text-batch", type=int, default=None, help="per-device text pairs / triplets (default per stage)")
     p.add_argument("--image-batch", type=int, default=None, help="per-device image-text pairs (default per stage)")
-    p.add_argument("--chunks", type=int, default=4, help="gradient-caching chunks of the largest text group and of the images")
+    p.add_argument("--text-chunk-size", type=positive_int, default=None,
+                   help="gradient caching: texts per forward with activations, as train.grad_cache.text_chunk_size "
+                        "(default: the stage config's; --tiny: %d)" % TINY_CHUNK_SIZES["text"])
+    p.add_argument("--image-chunk-size", type=positive_int, default=None,
+                   help="gradient caching: images per forward with activations, as train.grad_cache.image_chunk_size "
+                        "(default: the stage config's; --tiny: %d)" % TINY_CHUNK_SIZES["image"])
     p.add_argument("--configs-dir", default=None, help="folder of stage{N}.yaml (default: the shipped training/configs)")
+    p.add_argument("--layers", type=positive_int, default=None,
+                   help="real-width towers (1024-d text and vision) with this many layers each, random weights, instead of "
+                        "the full model (a real-width model a CPU can step)")
+    p.add_argument("--vocab-size", type=positive_int, default=None,
+                   help="with --layers: the text vocabulary (default the real 250002; its dense embedding gradient is a "
+                        "constant 1 GiB per step)")
+    p.add_argument("--memory-scaling", action="store_true",
+                   help="instead of the stage table: plain vs grad_cache step memory and time at each of --batches")
+    p.add_argument("--batches", type=positive_int, nargs="+", default=None,
+                   help="--memory-scaling: batch sizes B (B text pairs / triplets + B image-text pairs); default 8 16 32 64 "
+                        "(tiny: 2 4 8)")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="--memory-scaling: a variant whose step peak (activations, gradients, temporaries above the resident "
+                        "weights and AdamW moments) exceeds this many MiB is recorded as exceeds_budget and not timed")
     p.add_argument("--skip-loss-path", action="store_true")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
@@ -363,7 +609,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="torch CPU threads (default: 1 with --tiny on CPU, where thread sync costs more than tiny ops; else torch's)")
     p.add_argument("--out", default=None, help="JSON path (markdown next to it); default benchmarks/results/train_step[_tiny].json")
     args = p.parse_args(argv)
-    defaults = {"warmup": 1 if args.tiny else 2, "iters": 2 if args.tiny else 5, "out": common.results_path("train_step", args.tiny)}
+    if args.layers is not None and (args.tiny or args.model):
+        p.error("--layers builds its own model: not with --tiny or --model")
+    if args.vocab_size is not None and args.layers is None:
+        p.error("--vocab-size needs --layers")
+    if args.memory_scaling:  # each call of a variant is a full step: its peak call already warmed the shapes
+        defaults = {"warmup": 0, "iters": 3, "batches": [2, 4, 8] if args.tiny else [8, 16, 32, 64],
+                    "out": common.results_path("train_step_memory", args.tiny)}
+    else:
+        defaults = {"warmup": 1 if args.tiny else 2, "iters": 2 if args.tiny else 5, "out": common.results_path("train_step", args.tiny)}
     for key, value in defaults.items():
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     return args
@@ -374,8 +628,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return common.run_benchmark(parse_args(argv), run)
 
 
+def bench_model_config(args: argparse.Namespace):
+    """The benchmark model's config: tiny, a checkpoint's, real-width towers ``--layers`` deep, or the full model."""
+    if args.layers is not None:
+        from jina_clip_v2.benchmarks.encode_table import table_config
+        from jina_clip_v2.modeling import JinaCLIPConfig
+
+        vocab = args.vocab_size or JinaCLIPConfig().text_config.vocab_size
+        return table_config(args.layers, args.layers, JinaCLIPConfig().vision_config.image_size, vocab)
+    return common.build_config(args.tiny, args.model)
+
+
 def run(args: argparse.Namespace, device: torch.device) -> dict:
-    config = common.build_config(args.tiny, args.model)
+    config = bench_model_config(args)
     model = common.build_model(config, device, args.model, seed=args.seed).train()
     dtype = common.resolve_dtype(args.dtype, device)
     peak, peak_source = detect_peak_tflops(device, dtype, args.peak_tflops)
@@ -395,6 +660,19 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     settings["dtype"] = common.dtype_name(dtype)
     settings["precision"] = f"Accelerator(mixed_precision={precision!r}): fp32 weights + optimizer, autocast {common.dtype_name(dtype)}"
     settings["optimizer"] = "training.optim.build_optimizer from each stage config's optim section (training.step.TrainStep)"
+    if args.memory_scaling:
+        settings["memory_measure"] = (
+            "torch.cuda.max_memory_allocated - memory_allocated before the step" if device.type == "cuda" else
+            "torch's CPU allocator via torch.profiler(profile_memory=True): peak of its running total of bytes "
+            "allocated during the step")
+        result = common.result_header("train_step_memory", device, settings, config, model, peak, peak_source, memory_scaling=[])
+        try:
+            for stage_id in args.stages:
+                result["memory_scaling"].append(memory_stage(model, accelerator, stage_id, args, base, config))
+        finally:
+            reset_accelerate_state()
+        result["targets"] = []  # issue 16 sets no target for this table; it is read as measured
+        return common.publish(result, memory_markdown(result), args.out)
     result = common.result_header("train_step", device, settings, config, model, peak, peak_source, stages=[])
     try:
         for stage_id in args.stages:

@@ -189,6 +189,33 @@ def test_stage_settings_read_training_stage_layout(tmp_path):
     assert s3["sources"]["negatives"].endswith(":data.text.num_negatives")
 
 
+def test_train_step_chunk_sizes_are_the_trainers(tmp_path):
+    """Gradient caching is configured by chunk sizes in samples, as the trainer takes them
+    (train.grad_cache.{text,image}_chunk_size): by default the stage config's own, with --tiny the tiny model's,
+    and --text-chunk-size / --image-chunk-size override; no number of chunks anywhere."""
+    (tmp_path / "stage1.yaml").write_text(
+        "stage: 1\n" + TINY_STAGE_YAML.replace("train: {steps: 10}", "train: {steps: 10, grad_cache: {text_chunk_size: 7, image_chunk_size: 5}}"),
+        encoding="utf-8",
+    )
+    args = train_step.parse_args(["--configs-dir", str(tmp_path)])
+    assert train_step.chunk_sizes(1, args) == {
+        "text": 7, "image": 5, "sources": {"text": f"{tmp_path / 'stage1.yaml'}:train.grad_cache.text_chunk_size",
+                                           "image": f"{tmp_path / 'stage1.yaml'}:train.grad_cache.image_chunk_size"}}
+    shipped = train_step.stage_config(3)[0].train.grad_cache  # no stage3.yaml in tmp_path: the shipped config
+    s3 = train_step.chunk_sizes(3, args)
+    assert (s3["text"], s3["image"]) == (shipped.text_chunk_size, shipped.image_chunk_size)
+    assert s3["sources"]["text"] == "training/configs/stage3.yaml:train.grad_cache.text_chunk_size"
+    tiny = train_step.chunk_sizes(1, train_step.parse_args(["--tiny", "--configs-dir", str(tmp_path)]))
+    assert (tiny["text"], tiny["image"], tiny["sources"]["text"]) == (3, 3, "tiny")
+    explicit = train_step.chunk_sizes(1, train_step.parse_args(["--tiny", "--text-chunk-size", "2", "--image-chunk-size", "9"]))
+    assert (explicit["text"], explicit["image"], explicit["sources"]["image"]) == (2, 9, "--image-chunk-size")
+    cfg = train_step.bench_config(train_step.stage_config(1, tmp_path)[0], common.build_config(tiny=True), 2, 9)
+    assert (cfg.train.grad_cache.text_chunk_size, cfg.train.grad_cache.image_chunk_size) == (2, 9)
+    for argv in (["--chunks", "4"], ["--text-chunk-size", "0"], ["--image-chunk-size", "-1"]):
+        with pytest.raises(SystemExit):
+            train_step.parse_args(argv)
+
+
 def test_lengths_and_packing():
     lengths = encode.sample_lengths(1000, median=64, sigma=0.8, low=8, high=512, seed=0)
     assert lengths == encode.sample_lengths(1000, median=64, sigma=0.8, low=8, high=512, seed=0)
@@ -354,6 +381,18 @@ def test_train_step_tiny_cpu(tmp_path):
             forward = stage["flops_forward"]["towers_forward"]
             assert r["hardware_flops"] == pytest.approx(r["model_flops"] + extra * forward)
         assert set(stage["step_time_ratios"]) == {"grad_cache / plain", "grad_cache+checkpointing / checkpointing"}
+        # Chunk sizes in samples, recorded where they came from; chunks per group follow from the rows.
+        assert (stage["grad_cache"]["text"], stage["grad_cache"]["image"]) == (3, 3)
+        assert stage["grad_cache"]["sources"] == {"text": "tiny", "image": "tiny"}
+        for r in stage["runs"]:
+            if not r["grad_cache"]:
+                assert r["grad_cache_chunk_sizes"] is None and r["grad_cache_chunks"] is None
+                continue
+            assert r["grad_cache_chunk_sizes"] == {"text": 3, "image": 3}
+            rows = {"query": r["text_batch"], "document": r["text_batch"], "caption": r["image_batch"], "image": r["image_batch"]}
+            if stage["settings"]["negatives"]:
+                rows["negatives"] = r["text_batch"] * stage["settings"]["negatives"]
+            assert r["grad_cache_chunks"] == {name: math.ceil(n / 3) for name, n in rows.items()}
         path = stage["loss_path"]
         assert path["full_s"] > 0 and 0 < path["share_of_plain_step"] and path["world_size"] == 1
     s3 = result["stages"][2]
@@ -363,6 +402,62 @@ def test_train_step_tiny_cpu(tmp_path):
     md = out.with_suffix(".md").read_text()
     for heading in ("# Training-step benchmark", "## Targets", "## Steps", "## Loss path"):
         assert heading in md
+
+
+def test_step_peak_bytes_counts_torch_cpu_allocations():
+    """The CPU peak is torch's allocator's own count (tracemalloc does not see torch): exact bytes of the tensors
+    allocated during the call at its high point, nothing allocated before it."""
+    resident = torch.empty(4_000_000, dtype=torch.uint8)  # allocated before: not in the peak, nor is its free
+
+    def work():
+        a = torch.empty(1_000_000, dtype=torch.uint8)
+        b = torch.empty(2_000_000, dtype=torch.uint8)
+        del a
+        c = torch.empty(3_000_000, dtype=torch.uint8)  # high point: b + c
+        del b, c
+
+    assert train_step.step_peak_bytes(work, torch.device("cpu")) == 5_000_000
+    assert train_step.step_peak_bytes(lambda: None, torch.device("cpu")) == 0
+    del resident
+
+
+def test_train_step_memory_scaling_tiny_cpu(tmp_path):
+    """Plain vs gradient caching at growing batches under a budget (stage-3 triplets: the plain step's peak grows
+    fastest): the plain step exceeds the budget at some batch (recorded with its measured peak, then not run at
+    larger batches) while gradient caching runs every batch within it; variants interleaved, ratios round by
+    round where both ran."""
+    out = tmp_path / "mem.json"
+    train_step.main(["--tiny", "--device", "cpu", "--memory-scaling", "--stages", "3", "--batches", "2", "4", "8",
+                     "--memory-budget-mb", "3", "--iters", "2", "--configs-dir", str(tmp_path), "--out", str(out)])
+    result = _strict_json(out)
+    assert result["benchmark"] == "train_step_memory" and result["targets"] == []
+    (stage,) = result["memory_scaling"]
+    budget = 3 * 2**20
+    assert stage["memory_budget_bytes"] == budget and (stage["grad_cache"]["text"], stage["grad_cache"]["image"]) == (3, 3)
+    # AdamW's two moments (and a scalar step count per parameter)
+    assert stage["resident"]["optimizer_state_bytes"] == pytest.approx(2 * stage["resident"]["parameters_bytes"], rel=1e-3)
+    rows = {(r["variant"], r["batch"]): r for r in stage["rows"]}
+    assert sorted(rows) == [(v, b) for v in ("grad_cache", "plain") for b in (2, 4, 8)]
+    for b in (2, 4, 8):
+        cached = rows["grad_cache", b]
+        assert cached["status"] == "ok" and 0 < cached["step_peak_bytes"] <= budget and cached["within_budget"]
+        assert cached["interleaved"] and len(cached["times_s"]) == 2
+        assert cached["grad_cache_chunks"]["negatives"] == math.ceil(7 * b / 3)
+    plain = [rows["plain", b] for b in (2, 4, 8)]
+    assert plain[0]["status"] == "ok" and plain[0]["step_peak_bytes"] > rows["grad_cache", 2]["step_peak_bytes"]
+    exceeded = next(r for r in plain if r["status"] == "exceeds_budget")
+    assert exceeded["step_peak_bytes"] > budget and not exceeded["within_budget"] and "budget" in exceeded["error"]
+    later = plain[plain.index(exceeded) + 1:]
+    assert all(r["status"] == "exceeds_budget" and r["step_peak_bytes"] is None for r in later)
+    ratios = {r["batch"]: r["grad_cache / plain"] for r in stage["step_time_ratios"]}
+    for r in plain:
+        assert (ratios[r["batch"]] is not None) == (r["status"] == "ok")
+    assert ratios[2]["ratios"] == [a / b for a, b in zip(rows["grad_cache", 2]["times_s"], rows["plain", 2]["times_s"])]
+    summary = stage["summary"]
+    assert summary["grad_cache"]["largest_batch_within_budget"] == 8 > summary["plain"]["largest_batch_within_budget"]
+    assert summary["plain"]["bytes_per_sample"] > summary["grad_cache"]["bytes_per_sample"]
+    md = out.with_suffix(".md").read_text()
+    assert "# Gradient caching: step memory and time" in md and "exceeds_budget" in md
 
 
 def test_flops_cli(capsys):
