@@ -163,8 +163,11 @@ class LossSection:
 @dataclass
 class GradCacheSection:
     enabled: bool = False
-    text_chunk_size: int = checked(256, check=at_least(1))
-    image_chunk_size: int = checked(128, check=at_least(1))
+    # Samples per forward with activations, per process (the contrastive batch itself is unchanged). The
+    # defaults fit the largest shapes of the paper (512 tokens, 512 px) in ~32 GiB of bf16 activations on an
+    # 80 GB GPU by the arithmetic of training/README.md ("Memory"); 256 / 128 needed ~132 / ~213 GiB there.
+    text_chunk_size: int = checked(32, check=at_least(1))
+    image_chunk_size: int = checked(16, check=at_least(1))
 
 
 @dataclass
