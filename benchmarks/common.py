@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -576,3 +575,37 @@ def md_targets(targets: Sequence[dict]) -> str:
         rows.append([t["name"], f"{t['comparison']} {threshold} {t['unit'] if t['unit'] != 'MFU' else ''}".strip(),
                      shown, f"**{t['status']}**", t["note"] or ""])
     return md_table(["target", "threshold", "measured", "status", "note"], rows)
+
+
+def step_peak_bytes(fn, device: torch.device) -> int:
+    """Peak bytes one call of ``fn`` allocates above what was allocated when it started: a training step's
+    activations, gradients and temporaries, not the resident weights, optimizer moments and inputs.
+
+    CUDA: ``max_memory_allocated - memory_allocated``. CPU: torch's CPU allocator, which (with the profiler's
+    ``profile_memory``) reports every tensor allocation and free with its running total of the bytes allocated
+    since profiling began; the peak of that total is exact. tracemalloc does not see torch's allocations, and
+    the peak RSS lags behind frees (malloc keeps freed pages) and counts the interpreter and libraries."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocations, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        pending.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            allocations.append(event)
+    if not allocations:
+        return 0
+    allocations.sort(key=lambda event: event.start_time_ns)
+    first = allocations[0].extra_fields
+    start = first.total_allocated - first.alloc_size  # 0 unless an earlier profiling session left a count
+    return int(max(event.extra_fields.total_allocated for event in allocations) - start)

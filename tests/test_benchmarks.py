@@ -416,8 +416,8 @@ def test_step_peak_bytes_counts_torch_cpu_allocations():
         c = torch.empty(3_000_000, dtype=torch.uint8)  # high point: b + c
         del b, c
 
-    assert train_step.step_peak_bytes(work, torch.device("cpu")) == 5_000_000
-    assert train_step.step_peak_bytes(lambda: None, torch.device("cpu")) == 0
+    assert common.step_peak_bytes(work, torch.device("cpu")) == 5_000_000
+    assert common.step_peak_bytes(lambda: None, torch.device("cpu")) == 0
     del resident
 
 
