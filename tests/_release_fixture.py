@@ -20,15 +20,8 @@ ADAPTER_NAMES = ["retrieval.query", "retrieval.passage", "separation", "classifi
 QUERY_INSTRUCTION = "Represent the query for retrieving evidence documents: "
 
 
-def release_config_dict(
-    config, *, lora_rank: int = 4, lora_alpha: float = 4, adapters: list[str] | None = None
-) -> dict:
-    """A release-format config.json for our `config` (tiny backbone sizes go into hf_model_config_kwargs,
-    which the release `.update()`s onto the jina-embeddings-v3 config)."""
-    t, v = config.text_config, config.vision_config
-    width = v.hidden_size
-    mlp_ratio = 2.6667 if int(width * 2.6667) == v.intermediate_size else (v.intermediate_size + 0.5) / width
-    assert int(width * mlp_ratio) == v.intermediate_size
+def release_header(config) -> dict:
+    """The top of a release config.json (v1 and v2 alike) for our `config`."""
     return {
         "architectures": ["JinaCLIPModel"],
         "auto_map": {
@@ -40,6 +33,52 @@ def release_config_dict(
         "projection_dim": config.projection_dim,
         "logit_scale_init_value": 2.6592,
         "initializer_factor": 1.0,
+    }
+
+
+def release_backbone_kwargs(t) -> dict:
+    """The tiny text backbone's sizes, as hf_model_config_kwargs (the real releases inherit their backbone's)."""
+    names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+             "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps", "type_vocab_size", "pad_token_id")
+    return {"use_flash_attn": False, **{name: getattr(t, name) for name in names}}
+
+
+def release_vision_config(v, **differences) -> dict:
+    """The release's EVA vision_config for our vision config (v1 and v2 differ in the `differences`)."""
+    width = v.hidden_size
+    mlp_ratio = 2.6667 if int(width * 2.6667) == v.intermediate_size else (v.intermediate_size + 0.5) / width
+    assert int(width * mlp_ratio) == v.intermediate_size
+    return {
+        "model_type": "jina_clip_vision",
+        "embed_dim": width,
+        "width": width,
+        "layers": v.num_hidden_layers,
+        "head_width": width // v.num_attention_heads,
+        "mlp_ratio": mlp_ratio,
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "ls_init_value": None,
+        "patch_dropout": 0.0,
+        "qkv_bias": True,
+        "fused_layer_norm": False,
+        "post_norm": False,
+        "rope_embeddings": True,
+        "pt_hw_seq_len": v.rope_grid_size,
+        "naive_swiglu": True,
+        "subln": True,
+        "proj_type": None,
+        **differences,
+    }
+
+
+def release_config_dict(
+    config, *, lora_rank: int = 4, lora_alpha: float = 4, adapters: list[str] | None = None
+) -> dict:
+    """A release-format config.json for our `config` (tiny backbone sizes go into hf_model_config_kwargs,
+    which the release `.update()`s onto the jina-embeddings-v3 config)."""
+    t = config.text_config
+    return {
+        **release_header(config),
         "matryoshka_dimensions": list(config.matryoshka_dimensions),
         "truncate_dim": None,
         "use_text_flash_attn": None,
@@ -62,45 +101,12 @@ def release_config_dict(
                 "lora_dropout_p": 0.0,
                 "lora_main_params_trainable": False,
                 "task_instructions": {"retrieval.query": QUERY_INSTRUCTION},
-                "use_flash_attn": False,
-                # tiny backbone (the real release inherits jina-embeddings-v3's sizes)
-                "vocab_size": t.vocab_size,
-                "hidden_size": t.hidden_size,
-                "num_hidden_layers": t.num_hidden_layers,
-                "num_attention_heads": t.num_attention_heads,
-                "intermediate_size": t.intermediate_size,
-                "hidden_act": t.hidden_act,
-                "hidden_dropout_prob": t.hidden_dropout_prob,
-                "attention_probs_dropout_prob": t.attention_probs_dropout_prob,
-                "layer_norm_eps": t.layer_norm_eps,
-                "type_vocab_size": t.type_vocab_size,
-                "pad_token_id": t.pad_token_id,
+                **release_backbone_kwargs(t),
                 "position_embedding_type": "rotary",
                 "rotary_emb_base": t.rope_parameters["rope_theta"],
             },
         },
-        "vision_config": {
-            "model_type": "jina_clip_vision",
-            "embed_dim": width,
-            "width": width,
-            "layers": v.num_hidden_layers,
-            "head_width": width // v.num_attention_heads,
-            "mlp_ratio": mlp_ratio,
-            "image_size": v.image_size,
-            "patch_size": v.patch_size,
-            "ls_init_value": None,
-            "patch_dropout": 0.0,
-            "qkv_bias": True,
-            "fused_layer_norm": False,
-            "x_attention": True,
-            "post_norm": False,
-            "rope_embeddings": True,
-            "pt_hw_seq_len": v.rope_grid_size,
-            "intp_freq": True,
-            "naive_swiglu": True,
-            "subln": True,
-            "proj_type": None,
-        },
+        "vision_config": release_vision_config(config.vision_config, x_attention=True, intp_freq=True),
     }
 
 

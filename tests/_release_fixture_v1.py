@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from _release_fixture import release_backbone_kwargs, release_header, release_vision_config
+
 T = "text_model.transformer."
 
 
@@ -22,20 +24,8 @@ def release_v1_config_dict(config) -> dict:
     """A jina-clip-v1 release config.json for our `config` (tiny backbone sizes in hf_model_config_kwargs,
     which the release `.update()`s onto jina-bert-flash-implementation's config)."""
     t, v = config.text_config, config.vision_config
-    width = v.hidden_size
-    mlp_ratio = 2.6667 if int(width * 2.6667) == v.intermediate_size else (v.intermediate_size + 0.5) / width
-    assert int(width * mlp_ratio) == v.intermediate_size
     return {
-        "architectures": ["JinaCLIPModel"],
-        "auto_map": {
-            "AutoConfig": "jinaai/jina-clip-implementation--configuration_clip.JinaCLIPConfig",
-            "AutoModel": "jinaai/jina-clip-implementation--modeling_clip.JinaCLIPModel",
-        },
-        "model_type": "jina_clip",
-        "add_projections": False,
-        "projection_dim": config.projection_dim,
-        "logit_scale_init_value": 2.6592,
-        "initializer_factor": 1.0,
+        **release_header(config),
         "use_text_flash_attn": None,
         "use_vision_xformers": None,
         "torch_dtype": "float32",
@@ -49,49 +39,17 @@ def release_v1_config_dict(config) -> dict:
             "proj_type": None,
             "proj_bias": False,
             "hf_model_config_kwargs": {
-                "use_flash_attn": False,
-                # tiny backbone (the real release inherits jina-bert-flash-implementation's sizes)
-                "vocab_size": t.vocab_size,
-                "hidden_size": t.hidden_size,
-                "num_hidden_layers": t.num_hidden_layers,
-                "num_attention_heads": t.num_attention_heads,
-                "intermediate_size": t.intermediate_size,
-                "hidden_act": t.hidden_act,
-                "hidden_dropout_prob": t.hidden_dropout_prob,
-                "attention_probs_dropout_prob": t.attention_probs_dropout_prob,
-                "layer_norm_eps": t.layer_norm_eps,
-                "type_vocab_size": t.type_vocab_size,
-                "pad_token_id": t.pad_token_id,
+                **release_backbone_kwargs(t),
                 "mlp_type": "glu",
                 "use_qk_norm": False,
                 "window_size": [-1, -1],
             },
         },
-        "vision_config": {
-            "model_type": "jina_clip_vision",
-            "embed_dim": width,
-            "width": width,
-            "layers": v.num_hidden_layers,
-            "head_width": width // v.num_attention_heads,
-            "mlp_ratio": mlp_ratio,
-            "image_size": v.image_size,
-            "patch_size": v.patch_size,
-            "ls_init_value": None,
-            "patch_dropout": 0.0,
-            "qkv_bias": True,
-            "fused_layer_norm": False,
-            "x_attention": False,
-            "post_norm": False,
-            "rope_embeddings": True,
-            "pt_hw_seq_len": v.rope_grid_size,
-            # The release's v1 config has intp_freq false (RoPE on the plain 14x14 grid, pt_hw_seq_len 14);
-            # a tiny grid other than pt_hw_seq_len needs the interpolating table to run at all.
-            "intp_freq": v.rope_grid_size != v.image_size // v.patch_size,
-            "naive_swiglu": True,
-            "subln": True,
-            "drop_path_rate": 0.0,
-            "proj_type": None,
-        },
+        # The release's v1 config has intp_freq false (RoPE on the plain 14x14 grid, pt_hw_seq_len 14); a tiny
+        # grid other than pt_hw_seq_len needs the interpolating table to run at all.
+        "vision_config": release_vision_config(
+            v, x_attention=False, intp_freq=v.rope_grid_size != v.image_size // v.patch_size, drop_path_rate=0.0
+        ),
     }
 
 
