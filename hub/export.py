@@ -11,7 +11,8 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
 - safetensors weights, in the model's own key layout (`model.state_dict()`), sharded with
   `model.safetensors.index.json` above `max_shard_size`;
 - `processor_config.json` (transformers' `CLIPProcessor` with our `JinaCLIPImageProcessor`, whose code
-  `processing_jina_clip.py` is copied in), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
+  `processing_jina_clip.py` is copied in) and the same image-processor settings in `preprocessor_config.json`
+  (the release's file, which transformers.js reads), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
   the ids equal `tokenizers.Tokenizer.from_file` on its source file), `tokenizer_config.json` (transformers'
   generic fast tokenizer class, so nothing rebuilds the pipeline at load time);
 - Sentence-Transformers files written by Sentence-Transformers' own `save`: `modules.json` (our
@@ -364,6 +365,9 @@ def _write_folder(
     add_pipeline_config(staging)
     logger.info("writing tokenizer and processor")
     processor.save_pretrained(staging)
+    # transformers.js (which has its own JinaCLIPImageProcessor) and the release read the image processor from
+    # preprocessor_config.json; transformers 5 nests it in processor_config.json. Both, with the same settings.
+    processor.image_processor.save_pretrained(staging)
     name_generic_tokenizer_class(staging)
     logger.info("writing Sentence-Transformers configuration")
     shutil.copyfile(ST_MODULE_FILE, staging / ST_MODULE_FILE.name)

@@ -194,7 +194,7 @@ def test_export_writes_a_complete_hub_folder(exported):
     expected = {
         "README.md", "config.json", "configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py",
         "configuration_jina_bert.py", "modeling_jina_bert.py",  # jina-clip-v1's text tower: imported by both
-        "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+        "model.safetensors", "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
         "custom_st.py", "pipeline_jina_clip.py", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
         "1_Normalize/config.json",
     }  # fmt: skip
@@ -216,6 +216,8 @@ def test_export_writes_a_complete_hub_folder(exported):
     assert processor["processor_class"] == "CLIPProcessor"
     assert processor["image_processor"]["auto_map"] == {"AutoImageProcessor": "processing_jina_clip.JinaCLIPImageProcessor"}
     assert processor["image_processor"]["crop_size"] == {"height": 56, "width": 56}
+    # The release's file, which transformers.js reads (its own JinaCLIPImageProcessor): the same settings.
+    assert json.loads((exported / "preprocessor_config.json").read_text()) == processor["image_processor"]
 
     modules = json.loads((exported / "modules.json").read_text())
     assert [(m["idx"], m["path"], m["type"]) for m in modules] == [
