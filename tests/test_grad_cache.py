@@ -12,6 +12,9 @@ the re-encoding replays them from the saved RNG state). Without dropout the refe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 from torch import nn
@@ -159,8 +162,9 @@ def test_grad_cache_step_equals_plain_step_with_dropout(stage, accelerator, monk
     assert max(float((broken["grads"][n] - g).abs().max()) for n, g in reference["grads"].items()) > 1e-4
 
 
-def record_rows(model) -> tuple[dict[str, list[tuple[int, bool]]], list]:
-    """Forward pre-hooks on both towers: (rows, with a graph) of every forward."""
+@contextmanager
+def record_rows(model) -> Iterator[dict[str, list[tuple[int, bool]]]]:
+    """Forward pre-hooks on both towers while the block runs: (rows, with a graph) of every forward."""
     seen: dict[str, list[tuple[int, bool]]] = {"text": [], "vision": []}
 
     def hook(tower, key):
@@ -171,7 +175,11 @@ def record_rows(model) -> tuple[dict[str, list[tuple[int, bool]]], list]:
 
     handles = [model.text_model.register_forward_pre_hook(hook("text", "input_ids"), with_kwargs=True),
                model.vision_model.register_forward_pre_hook(hook("vision", "pixel_values"), with_kwargs=True)]
-    return seen, handles
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @pytest.mark.parametrize("stage", [1, 3], ids=["stage1_pairs", "stage3_triplets"])
@@ -181,12 +189,8 @@ def test_chunk_size_not_batch_bounds_rows_per_forward(stage, accelerator):
     cached, plain = two_steps(stage, accelerator, dropout=False)
     for rows in (4, 8, 16):
         text, image = batches(stage, rows=rows)
-        seen, handles = record_rows(cached.model)
-        try:
+        with record_rows(cached.model) as seen:
             cached(text, image)
-        finally:
-            for handle in handles:
-                handle.remove()
         for tower, calls in seen.items():
             assert max(n for n, _ in calls) == CHUNK, (tower, rows, calls)
             assert {graph for _, graph in calls} == {False, True}  # both passes: no-grad embedding, re-encoding
@@ -194,11 +198,7 @@ def test_chunk_size_not_batch_bounds_rows_per_forward(stage, accelerator):
         text_rows = rows * (3 + (7 if stage == 3 else 0))  # queries, positives, captions (+ negatives)
         assert sum(n for n, graph in seen["text"] if graph) == text_rows == sum(n for n, graph in seen["text"] if not graph)
         assert sum(n for n, graph in seen["vision"] if graph) == rows
-        seen, handles = record_rows(plain.model)
-        try:
+        with record_rows(plain.model) as seen:
             plain(text, image)
-        finally:
-            for handle in handles:
-                handle.remove()
         assert max(n for n, _ in seen["text"]) == rows * (7 if stage == 3 else 1)
         assert max(n for n, _ in seen["vision"]) == rows
