@@ -462,16 +462,16 @@ def _eager() -> bool:
     return not (compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
-def _check_text_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int) -> None:
-    """Shapes, dtypes and values a tokenizer gives: ids in [0, vocab_size), a mask of the same shape, and at
-    least one token per text (an all-zero mask row would pool to a zero vector)."""
+def _check_text_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int, values: bool) -> None:
+    """Shapes, dtypes and (`values`) values a tokenizer gives: ids in [0, vocab_size), a mask of the same
+    shape, and at least one token per text (an all-zero mask row would pool to a zero vector)."""
     if input_ids.ndim != 2 or input_ids.numel() == 0:
         raise ValueError(f"input_ids must have shape (batch, sequence) with at least one token; got {tuple(input_ids.shape)}")
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
         raise TypeError(f"input_ids must hold integer token ids; got dtype {input_ids.dtype}")
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
-    if not _eager():
+    if not values or not _eager():
         return
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab_size:
@@ -879,6 +879,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         unpadded: bool | None = None,
+        check_inputs: bool = True,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Text embeddings: masked mean of the last hidden states over every non-pad token (<s> and </s>
@@ -894,12 +895,15 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
 
         `input_ids` may also be the tokenizer's `BatchEncoding` (or any mapping with `input_ids`), passed
         positionally as release code does; `**tokenizer(...)` works too.
+
+        `check_inputs=False` skips the value checks (ids inside the vocabulary, a token in every mask row), which
+        cost a host sync on accelerators: `encode_text` and the trainer pass ids their tokenizer made.
         """
         input_ids, attention_mask = _unpack_text_inputs(input_ids, attention_mask)
         if attention_mask is None:
             # The release derives the mask from the ids (pad id 1), so callers may pass input_ids alone.
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
-        _check_text_inputs(input_ids, attention_mask, self.config.text_config.vocab_size)
+        _check_text_inputs(input_ids, attention_mask, self.config.text_config.vocab_size, check_inputs)
         kwargs.pop("token_type_ids", None)  # one token type (type_vocab_size=1): the tower adds row 0 itself
         flash = "flash" in (self.config.text_config._attn_implementation or "")
         if unpadded if unpadded is not None else flash:
@@ -958,17 +962,19 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             last_hidden_state=outputs.last_hidden_state, pooler_output=self.text_projection(pooled.to(hidden.dtype))
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(self, pixel_values: torch.Tensor, check_inputs: bool = True, **kwargs) -> BaseModelOutputWithPooling:
         """Image embeddings: the CLS token after the final norm, no projection, un-normalised.
 
         `pixel_values` may also be the image processor's `BatchFeature` (or any mapping with
-        `pixel_values`), passed positionally as release code does; `**image_processor(...)` works too."""
+        `pixel_values`), passed positionally as release code does; `**image_processor(...)` works too.
+        `check_inputs=False` skips the NaN / infinity check (a host sync on accelerators): `encode_image` and the
+        trainer pass the processor's pixels, whose decoder refuses non-finite arrays."""
         pixel_values = _unpack_pixel_values(pixel_values)
         if pixel_values.ndim == 4 and pixel_values.shape[0] == 0:
             raise ValueError("pixel_values holds no image (batch of 0)")
         if not pixel_values.is_floating_point():  # raw 0..255 pixels, not the processor's normalized floats
             raise TypeError(f"pixel_values must be floating point (the image processor's output); got {pixel_values.dtype}")
-        if _eager() and not bool(torch.isfinite(pixel_values).all()):
+        if check_inputs and _eager() and not bool(torch.isfinite(pixel_values).all()):
             raise ValueError("pixel_values holds NaN or infinite values")
         outputs = self.vision_model(pixel_values, **kwargs)
         return BaseModelOutputWithPooling(
@@ -1202,7 +1208,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         return self._encode_batches(
             map(prepare, batches),
             lambda batch, unpadded: self.get_text_features(
-                batch["input_ids"], attention_mask=batch["attention_mask"], unpadded=unpadded
+                batch["input_ids"], attention_mask=batch["attention_mask"], unpadded=unpadded, check_inputs=False
             ),
             len(batches), single, show_progress_bar, device, truncate_dim, normalize_embeddings,
             convert_to_numpy, convert_to_tensor, "Encoding texts",
@@ -1274,7 +1280,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         )
         return self._encode_batches(
             batches,
-            lambda batch: self.get_image_features(batch["pixel_values"]),
+            lambda batch: self.get_image_features(batch["pixel_values"], check_inputs=False),
             None if count is None else -(-count // batch_size), single, show_progress_bar, device, truncate_dim,
             normalize_embeddings, convert_to_numpy, convert_to_tensor, "Encoding images",
         )

@@ -38,11 +38,12 @@ class DualEncoder(nn.Module):
     def forward(self, texts: dict | None = None, images: dict | None = None) -> dict[str, torch.Tensor]:
         out = {}
         for name, encoding in (texts or {}).items():
+            # check_inputs=False: the data pipeline's own tokenizer/processor made these (no host sync per step)
             out[name] = self.model.get_text_features(
-                input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"]
+                input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"], check_inputs=False
             ).pooler_output
         for name, pixels in (images or {}).items():
-            out[name] = self.model.get_image_features(pixel_values=pixels).pooler_output
+            out[name] = self.model.get_image_features(pixel_values=pixels, check_inputs=False).pooler_output
         return out
 
 
