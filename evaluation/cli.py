@@ -142,11 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report, "prepare-xtd10": _cmd_prepare_xtd10}
-    try:
-        return commands[args.command](args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # Errors reach `jina_clip_v2.cli.run`: one line (exit 1), a missing extra named, --debug for the traceback.
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

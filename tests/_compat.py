@@ -21,9 +21,13 @@ def compat_folder(name: str) -> Path:
     return folder
 
 
-def run_with(folder: Path, script: str, *args: str, home: Path) -> subprocess.CompletedProcess:
+def run_with(folder: Path | list[Path], script: str, *args: str, home: Path) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter with `folder` (or several, the first first) first on PYTHONPATH."""
+    folders = folder if isinstance(folder, list) else [folder]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHONPATH"))}
-    env.update(PYTHONPATH=str(folder), HF_HUB_OFFLINE="1", HF_HOME=str(home), TRANSFORMERS_VERBOSITY="error")
+    env.update(
+        PYTHONPATH=os.pathsep.join(map(str, folders)), HF_HUB_OFFLINE="1", HF_HOME=str(home), TRANSFORMERS_VERBOSITY="error"
+    )
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *args], env=env, capture_output=True, text=True, timeout=300
     )

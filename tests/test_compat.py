@@ -94,6 +94,47 @@ def test_the_floor_version_gives_the_same_embeddings(exported, tmp_path):
     np.testing.assert_allclose(floor["image"], model.encode_image(paths), atol=1e-6)
 
 
+EXPORT_AT_THE_FLOORS = """
+import sys
+import numpy as np
+import sentence_transformers, transformers
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+
+from jina_clip_v2.hub.export import main as export_main
+
+source, out, result = sys.argv[1], sys.argv[2], sys.argv[3]
+assert export_main(["--model", source, "--out", out]) == 0
+texts = ["a dog ", "Ein Hund spielt im Schnee"]
+st = SentenceTransformer(out, trust_remote_code=True, device="cpu")
+np.savez(
+    result,
+    versions=[transformers.__version__, sentence_transformers.__version__],
+    model=AutoModel.from_pretrained(out, trust_remote_code=True).encode_text(texts),
+    st=st.encode(texts, normalize_embeddings=True),
+)
+"""
+
+
+def test_export_and_sentence_transformers_at_the_floors(tmp_path):
+    """`jina-clip export` under the oldest transformers and sentence-transformers pyproject admits (5.4 and
+    5.4), and the folder it writes loads there (AutoModel and SentenceTransformer) with the embeddings this
+    environment gets from it."""
+    from _eval_fixtures import save_tiny_model
+
+    from jina_clip_v2.modeling import JinaCLIPModel
+
+    source = save_tiny_model(tmp_path / "source")
+    folders = [compat_folder("transformers-5.4"), compat_folder("sentence-transformers-5.4")]
+    done = run_with(folders, EXPORT_AT_THE_FLOORS, str(source), str(tmp_path / "out"), str(tmp_path / "r.npz"), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = np.load(tmp_path / "r.npz")
+    assert list(result["versions"]) == ["5.4.0", "5.4.0"]
+    expected = JinaCLIPModel.from_pretrained(tmp_path / "out").encode_text(["a dog ", "Ein Hund spielt im Schnee"])
+    np.testing.assert_allclose(result["model"], expected, atol=1e-6)
+    np.testing.assert_allclose(result["st"], expected, atol=1e-6)
+
+
 def test_pyproject_floor_is_the_tested_one():
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert '"transformers>=5.4,<6"' in text

@@ -9,7 +9,6 @@ site-packages on ``PYTHONPATH``, after the installed wheel."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _tiny import ROOT
+from _wheel import build_wheel
 
 from jina_clip_v2.cli import COMMANDS
 
@@ -25,20 +24,8 @@ from jina_clip_v2.cli import COMMANDS
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("packaging")
-    # Build from a copy of the checkout's files, so that setuptools' build/ and egg-info stay out of the repository.
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    source = tmp / "source"
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
-    wheels = tmp / "wheels"
+    wheel = build_wheel(tmp)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True)
-    (wheel,) = wheels.glob("jina_clip_v2-*.whl")
     site = tmp / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)], check=True)
 
