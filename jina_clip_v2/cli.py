@@ -16,6 +16,7 @@ from typing import Any
 
 # command -> (module, one-line description). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("jina_clip_v2.hub.stage0", "stage 0: build stage 1's starting folder from EVA02-CLIP-L/14 and Jina-XLM-RoBERTa"),
     "convert": ("jina_clip_v2.hub.convert", "convert a jinaai/jina-clip-v2 release snapshot into a loadable folder"),
     "export": ("jina_clip_v2.hub.export", "export a model as a Hub-ready folder (weights, processor, card, ST files)"),
     "onnx": ("jina_clip_v2.hub.onnx", "export the text and vision towers of a folder as ONNX (fp32/fp16/int8) with a parity table"),
