@@ -300,3 +300,52 @@ def test_xlm_roberta_large_option_drops_the_absolute_positions(tmp_path):
     reasons = {reason: keys for reason, keys in report.dropped.items()}
     absolute = [r for r in reasons if r.startswith("XLM-R's absolute position table")]
     assert absolute and reasons[absolute[0]] == ["roberta.embeddings.position_embeddings.weight"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# True claims: the recipe, the Matryoshka widths, the query instruction
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_the_card_claims_the_recipe_only_for_runs_that_followed_it():
+    from jina_clip_v2.hub.model_card import training_claim
+    from jina_clip_v2.training.config import load_config
+    from jina_clip_v2.training.recipe import recipe_differences
+
+    real = JinaCLIPConfig()
+    configs = {n: load_config(ROOT / "training" / "configs" / f"stage{n}.yaml") for n in (1, 2, 3)}
+    for n, cfg in configs.items():
+        assert recipe_differences(cfg, real, start_image_size=cfg.model.image_size) == [], n
+    changed = load_config(ROOT / "training" / "configs" / "stage2.yaml", ["optim.text_lr=1e-4", "data.text.query_instruction=Frage"])
+    assert recipe_differences(changed, real, 384) == ["data.text.query_instruction: 'Frage' (paper None)", "optim.text_lr: 0.0001 (paper 5e-05)"]
+    tiny = JinaCLIPConfig(text_config={"hidden_size": 64, "num_attention_heads": 4}, vision_config={"hidden_size": 64, "num_attention_heads": 4}, projection_dim=64)
+    assert "model text_config.hidden_size: 64 (paper 1024)" in recipe_differences(configs[1], tiny, 224)
+    init = {"vision": {"source": "timm/eva02_large_patch14_clip_224.merged2b", "layout": "timm"},
+            "text": {"source": "jinaai/jina-embeddings-v3", "layout": "jina_v3_remote"}}  # fmt: skip
+    paper = [{"name": f"stage{n}", "recipe": "paper"} for n in (1, 2, 3)]
+    assert training_claim({"init": init, "stages": paper}).startswith("Trained with the three stages of the jina-clip-v2 paper's recipe")
+    assert training_claim({"init": init, "stages": paper[:1]}).startswith("Trained with stage 1 of the jina-clip-v2 paper's recipe")
+    local = {**init, "text": {"source": "/data/v3", "layout": "jina_v3_remote"}}
+    assert "not the jina-clip-v2 paper's recipe" in training_claim({"init": local, "stages": paper})
+    custom = paper[:2] + [{"name": "stage3", "recipe": "custom", "differences": ["train.steps: 10 (paper 16000)"]}]
+    assert "stage3: train.steps: 10 (paper 16000)" in training_claim({"init": init, "stages": custom})
+    assert "not the jina-clip-v2 paper's recipe" in training_claim({"stages": paper})  # no stage 0 recorded
+    assert training_claim({"stages": [{"name": "finetune"}]}) == "Training stages as recorded in the training summary:"
+
+
+def test_exports_list_the_trained_matryoshka_widths_and_instruction():
+    from jina_clip_v2.training.config import load_config
+    from jina_clip_v2.training.export import record_training_settings
+
+    config = JinaCLIPConfig()  # the release's widths, 32 included
+    assert config.matryoshka_dimensions[0] == 32
+    cfg = load_config(ROOT / "training" / "configs" / "stage1.yaml")
+    record_training_settings(config, cfg, [64, 128, 256, 512, 768, 1024])
+    assert config.matryoshka_dimensions == [64, 128, 256, 512, 768, 1024]  # the recipe trains 64..1024 (section 3.4)
+    assert config.task_instructions == {"retrieval.query": ""}
+    cfg = load_config(ROOT / "training" / "configs" / "stage1.yaml", ["data.text.query_instruction=Frage"])
+    record_training_settings(config, cfg, [256, 1024])
+    assert config.matryoshka_dimensions == [256, 1024] and config.task_instructions == {"retrieval.query": "Frage"}
+    v1 = JinaCLIPConfig(text_config={"model_type": "jina_bert"})
+    record_training_settings(v1, load_config(ROOT / "training" / "configs" / "v1_stage1.yaml"), [768])
+    assert v1.matryoshka_dimensions == [] and v1.task_instructions == {}
