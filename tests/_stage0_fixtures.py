@@ -1,7 +1,7 @@
 """Tiny public checkpoints in their own on-disk layouts, for `jina-clip init` (stage 0) tests.
 
 - timm's EVA02-CLIP tower (`timm/eva02_large_patch14_clip_224.merged2b`): written by timm itself
-  (`_timm_stage0.py write`, timm's `save_for_hf`), so names, shapes and config.json are timm's own.
+  (`_timm_stage0.py`, timm's `save_for_hf`), so names, shapes and config.json are timm's own.
 - EVA-CLIP's original file (`QuanSun/EVA-CLIP`, `EVA02_CLIP_L_psz14_s4B.pt`): the same weights under the
   names of EVA-CLIP's `eva_vit_model.py` (baaivision/EVA, EVA-CLIP/rei/eva_clip: `visual.` + `attn.q_bias` /
   `v_bias` / `inner_attn_ln`, `mlp.w1/w2/ffn_ln/w3`, the persistent `rope.freqs_cos/sin` buffers at the model
@@ -48,9 +48,10 @@ def tiny_text_config(vocab_size: int = 250002):
     )  # fmt: skip
 
 
-def write_timm_folder(out: Path, *, width=64, depth=2, heads=4, classes=16, seed=0) -> Path:
+def write_timm_sources(out: Path, *, size: int, width=64, depth=2, heads=4, classes=16, seed=0) -> Path:
+    """timm's layout and EVA-CLIP's of one random tower, and timm's own outputs from both (`_timm_stage0.py`)."""
     subprocess.run(
-        [sys.executable, str(HERE / "_timm_stage0.py"), "write", str(out), str(width), str(depth), str(heads), str(classes), str(seed)],
+        [sys.executable, str(HERE / "_timm_stage0.py"), str(out), str(width), str(depth), str(heads), str(classes), str(seed), str(size)],
         check=True, cwd=HERE,
     )  # fmt: skip
     return out

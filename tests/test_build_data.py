@@ -18,6 +18,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import _eval_fixtures as fx  # noqa: E402
+from _once import build_once  # noqa: E402
 from _tiny import ROOT, build_tokenizer  # noqa: E402
 
 from jina_clip_v2.cli import main as cli_main  # noqa: E402
@@ -120,24 +121,29 @@ def write_pairs(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("build_data")
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(root / "tokenizer")
-    sources = {
-        "wit": write_wit_like(root / "wit"), "docvqa": write_docvqa_like(root / "docvqa"),
-        "captions": write_captions_jsonl(root / "dfn"), "pairs": write_pairs(root / "pairs.jsonl"),
-    }  # fmt: skip
-    real = str(_tokenizer_dir())
-    out = root / "out"
-    for name, recipe, extra in (("wit", "wit", []), ("docvqa", "qa", []), ("captions", "captions", ["--shard-size", "2"])):
-        command = ["data", "captions", "--source", str(sources[name]), "--recipe", recipe, "--out", str(out / name), "--tokenizer", real, *extra]
+    """The sources, the three built kinds and the mining model (built once per session: read-only for the tests)."""
+
+    def build(root: Path) -> dict:
+        tokenizer = build_tokenizer()
+        tokenizer.save_pretrained(root / "tokenizer")
+        sources = {
+            "wit": write_wit_like(root / "wit"), "docvqa": write_docvqa_like(root / "docvqa"),
+            "captions": write_captions_jsonl(root / "dfn"), "pairs": write_pairs(root / "pairs.jsonl"),
+        }  # fmt: skip
+        real = str(_tokenizer_dir())
+        out = root / "out"
+        for name, recipe, extra in (("wit", "wit", []), ("docvqa", "qa", []), ("captions", "captions", ["--shard-size", "2"])):
+            command = ["data", "captions", "--source", str(sources[name]), "--recipe", recipe, "--out", str(out / name), "--tokenizer", real, *extra]
+            assert cli_main(command) == 0
+        model = fx.save_tiny_model(root / "model", seed=0, tokenizer=tokenizer)
+        # The tiny model is untrained: its cosines crowd near 0.95, so the relative margin is 0.995 here (0.95 default).
+        command = ["data", "triplets", "--pairs", str(sources["pairs"]), "--model", str(model), "--out", str(out / "triplets"),
+                   "--columns", "positive=answer", "--corpus", str(root / "corpus.jsonl"), "--max-relative-score", "0.995"]  # fmt: skip
         assert cli_main(command) == 0
-    model = fx.save_tiny_model(root / "model", seed=0, tokenizer=tokenizer)
-    # The tiny model is untrained: its cosines crowd near 0.95, so the relative margin is 0.995 here (0.95 default).
-    command = ["data", "triplets", "--pairs", str(sources["pairs"]), "--model", str(model), "--out", str(out / "triplets"),
-               "--columns", "positive=answer", "--corpus", str(root / "corpus.jsonl"), "--max-relative-score", "0.995"]  # fmt: skip
-    assert cli_main(command) == 0
-    return {"root": root, "out": out, "sources": sources, "model": model}
+        return {"root": str(root), "out": str(out), "model": str(model), "sources": {k: str(v) for k, v in sources.items()}}
+
+    built = build_once(tmp_path_factory, "build_data_sources", build)
+    return {**{k: Path(built[k]) for k in ("root", "out", "model")}, "sources": {k: Path(v) for k, v in built["sources"].items()}}
 
 
 def _rows(folder: Path) -> list[dict]:

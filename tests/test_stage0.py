@@ -19,14 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from _stage0_fixtures import (
-    oracle_v3_folder,
-    tiny_text_config,
-    write_eva_clip_file,
-    write_timm_folder,
-    write_v3_native_folder,
-    write_v3_remote_folder,
-)
+from _once import build_once
+from _stage0_fixtures import oracle_v3_folder, tiny_text_config, write_timm_sources, write_v3_native_folder, write_v3_remote_folder
 from _tiny import ROOT, build_tokenizer
 
 from jina_clip_v2.cli import main as cli_main
@@ -42,38 +36,35 @@ from jina_clip_v2.modeling.convert_pretrained_towers import (
     vision_geometry,
 )
 
-HERE = Path(__file__).resolve().parent
 SIZE = 56  # tiny.yaml's stage-1 resolution (a 4x4 grid, resampled from the checkpoints' 16x16)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The sources, `jina-clip init` on the timm + jina-embeddings-v3 layouts, and timm's outputs."""
-    root = tmp_path_factory.mktemp("stage0")
-    text = tiny_text_config(vocab_size=1000)  # tiny.yaml's text tower with the small test tokenizer's vocabulary
-    build_tokenizer().save_pretrained(root / "tokenizer")
-    sources = {
-        "timm": write_timm_folder(root / "eva02_timm"),
-        "v3": write_v3_remote_folder(root / "jina-embeddings-v3", text, root / "tokenizer"),
-        "v3_hf": write_v3_native_folder(root / "jina-embeddings-v3-hf", text, root / "tokenizer"),
-    }
-    sources["eva_clip"] = write_eva_clip_file(sources["timm"], root / "EVA02_CLIP_L_psz14_s4B.pt")
-    out = root / "outputs" / "stage0"
-    # --no-check: the folder's reload check is `jina-clip convert`'s (tests/test_hub_convert.py); the tests below
-    # load the folder themselves.
-    command = ["init", "--vision", str(sources["timm"]), "--text", str(sources["v3"]), "--out", str(out), "--image-size", str(SIZE)]
-    assert cli_main([*command, "--no-check"]) == 0
-    pixels = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    save_file({"pixel_values": pixels}, root / "pixels.safetensors")
-    subprocess.run(
-        [sys.executable, str(HERE / "_timm_stage0.py"), "embed", str(sources["timm"]), str(sources["eva_clip"]),
-         str(root / "pixels.safetensors"), str(root / "timm.safetensors"), str(SIZE), str(root / "timm_keys.json")],
-        check=True, cwd=HERE,
-    )  # fmt: skip
+    """The sources, `jina-clip init` on the timm + jina-embeddings-v3 layouts, and timm's outputs (built once
+    per session: read-only for the tests)."""
+
+    def build(root: Path) -> dict:
+        text = tiny_text_config(vocab_size=1000)  # tiny.yaml's text tower with the small test tokenizer's vocabulary
+        build_tokenizer().save_pretrained(root / "tokenizer")
+        write_timm_sources(root, size=SIZE)
+        write_v3_remote_folder(root / "jina-embeddings-v3", text, root / "tokenizer")
+        write_v3_native_folder(root / "jina-embeddings-v3-hf", text, root / "tokenizer")
+        # --no-check: the folder's reload check is `jina-clip convert`'s (tests/test_hub_convert.py); the tests
+        # below load the folder themselves.
+        out = root / "outputs" / "stage0"
+        command = ["init", "--vision", str(root / "eva02_timm"), "--text", str(root / "jina-embeddings-v3"), "--out", str(out)]
+        assert cli_main([*command, "--image-size", str(SIZE), "--no-check"]) == 0
+        return {"root": str(root)}
+
+    root = Path(build_once(tmp_path_factory, "stage0_sources", build)["root"])
+    sources = {"timm": root / "eva02_timm", "eva_clip": root / "EVA02_CLIP_L_psz14_s4B.pt",
+               "v3": root / "jina-embeddings-v3", "v3_hf": root / "jina-embeddings-v3-hf"}  # fmt: skip
     return {
-        "root": root, "sources": sources, "out": out, "text": text, "pixels": pixels,
-        "timm": load_file(root / "timm.safetensors"), "timm_keys": json.loads((root / "timm_keys.json").read_text()),
+        "root": root, "sources": sources, "out": root / "outputs" / "stage0",
+        "pixels": load_file(root / "pixels.safetensors")["pixel_values"], "timm": load_file(root / "timm.safetensors"),
+        "timm_keys": json.loads((root / "timm_keys.json").read_text()),
     }  # fmt: skip
 
 
@@ -133,9 +124,9 @@ def test_vision_tower_equals_timm_eva_from_the_same_weights(built):
     _assert_text_tower_equals(_eager(eva), _oracle_text(built["sources"]["v3_hf"]))
 
 
-def test_text_tower_equals_transformers_jina_embeddings_v3(built):
+def test_text_tower_equals_transformers_jina_embeddings_v3(built, tmp_path):
     model = _eager(JinaCLIPModel.from_pretrained(built["out"]))
-    oracle = _oracle_text(oracle_v3_folder(built["sources"]["v3"], built["root"] / "v3_oracle"))
+    oracle = _oracle_text(oracle_v3_folder(built["sources"]["v3"], tmp_path / "v3_oracle"))
     _assert_text_tower_equals(model, oracle)
     # The tokenizer is the text checkpoint's own file: the same ids as the `tokenizers` library gives from it.
     from tokenizers import Tokenizer
@@ -161,8 +152,7 @@ def test_the_folder_says_where_its_towers_come_from(built):
 
 def test_stage1_of_the_tiny_recipe_trains_from_the_folder(built, tmp_path):
     """`accelerate launch training/stage.py --config training/configs/tiny.yaml` with init_from = the folder."""
-    out = tmp_path / "stage1"
-    demo = built["root"] / "demo"
+    out, demo = tmp_path / "stage1", tmp_path / "demo"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
