@@ -11,6 +11,7 @@ Examples::
         --truncate-dims 1024,768,512,256,128,64 --out results/ --device cuda --dtype bfloat16
     jina-clip eval run --model outputs/demo/final --suite quick --limit 200 --out results/quick
     jina-clip eval run --model M --suite paper --tasks 'ViDoRe' --set 'ArxivQ.dataset=/data/arxivqa'
+    jina-clip eval report results/results.json --paper-model 'jina-clip-v2 stage 2'
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a task field, e.g. 'Flickr30K.dataset=/data/flickr' (repeatable)",
         )  # fmt: skip
 
+    def add_paper_arg(p: argparse.ArgumentParser, default: str | None = "jina-clip-v2") -> None:
+        from .paper_figures import PAPER_MODELS
+
+        p.add_argument(
+            "--paper-model", default=default, choices=[*PAPER_MODELS, "none"],
+            help="whose published figures (paper Tables 2-5, 7-13) stand beside each row: e.g. 'jina-clip-v2 stage 1' "
+            "for a stage-1 checkpoint, 'none' for none" + (" (default: jina-clip-v2)" if default else " (default: as recorded)"),
+        )  # fmt: skip
+
     run = sub.add_parser("run", help="evaluate a model")
     run.add_argument("--model", required=True, help="model folder or Hub id (AutoModel, trust_remote_code=True)")
     add_suite_args(run)
@@ -52,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model-name", default=None, help="name written into the results (default: --model)")
     run.add_argument("--strict", action="store_true", help="stop at the first failing task")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_paper_arg(run)
 
     lst = sub.add_parser("list", help="list the tasks of a suite")
     add_suite_args(lst)
@@ -60,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="redraw report.md and matryoshka.png from results.json")
     rep.add_argument("results", help="path to results.json")
     rep.add_argument("--out", default=None, help="output folder (default: next to results.json)")
+    add_paper_arg(rep, default=None)
 
     xtd = sub.add_parser("prepare-xtd10", help="build the local XTD10 (multilingual MS COCO) folder")
     xtd.add_argument("--captions", required=True, help="checkout of Cross-lingual-Test-Dataset-XTD10 (text files)")
@@ -88,6 +100,7 @@ def _cmd_run(args) -> int:
         use_cache=not args.no_cache,
         show_progress=not args.quiet,
         strict=args.strict,
+        paper_model=None if args.paper_model == "none" else args.paper_model,
     )
     out = Path(args.out)
     enc = data["encoding"]
@@ -123,6 +136,8 @@ def _cmd_report(args) -> int:
 
     path = Path(args.results)
     data = json.loads(path.read_text(encoding="utf-8"))
+    if args.paper_model is not None:
+        data["paper_model"] = None if args.paper_model == "none" else args.paper_model
     paths = write_outputs(data, Path(args.out) if args.out else path.parent)
     print(", ".join(str(p) for p in paths.values()))
     return 0

@@ -18,6 +18,8 @@
          "truncate_dim": 1024},
         ...
       ],
+      "query_instruction": "",            # what the queries got: the model config's retrieval.query instruction
+      "paper_model": "jina-clip-v2",      # whose published figures the report puts beside each row
       "skipped": [{"task": ..., "reason": ...}],   # tasks without a configured dataset
       "errors": [{"task": ..., "error": ...}],     # tasks that failed (the run goes on)
       "encoding": {"texts": n, "images": n, "cache_hits": n, "cache_misses": n}
@@ -40,6 +42,7 @@ from typing import Any
 
 from . import metrics as M
 from .embedder import Embedder, EmbeddingCache, truncate_normalize
+from .paper_figures import PAPER_MODELS
 from .report import build_report, plot_sweep
 from .suites import apply_overrides, get_suite, select_tasks
 from .tasks import CrossModalRetrievalTask, DocumentRetrievalTask, MTEBTask, Task, TaskNotConfigured
@@ -182,6 +185,16 @@ def _run_document(task: DocumentRetrievalTask, embedder: Embedder, dims, width, 
     return entries
 
 
+def query_instruction(model: Any) -> str | None:
+    """The instruction `encode_text(task="retrieval.query")` prepends: the model config's, i.e. the one it was
+    trained with (a training export records it; a converted release keeps the release's). "" for none (and for
+    a model without that task, which the embedder then encodes without one); None when the model has no config."""
+    instructions = getattr(getattr(model, "config", None), "task_instructions", None)
+    if not isinstance(instructions, dict):
+        return None
+    return str(instructions.get("retrieval.query") or "")
+
+
 def evaluate(
     model: Any,
     suite: str | Sequence[Task] = "quick",
@@ -200,6 +213,7 @@ def evaluate(
     use_cache: bool = True,
     show_progress: bool = True,
     strict: bool = False,
+    paper_model: str | None = "jina-clip-v2",
 ) -> dict:
     """Evaluate ``model`` on ``suite`` at every truncation dim; write the outputs to ``out``.
 
@@ -216,6 +230,8 @@ def evaluate(
         model_name: the name written into the results (default: the path / id, or the class name).
         fingerprint: model identity for the cache (default: hashed from config and weights).
         strict: raise on the first failing task instead of recording it and going on.
+        paper_model: the paper's column (`evaluation.paper_figures.PAPER_MODELS`) the report compares with;
+            None: no published figures.
 
     Returns:
         the ``results.json`` dict.
@@ -233,6 +249,8 @@ def evaluate(
     wanted_dims = parse_dims(truncate_dims)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if paper_model is not None and paper_model not in PAPER_MODELS:
+        raise ValueError(f"unknown paper_model {paper_model!r}; the paper's columns: {list(PAPER_MODELS)} (or None)")
 
     out_dir = Path(out) if out is not None else None
     cache = None
@@ -287,6 +305,8 @@ def evaluate(
         "suite": suite_name,
         "embedding_dim": width,
         "truncate_dims": dims,
+        "query_instruction": query_instruction(model),
+        "paper_model": paper_model,
         "results": results,
         "skipped": skipped,
         "errors": errors,
@@ -320,4 +340,4 @@ def write_outputs(data: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["PAPER_DIMS", "evaluate", "load_model", "parse_dims", "write_outputs"]
+__all__ = ["PAPER_DIMS", "evaluate", "load_model", "parse_dims", "query_instruction", "write_outputs"]

@@ -22,13 +22,22 @@ What is in ``paper``:
   MS COCO 5k test ``nlphuji/mscoco_2014_5k_test_image_text_retrieval`` (split ``test``; one row per
   image: ``image``, ``caption`` = list of 5 captions).
 * Crossmodal-3600 (Table 8): ``mteb/xm3600`` at mteb's pinned revision, one split per language
-  (36 languages), columns ``image`` and ``captions`` (list). The paper's table lists 26 of them.
+  (36 languages), columns ``image`` and ``captions`` (list). The paper's tables list 26 of them and
+  average exactly those (81.43 / 83.23 are their means): the report's average is over those 26
+  (``paper_figures.PAPER_XM3600_LANGUAGES``); the other 10 are evaluated as extra rows, marked as not in
+  the paper's tables, with an extra all-languages average.
 * Multilingual MS COCO (Table 9): XTD10 (1,000 COCO images, one caption per image in each of 10
   languages), which has no Hub copy we know of: build a local folder with
   ``jina-clip eval prepare-xtd10`` and pass it with ``--set 'Multilingual MS COCO*.dataset=DIR'``.
   Until then these tasks are reported as skipped.
 * ViDoRe (Tables 4, 11): the ten ViDoRe v1 sets in the BEIR layout, ``mteb/*_beir`` at mteb's pinned
   revisions (configs ``queries`` / ``corpus`` / ``qrels``).
+
+Query instructions. Tasks name the *task* of their queries (``query_task="retrieval.query"`` for MTEB
+retrieval and ViDoRe queries); the text added is the model's own ``config.task_instructions`` entry, i.e.
+the instruction it was trained with: a training export records its ``data.text.query_instruction`` there
+(``""`` when it trained without one, the shipped stage configs' setting), a converted release keeps the
+release's. results.json and the report say which instruction the queries got.
 * MTEB English (Tables 3, 10): the 15 retrieval tasks and 10 STS tasks of Table 10 (STS17 ``en-en``,
   STS22 ``en``), run by mteb (CQADupstackRetrieval is mteb's aggregate of its 12 forums).
 * MTEB multilingual (Table 3): the paper does not list its multilingual tasks; ``paper`` uses

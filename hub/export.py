@@ -214,8 +214,8 @@ def _sentence_transformers_settings(config: JinaCLIPConfig) -> dict[str, Any]:
     instruction = config.task_instructions.get("retrieval.query")
     return {
         # The release's prompt; `query` makes encode_query() the same, `document` (encode_document) adds none.
-        # jina-clip-v1 has no instruction, hence no prompts.
-        "prompts": {"retrieval.query": instruction, "query": instruction, "document": ""} if instruction else {},
+        # jina-clip-v1 has no instruction, hence no prompts; a v2 model trained without one has the task, empty.
+        "prompts": {"retrieval.query": instruction, "query": instruction, "document": ""} if instruction is not None else {},
         # encode_text's default: texts longer than max_text_length tokens are truncated, not rejected.
         "processing_kwargs": {"text": {"max_length": config.max_text_length}},
     }

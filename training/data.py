@@ -121,6 +121,7 @@ class TaskDataConfig:
     max_consecutive_skips: int = 1000  # unusable examples in a row from one source before a DataError
     on_bad_row: str = "skip"  # skip | error
     name: str = "data"  # how errors name the task (the config key: "data.text", "data.image_text")
+    query_instruction: str = ""  # prepended to every query of a text task (recorded in the export's config)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -383,14 +384,14 @@ class TaskStream:
             raw_columns = ("caption", "_source")
         elif kind == "text_pairs":
             batch = {
-                "query": self._tokenize([e["query"] for e in examples]),
+                "query": self._tokenize([self.cfg.query_instruction + e["query"] for e in examples]),
                 "document": self._tokenize([e["document"] for e in examples]),
             }
             raw_columns = ("query", "document", "_source")
         else:
             k = self.cfg.num_negatives
             batch = {
-                "query": self._tokenize([e["query"] for e in examples]),
+                "query": self._tokenize([self.cfg.query_instruction + e["query"] for e in examples]),
                 "document": self._tokenize([e["positive"] for e in examples]),
                 "negatives": self._tokenize([n for e in examples for n in e["negatives"]]),
                 "num_negatives": k,

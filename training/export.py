@@ -13,9 +13,10 @@ from torch import nn
 from jina_clip_v2._io import atomic_write
 from jina_clip_v2.training.builders import apply_peft, merge_peft, previous_summary
 from jina_clip_v2.training.config import StageConfig, config_to_dict
+from jina_clip_v2.training.recipe import recipe_differences
 from jina_clip_v2.training.step import TrainStep
 
-__all__ = ["export_stage", "gathered_model", "stage_summary"]
+__all__ = ["export_stage", "gathered_model", "record_training_settings", "stage_summary"]
 
 logger = get_logger(__name__)
 
@@ -44,6 +45,13 @@ def stage_summary(
     }
     if cfg.train.resolution_switch is not None:
         entry["resolution_switch_step"] = cfg.train.resolution_switch.at_step
+    entry["matryoshka_dims"] = list(step.dims)
+    # The card claims the paper's recipe only for stages that ran it (training/recipe.py).
+    differences = recipe_differences(cfg, step.model.config, start_image_size)
+    entry["recipe"] = "custom" if differences else "paper"
+    if differences:
+        entry["differences"] = differences
+    previous = previous_summary(cfg)
     return {
         "stage": cfg.stage,
         "steps": cfg.train.steps,
@@ -55,7 +63,9 @@ def stage_summary(
         "world_size": step.accelerator.num_processes,
         "output_dir": str(output_dir),
         "model_dir": str(output_dir / "model") if cfg.train.export else None,
-        "stages": list(previous_summary(cfg).get("stages", [])) + [entry],
+        "init": previous.get("init"),  # stage 0's sources (`jina-clip init`), carried along the stages
+        "base_model": previous.get("base_model"),
+        "stages": list(previous.get("stages", [])) + [entry],
         "config": config_to_dict(cfg),
     }
 
@@ -83,11 +93,28 @@ def gathered_model(step: TrainStep, cfg: StageConfig, processor) -> nn.Module:
     return model
 
 
+def record_training_settings(config, cfg: StageConfig, dims: list[int]) -> None:
+    """What the exported config says about how the model was trained (paper section 3.4; the query
+    instruction of the text task): the Matryoshka widths the losses were summed over (plus the full width,
+    always valid) are the widths `truncate_dim` accepts, and the query instruction is the one training
+    prepended (none: ``""``, so ``task="retrieval.query"`` adds nothing)."""
+    width = config.projection_dim
+    config.matryoshka_dimensions = sorted({int(d) for d in dims} | {width}) if config.matryoshka_dimensions else []
+    if config.truncate_dim is not None and config.truncate_dim not in config.matryoshka_dimensions:
+        config.truncate_dim = None
+    instruction = cfg.data.text.query_instruction
+    if instruction:
+        config.task_instructions = {"retrieval.query": instruction}
+    else:  # jina-clip-v1 has no instructions at all; v2 keeps the task, with nothing to prepend
+        config.task_instructions = {"retrieval.query": ""} if config.version == "v2" else {}
+
+
 def export_stage(
     model: nn.Module, processor, step: TrainStep, cfg: StageConfig, folder: Path, summary: dict
 ) -> Path:
-    """Merge adapters, set the model's logit scale to the image-text temperature, and write a Hub-ready
-    folder with ``hub.export.export_model`` plus the portable ``training_summary.json``."""
+    """Merge adapters, set the model's logit scale to the image-text temperature, record the trained
+    Matryoshka widths and query instruction in the config, and write a Hub-ready folder with
+    ``hub.export.export_model`` plus the portable ``training_summary.json``."""
     from jina_clip_v2.hub.export import export_model
 
     if cfg.peft is not None:
@@ -95,10 +122,11 @@ def export_stage(
     name = "shared" if cfg.loss.unified_batch else "image_text"
     with torch.no_grad():
         model.logit_scale.copy_(step.temperatures.logit_scale(name).to(model.logit_scale))
+    record_training_settings(model.config, cfg, step.dims)
     model = model.float().eval()
+    card_summary = {key: summary[key] for key in ("init", "base_model", "stages") if summary.get(key)}
     export_model(
-        model, folder, processor=processor, training_summary={"stages": summary["stages"]},
-        overwrite=True, dtype=cfg.train.export_dtype,
+        model, folder, processor=processor, training_summary=card_summary, overwrite=True, dtype=cfg.train.export_dtype,
     )
     portable = {k: v for k, v in summary.items() if k not in ("output_dir", "model_dir")}  # no local paths
     with atomic_write(folder / "training_summary.json") as handle:

@@ -136,6 +136,7 @@ class Stage:
                     max_consecutive_skips=cfg.data.max_consecutive_skips,
                     on_bad_row=cfg.data.on_bad_row,
                     name=f"data.{name}",
+                    query_instruction=task.query_instruction or "",
                 )
                 self.streams[name] = build_task_stream(
                     data_cfg, self.processor, rank=acc.process_index, world_size=acc.num_processes, train=True,
