@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from _tiny import build_processor, build_tokenizer, tiny_model
-from jina_clip_v2.modeling.modeling_jina_clip import text_batches
+from jina_clip_v2.modeling.encoding_jina_clip import text_batches
 
 TEXTS = [
     "Ein Hund.",
