@@ -107,11 +107,11 @@ def _no_processor(folder: str, reason) -> str:
     )
 
 
-def load_folder_processor(source, config, strict: bool = True, **kwargs: Any) -> tuple[Any, str | None]:
+def load_folder_processor(source, config, strict: bool = True, kwargs: dict | None = None) -> tuple[Any, str | None]:
     """(processor, None), or (None, why there is none) for a folder without one (the model still loads, and
     `encode_*` say how to attach one). A folder holding a processor config but no tokenizer.json is an error when
     `strict`: transformers would build a tokenizer of a few special tokens, under which every text embeds alike."""
-    hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if kwargs.get(name) is not None}
+    hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if (kwargs or {}).get(name) is not None}
     tokenizer_file = _file(source, "tokenizer.json", hub_kwargs)
     folder = os.fspath(source)
     if tokenizer_file is None:

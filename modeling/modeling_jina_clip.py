@@ -419,7 +419,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         if strict:
             check_loading_report(model, info, pretrained_model_name_or_path)
         if load_processor and pretrained_model_name_or_path is not None:
-            model._processor, model._processor_error = load_folder_processor(pretrained_model_name_or_path, model.config, strict, **kwargs)
+            model._processor, model._processor_error = load_folder_processor(pretrained_model_name_or_path, model.config, strict, kwargs)
         return (model, info) if wants_info else model
 
     def compile_towers(self, **compile_kwargs) -> "JinaCLIPModel":
