@@ -45,10 +45,10 @@ import torch
 
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, read_weights_file
+from jina_clip_v2.modeling.loading_jina_clip import load_folder_processor
 from jina_clip_v2.modeling.processing_jina_clip import (
     JinaCLIPImageProcessor,
     exact_tokenizer,
-    load_tokenizer,
     name_generic_tokenizer_class,
 )
 
@@ -160,16 +160,15 @@ def _as_local_model(model: torch.nn.Module) -> JinaCLIPModel:
 
 
 def load_processor(source: str | os.PathLike):
-    """The processor (tokenizer + image processor) saved in a folder; the tokenizer is the folder's
+    """The processor (tokenizer + image processor) saved in a folder, built by this package's classes
+    (`loading_jina_clip.load_folder_processor`: no code of the folder runs); the tokenizer is the folder's
     tokenizer.json as written (`load_tokenizer`), whatever tokenizer class its tokenizer_config.json names."""
-    from transformers import AutoProcessor
-
     path = Path(source)
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
         raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
-    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
-    if (path / "tokenizer.json").is_file() and getattr(processor, "tokenizer", None) is not None:
-        processor.tokenizer = load_tokenizer(path)
+    processor, reason = load_folder_processor(path)
+    if processor is None:
+        raise ExportError(reason)
     return processor
 
 
@@ -466,16 +465,22 @@ def probe_inputs(image_size: int) -> tuple[list[str], list]:
 
 
 def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = None, *, atol: float = 1e-5) -> dict:
-    """Reload an exported folder the way users do (AutoModel + AutoProcessor, and SentenceTransformer
-    when installed, all with trust_remote_code) and compare embeddings of probe texts and images:
-    Sentence-Transformers against `encode_text` / `encode_image`, and both against `reference` (a model
-    holding the weights that were exported) when given. Raises `AssertionError` on a mismatch; returns
-    the largest differences."""
+    """Reload an exported folder the way users without this package do (the folder's own copy of the model code,
+    as `AutoModel.from_pretrained(..., trust_remote_code=True)` loads it, and its processor; SentenceTransformer
+    when installed) and compare embeddings of probe texts and images: Sentence-Transformers against `encode_text` /
+    `encode_image`, and both against `reference` (a model holding the weights that were exported) when given.
+    Raises `AssertionError` on a mismatch; returns the largest differences.
+
+    The model class is taken from the folder's `auto_map` explicitly: with this package imported, transformers'
+    auto classes resolve the registered `jina_clip` type to the installed code instead."""
     import numpy as np
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoProcessor
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     folder = str(folder)
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    auto_map = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["auto_map"]
+    model_class = get_class_from_dynamic_module(auto_map["AutoModel"], folder)
+    model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
     AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     texts, images = probe_inputs(model.config.vision_config.image_size)
     # The query instruction where the model has one (jina-clip-v1 has none).

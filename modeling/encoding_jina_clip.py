@@ -10,9 +10,8 @@
 - `encode_text` / `encode_image` themselves (the model's methods are these functions).
 
 Thread safety: nothing here changes the model or a module-level setting per call. The one shared object a call
-changes is the fast tokenizer, whose Rust backend holds the truncation settings of its last call: two threads
-tokenizing with different `max_length` would get each other's, so calls to one tokenizer are serialised
-(`tokenizer_lock`). A model in training mode is switched to eval for the call and back (do not encode from
+changes is the fast tokenizer, whose Rust backend holds the truncation settings of its last call: calls to one
+tokenizer are serialised (`policy_jina_clip.tokenize`). A model in training mode is switched to eval for the call and back (do not encode from
 several threads while training).
 
 This file is Hub remote code: it imports numpy, torch and transformers, nothing of this repository except
@@ -23,8 +22,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,17 +32,15 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .policy_jina_clip import (
-    TEXT_CHARS_PER_TOKEN,
     add_task_instruction,
     as_list,
-    bound_characters,
-    check_cut_texts,
     check_texts,
     check_truncate_dim,
     image_stream,
     positive_int,
     refuse_unknown_tokenizer_arguments,
     text_settings,
+    tokenize,
     truncate_and_normalize,
 )
 
@@ -282,19 +277,6 @@ def image_batches(items: Iterator, image_processor, batch_size: int, num_workers
 # encode_text / encode_image
 # ----------------------------------------------------------------------------------------------------
 
-_TOKENIZER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TOKENIZER_LOCKS_GUARD = threading.Lock()
-
-
-def tokenizer_lock(tokenizer) -> threading.Lock:
-    """The lock that serialises encode_text's calls to `tokenizer` (see the module docstring)."""
-    with _TOKENIZER_LOCKS_GUARD:
-        lock = _TOKENIZER_LOCKS.get(tokenizer)
-        if lock is None:
-            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
-        return lock
-
-
 def _same_device(a, b) -> bool:
     if a.type != b.type:
         return False
@@ -397,26 +379,14 @@ def encode_text(
     batch_size = positive_int(batch_size, "batch_size")
     if max_tokens_per_batch is not None:
         max_tokens_per_batch = positive_int(max_tokens_per_batch, "max_tokens_per_batch")
-    limit = positive_int(max_chars, "max_chars") if max_chars is not None else TEXT_CHARS_PER_TOKEN * settings["max_length"]
     texts = add_task_instruction(texts, task, config.task_instructions)
     tokenizer = model.processor.tokenizer
     refuse_unknown_tokenizer_arguments(tokenizer, tokenizer_kwargs)
     padding = settings.pop("padding", True)
     pad_to_multiple_of = settings.pop("pad_to_multiple_of", None)
     settings.pop("return_tensors", None)
-    full_lengths = [len(text) for text in texts]
-    texts, cut = bound_characters(texts, limit)
-    if cut and (not settings["truncation"] or not getattr(tokenizer, "is_fast", False)):
-        raise ValueError(
-            f"text {cut[0]} has {full_lengths[cut[0]]} characters, more than max_chars={limit}, and "
-            f"{'truncation is off' if getattr(tokenizer, 'is_fast', False) else 'the tokenizer gives no offsets'}: pass a "
-            "larger max_chars (it bounds the characters read before tokenizing) or shorten the text"
-        )
     # The one tokenization: the batching's lengths and every batch's ids come from it.
-    with tokenizer_lock(tokenizer):
-        encoded = tokenizer(texts, padding=False, return_attention_mask=False, return_offsets_mapping=bool(cut), **settings)
-    if cut:
-        check_cut_texts(encoded["offset_mapping"], cut, full_lengths, limit)
+    encoded = tokenize(tokenizer, texts, settings, max_chars, padding=False, return_attention_mask=False)
     ids = encoded["input_ids"]
     lengths = [len(row) for row in ids]
     empty = [index for index, length in enumerate(lengths) if length == 0]
@@ -495,7 +465,6 @@ def encode_image(
 __all__ = [
     "BUCKET_PADDING",
     "DEFAULT_TEXT_TOKENS_PER_BATCH",
-    "TEXT_CHARS_PER_TOKEN",
     "as_list",
     "check_truncate_dim",
     "default_image_workers",

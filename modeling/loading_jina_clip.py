@@ -107,10 +107,12 @@ def _no_processor(folder: str, reason) -> str:
     )
 
 
-def load_folder_processor(source, config, strict: bool = True, kwargs: dict | None = None) -> tuple[Any, str | None]:
+def load_folder_processor(source, config=None, strict: bool = True, kwargs: dict | None = None) -> tuple[Any, str | None]:
     """(processor, None), or (None, why there is none) for a folder without one (the model still loads, and
     `encode_*` say how to attach one). A folder holding a processor config but no tokenizer.json is an error when
-    `strict`: transformers would build a tokenizer of a few special tokens, under which every text embeds alike."""
+    `strict`: transformers would build a tokenizer of a few special tokens, under which every text embeds alike.
+    With the model's `config`, the processor is checked against it (`check_processor`) and set to its image size.
+    `kwargs`: from_pretrained's keywords, of which those saying where files come from (`HUB_KWARGS`) are used."""
     hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if (kwargs or {}).get(name) is not None}
     tokenizer_file = _file(source, "tokenizer.json", hub_kwargs)
     folder = os.fspath(source)
@@ -128,8 +130,9 @@ def load_folder_processor(source, config, strict: bool = True, kwargs: dict | No
     except (OSError, ValueError, KeyError) as err:
         return None, _no_processor(folder, err)
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=load_tokenizer(tokenizer_file))
-    check_processor(processor, config)
-    set_processor_image_size(processor, config.vision_config.image_size)
+    if config is not None:
+        check_processor(processor, config)
+        set_processor_image_size(processor, config.vision_config.image_size)
     return processor, None
 
 

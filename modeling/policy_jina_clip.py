@@ -1,7 +1,7 @@
 """The encode policy of jina-clip-v2, torch-free: how inputs are listed (`as_list`, `image_stream`: what is one
 input and what is a batch), the argument checks, the character bound of texts (`TEXT_CHARS_PER_TOKEN`), the
 Matryoshka check (`check_truncate_dim`) and truncation + normalisation (`truncate_and_normalize`: slice first,
-then L2-normalise). `encoding_jina_clip.py` (the model's `encode_*`), the ONNX Runtime helper
+then L2-normalise), and the thread-safe, character-bounded tokenization (`tokenize`). `encoding_jina_clip.py` (the model's `encode_*`), the ONNX Runtime helper
 (`hub/onnx_runtime.py`), Sentence-Transformers (`hub/custom_st.py`) and the evaluation all use these, so each
 rule exists once.
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
@@ -217,32 +219,62 @@ def bound_characters(texts: list[str], limit: int) -> tuple[list[str], list[int]
     return texts, cut
 
 
-def check_cut_texts(offsets: Sequence[Sequence[tuple[int, int]]], cut: list[int], lengths: Sequence[int], limit: int) -> None:
-    """The cut must not change the tokens kept: tokenizers split and normalise text locally (within words and
-    whitespace runs), so tokens that end in the first half of the kept characters, with `limit / 2` characters of
-    the text still after them, are the tokens of the whole text. A text whose kept tokens reach further (e.g. a
-    huge run of whitespace) is refused, not cut."""
+
+_TOKENIZER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TOKENIZER_LOCKS_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    """The lock that serialises `tokenize`'s calls to one tokenizer: a fast tokenizer keeps the truncation and
+    padding settings of its last call in its Rust backend, so two threads tokenizing with different `max_length`
+    would get each other's settings (silently wrong ids)."""
+    with _TOKENIZER_LOCKS_GUARD:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
+        return lock
+
+
+def tokenize(tokenizer, texts: list[str], settings: dict, max_chars: int | None = None, first_index: int = 0, **call_kwargs):
+    """The tokenization of `encode_text` (and of the ONNX helper): texts longer than the character bound
+    (`max_chars`, default `TEXT_CHARS_PER_TOKEN` x max_length) cut first, which is checked never to change the
+    tokens kept (`check_cut_texts`; with truncation off nothing may be cut, so a longer text is refused), then
+    the tokenizer with `settings` (see `text_settings`) and `call_kwargs`. `first_index`: the position of
+    `texts[0]` among the caller's texts, for the error messages."""
+    limit = positive_int(max_chars, "max_chars") if max_chars is not None else TEXT_CHARS_PER_TOKEN * settings["max_length"]
+    full_lengths = [len(text) for text in texts]
+    texts, cut = bound_characters(texts, limit)
+    fast = getattr(tokenizer, "is_fast", False)
+    if cut and (not settings.get("truncation") or not fast):
+        raise ValueError(
+            f"text {first_index + cut[0]} has {full_lengths[cut[0]]} characters, more than max_chars={limit}, and "
+            f"{'truncation is off' if fast else 'the tokenizer gives no offsets'}: pass a larger max_chars (it bounds "
+            "the characters read before tokenizing) or shorten the text"
+        )
+    with tokenizer_lock(tokenizer):
+        encoded = tokenizer(texts, return_offsets_mapping=bool(cut), **settings, **call_kwargs)
     for index in cut:
-        end = max((stop for _, stop in offsets[index]), default=0)
+        end = max((int(stop) for _, stop in encoded["offset_mapping"][index]), default=0)
         if end > limit // 2:
             raise ValueError(
-                f"text {index} has {lengths[index]} characters, more than max_chars={limit}, and its kept tokens reach "
-                f"character {end}, past the first {limit // 2}: cutting it could change them. Pass a larger max_chars "
-                "(it bounds the characters read before tokenizing) or shorten the text"
+                f"text {first_index + index} has {full_lengths[index]} characters, more than max_chars={limit}, and its "
+                f"kept tokens reach character {end}, past the first {limit // 2}: cutting it could change them. Pass a "
+                "larger max_chars (it bounds the characters read before tokenizing) or shorten the text"
             )
-
+    return encoded
 
 __all__ = [
     "TEXT_CHARS_PER_TOKEN",
     "add_task_instruction",
     "as_list",
     "bound_characters",
-    "check_cut_texts",
     "check_texts",
     "check_truncate_dim",
     "image_stream",
     "positive_int",
     "refuse_unknown_tokenizer_arguments",
     "text_settings",
+    "tokenize",
+    "tokenizer_lock",
     "truncate_and_normalize",
 ]
