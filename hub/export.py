@@ -41,9 +41,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import transformers
+from PIL import Image
+from transformers import AutoProcessor, CLIPProcessor
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from transformers.utils import HF_MODULES_CACHE
 
-from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
+from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel, pipeline_jina_clip
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, read_weights_file
 from jina_clip_v2.modeling.loading_jina_clip import load_folder_processor
 from jina_clip_v2.modeling.processing_jina_clip import (
@@ -62,6 +68,7 @@ from ._util import (
     write_json,
 )
 from .model_card import BASE_MODEL_LICENSES, build_model_card
+from .onnx import export_onnx
 
 logger = hub_logger("export")
 
@@ -175,8 +182,6 @@ def load_processor(source: str | os.PathLike):
 def canonical_processor(processor, config: JinaCLIPConfig):
     """transformers' `CLIPProcessor` around this repository's `JinaCLIPImageProcessor` (at the model's
     image size) and the given XLM-R tokenizer, checked against the model's vocabulary."""
-    from transformers import CLIPProcessor
-
     tokenizer = getattr(processor, "tokenizer", None)
     image_processor = getattr(processor, "image_processor", None)
     if tokenizer is None or image_processor is None:
@@ -239,8 +244,6 @@ def write_sentence_transformers_files(folder: Path, config: JinaCLIPConfig) -> N
 
 def sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
     """The Sentence-Transformers files of an export, as data (file name -> JSON content)."""
-    import transformers
-
     settings = _sentence_transformers_settings(config)
     pooled = {"method_output_name": "pooler_output"}
     return {
@@ -275,8 +278,6 @@ def add_pipeline_config(folder: Path) -> None:
     go through the model's own decoder; `AutoModelForZeroShotImageClassification` maps to the model class,
     the auto class transformers' own zero-shot pipeline loads. `feature-extraction` needs neither: it loads
     `AutoModel` and reads the first output of `forward(input_ids=...)`, the normalized text embedding."""
-    from jina_clip_v2.modeling import pipeline_jina_clip
-
     source = Path(pipeline_jina_clip.__file__)
     shutil.copyfile(source, folder / source.name)
     config_path = folder / "config.json"
@@ -291,8 +292,6 @@ def add_pipeline_config(folder: Path) -> None:
 def _forget_remote_code(folder: Path) -> None:
     """Remove the copy of `folder`'s remote code that loading it made in transformers' module cache (the
     staging folder has a random name, so each export would otherwise leave one behind)."""
-    from transformers.utils import HF_MODULES_CACHE
-
     shutil.rmtree(Path(HF_MODULES_CACHE) / "transformers_modules" / folder.name, ignore_errors=True)
 
 
@@ -428,8 +427,6 @@ def export_model(
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
         if onnx:
-            from .onnx import export_onnx
-
             try:
                 export_onnx(staging, staging / "onnx", update_folder=True)
             finally:
@@ -452,9 +449,6 @@ def export_model(
 
 def probe_inputs(image_size: int) -> tuple[list[str], list]:
     """A few deterministic texts (several scripts) and synthetic RGB images for parity checks."""
-    import numpy as np
-    from PIL import Image
-
     texts = ["a photo of a dog in the snow", "Ein Hund spielt im Schnee", "雪の中で遊ぶ犬", "un chat"]
     rng = np.random.default_rng(0)
     images = [
@@ -473,10 +467,6 @@ def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = No
 
     The model class is taken from the folder's `auto_map` explicitly: with this package imported, transformers'
     auto classes resolve the registered `jina_clip` type to the installed code instead."""
-    import numpy as np
-    from transformers import AutoProcessor
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
     folder = str(folder)
     auto_map = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["auto_map"]
     model_class = get_class_from_dynamic_module(auto_map["AutoModel"], folder)

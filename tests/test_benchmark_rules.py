@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _tiny import build_processor, build_tokenizer, tiny_config, tiny_model
 from jina_clip_v2.benchmarks import common, encode, encode_table
+from jina_clip_v2.modeling.encoding_jina_clip import text_batch_plan
 from jina_clip_v2.training import flops
 
 
@@ -98,7 +99,7 @@ def test_benchmarked_batching_is_encode_texts_own(tokenizer):
     texts = encode_table.make_texts(tokenizer, encode_table.long_tailed_lengths(70, seed=1, high=120), seed=1)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
     calls, _ = encode_table.record_calls(model, "get_text_features", lambda: model.encode_text(texts))
-    batches, unpadded = model._text_batch_plan(lengths)  # what encode.py's "encode_text_batching" path runs
+    batches, unpadded = text_batch_plan(model, lengths)  # what encode.py's "encode_text_batching" path runs
     assert len(calls) == len(batches) > 1
     for (args, kwargs), batch in zip(calls, batches):
         assert kwargs["attention_mask"].sum(1).tolist() == [lengths[i] for i in batch]
