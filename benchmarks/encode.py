@@ -337,9 +337,9 @@ def text_workload(args, batch: int, vocab_size: int, seed: int) -> tuple[list[li
     return [lengths[i : i + batch] for i in range(0, count, batch)], rows
 
 
-def bucket_attention_lengths(lengths: Sequence[int]) -> list[int]:
-    """The attention block each text of a packed batch computes under the model's length-bucket attention (eager /
-    SDPA): its bucket's longest length (``encoding_jina_clip.length_buckets``)."""
+def bucket_lengths(lengths: Sequence[int]) -> list[int]:
+    """The length each text of an unpadded batch is computed at under eager / SDPA: its length bucket's longest
+    (``encoding_jina_clip.length_buckets``; every bucket runs as one padded batch of the text tower)."""
     spans = [0] * len(lengths)
     for bucket in length_buckets(list(lengths)):
         for index in bucket:
@@ -348,14 +348,13 @@ def bucket_attention_lengths(lengths: Sequence[int]) -> list[int]:
 
 
 def _executed_flops(text_config, groups: list[list[int]], padded: bool, buckets: bool) -> tuple[int, int]:
-    """(computed tokens, executed FLOPs) of batches with these lengths: padded to each batch's longest, or packed
-    (projections on real tokens only; attention per bucket when ``buckets``, else per text)."""
+    """(computed tokens, executed FLOPs) of batches with these lengths: padded to each batch's longest, padded to each
+    length bucket's longest (``buckets``: eager / SDPA unpadded), or packed (FlashAttention: real tokens only)."""
     if padded:
-        return (sum(len(g) * max(g) for g in groups),
-                sum(text_forward_flops(text_config, [max(g)] * len(g))["total"] for g in groups))
-    tokens = sum(sum(g) for g in groups)
-    flops = sum(text_forward_flops(text_config, g, bucket_attention_lengths(g) if buckets else None)["total"] for g in groups)
-    return tokens, flops
+        groups = [[max(g)] * len(g) for g in groups]
+    elif buckets:
+        groups = [bucket_lengths(g) for g in groups]
+    return sum(sum(g) for g in groups), sum(text_forward_flops(text_config, g)["total"] for g in groups)
 
 
 def bench_text(model, runner: Runner, refs: dict, attns, result: dict) -> None:

@@ -121,7 +121,7 @@ class VisionTower(nn.Module):
 def load_for_export(folder: str | os.PathLike) -> JinaCLIPModel:
     """The folder's weights in fp32 with eager attention (plain MatMul/Softmax graphs every runtime runs),
     loaded strictly (the default of `from_pretrained`) with this repository's model class."""
-    model = JinaCLIPModel.from_pretrained(os.fspath(folder), dtype=torch.float32, load_processor=False)
+    model = JinaCLIPModel.from_pretrained(os.fspath(folder), dtype=torch.float32)
     model.set_attn_implementation("eager")
     return model.float().eval()
 

@@ -31,7 +31,10 @@ __version__ = "0.1.0"
 
 AutoConfig.register(JinaCLIPConfig.model_type, JinaCLIPConfig, exist_ok=True)
 AutoProcessor.register(JinaCLIPConfig, CLIPProcessor, exist_ok=True)
-AutoImageProcessor.register(JinaCLIPConfig, image_processor_classes={"pil": JinaCLIPImageProcessor}, exist_ok=True)
+try:
+    AutoImageProcessor.register(JinaCLIPConfig, image_processor_classes={"pil": JinaCLIPImageProcessor}, exist_ok=True)
+except ImportError:  # transformers 5.4 without torchvision: AutoImageProcessor is a placeholder there
+    pass
 try:
     from .modeling import JinaCLIPModel
 except ImportError:  # no torch: serving with ONNX Runtime needs the config and the processors only

@@ -111,14 +111,22 @@ def positive_int(value: Any, name: str) -> int:
 
 
 def check_texts(texts: list) -> None:
+    """Every text a string (the characters themselves are checked where they are read, in `tokenize`)."""
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts must be strings; item {index} is {type(text).__name__}")
+
+
+def _check_unicode(texts: list[str], first_index: int) -> None:
+    for index, text in enumerate(texts):
+        if text.isascii():
+            continue
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as err:  # lone surrogates: no tokenizer can read them
             raise ValueError(
-                f"text {index} is not valid Unicode ({err.reason} at position {err.start}: {text[err.start]!r})"
+                f"text {first_index + index} is not valid Unicode ({err.reason} at position {err.start}: "
+                f"{text[err.start]!r})"
             ) from None
 
 
@@ -236,21 +244,26 @@ def tokenizer_lock(tokenizer) -> threading.Lock:
 
 
 def tokenize(tokenizer, texts: list[str], settings: dict, max_chars: int | None = None, first_index: int = 0, **call_kwargs):
-    """The tokenization of `encode_text` (and of the ONNX helper): texts longer than the character bound
-    (`max_chars`, default `TEXT_CHARS_PER_TOKEN` x max_length) cut first, which is checked never to change the
-    tokens kept (`check_cut_texts`; with truncation off nothing may be cut, so a longer text is refused), then
-    the tokenizer with `settings` (see `text_settings`) and `call_kwargs`. `first_index`: the position of
-    `texts[0]` among the caller's texts, for the error messages."""
+    """The tokenization of `encode_text` (and of the ONNX helper): the tokenizer with `settings` (see
+    `text_settings`) and `call_kwargs`, on texts bounded by characters first.
+
+    A text longer than `max_chars` (default `TEXT_CHARS_PER_TOKEN` x max_length) is cut to its first `max_chars`
+    characters, and the cut is checked not to change the tokens kept: tokenizers normalise and split text locally
+    (within words and whitespace runs), so tokens that end in the first half of the kept characters, with
+    `max_chars / 2` characters of the text still after them, are the whole text's. A text whose kept tokens reach
+    further (e.g. a huge run of whitespace) is refused, not cut; so is any longer text when truncation is off.
+    `first_index`: the position of `texts[0]` among the caller's texts, for the error messages."""
     limit = positive_int(max_chars, "max_chars") if max_chars is not None else TEXT_CHARS_PER_TOKEN * settings["max_length"]
     full_lengths = [len(text) for text in texts]
     texts, cut = bound_characters(texts, limit)
     fast = getattr(tokenizer, "is_fast", False)
-    if cut and (not settings.get("truncation") or not fast):
+    if cut and (settings.get("truncation") in (False, None, "do_not_truncate") or not fast):
         raise ValueError(
             f"text {first_index + cut[0]} has {full_lengths[cut[0]]} characters, more than max_chars={limit}, and "
             f"{'truncation is off' if fast else 'the tokenizer gives no offsets'}: pass a larger max_chars (it bounds "
             "the characters read before tokenizing) or shorten the text"
         )
+    _check_unicode(texts, first_index)  # the characters read: a 20M-character text is not copied to check it
     with tokenizer_lock(tokenizer):
         encoded = tokenizer(texts, return_offsets_mapping=bool(cut), **settings, **call_kwargs)
     for index in cut:

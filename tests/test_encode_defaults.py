@@ -17,23 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from _tiny import ROOT, build_processor, build_tokenizer, tiny_model
+from _tiny import ROOT, build_processor, tiny_model
 from jina_clip_v2.modeling import JinaCLIPModel
 from jina_clip_v2.modeling import encoding_jina_clip as E
 
 IMAGES = sorted((ROOT / "data" / "tuxpaint" / "images").iterdir())
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    model = tiny_model(seed=16)
-    model.processor = build_processor(tokenizer)
-    return model
 
 
 def long_tailed_texts(tokenizer, count: int = 60, seed: int = 0) -> list[str]:

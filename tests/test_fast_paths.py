@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import build_processor, build_tokenizer, tiny_model
+from _tiny import tiny_model
 from jina_clip_v2.modeling.encoding_jina_clip import text_batches
 
 TEXTS = [
@@ -14,13 +14,6 @@ TEXTS = [
     "猫",
     "Une voiture rouge garée devant une maison blanche.",
 ]
-
-
-@pytest.fixture(scope="module")
-def model():
-    model = tiny_model(seed=3)
-    model.processor = build_processor(build_tokenizer())
-    return model
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, build_tokenizer, tiny_config, tiny_model
+from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, tiny_config, tiny_model
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel, release_config_to_kwargs
 from jina_clip_v2.modeling.modeling_jina_clip import resample_position_embeddings, vision_rotary_cos_sin
 
@@ -32,11 +32,6 @@ TEXTS = [
     "猫が窓のそばで眠っている",
     "a very long caption about a chicken standing in a farmyard next to a wooden fence on a sunny day",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def _pixels(n: int, size: int, seed: int = 0) -> torch.Tensor:
