@@ -32,17 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from jina_clip_v2.modeling.policy_jina_clip import (
-    add_task_instruction,
-    as_list,
-    check_texts,
-    check_truncate_dim,
-    image_stream,
-    positive_int,
-    text_settings,
-    tokenize,
-    truncate_and_normalize,
-)
+from jina_clip_v2.modeling import policy_jina_clip as policy
+from jina_clip_v2.modeling.policy_jina_clip import truncate_and_normalize
 from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 
 # File names as transformers.js loads jina_clip towers: `JinaCLIPTextModel` / `JinaCLIPVisionModel` default
@@ -138,8 +129,8 @@ class JinaCLIPOnnx:
         self, texts: Sequence[str], max_length: int | None = None, max_chars: int | None = None, first_index: int = 0
     ) -> dict[str, np.ndarray]:
         """`encode_text`'s tokenization (`policy_jina_clip.tokenize`), padded to the longest text."""
-        settings = text_settings({}, max_length, self.max_text_length)
-        encoded = tokenize(self.tokenizer, list(texts), settings, max_chars, first_index, padding=True, return_tensors="np")
+        settings = policy.text_settings({}, max_length, self.max_text_length)
+        encoded = policy.tokenize(self.tokenizer, list(texts), settings, max_chars, first_index, padding=True, return_tensors="np")
         return {name: encoded[name] for name in TEXT_INPUTS}
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
@@ -158,11 +149,11 @@ class JinaCLIPOnnx:
         max_chars: int | None = None,
     ) -> np.ndarray:
         """(n, dim) float32 embeddings of texts (a vector for a single string), as `encode_text`."""
-        texts, single = as_list(sentences, "texts")
-        check_texts(texts)
-        truncate_dim = check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
-        texts = add_task_instruction(texts, task, self.task_instructions)
-        batch_size = positive_int(batch_size, "batch_size")
+        texts, single = policy.as_list(sentences, "texts")
+        policy.check_texts(texts)
+        truncate_dim = policy.check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
+        texts = policy.add_task_instruction(texts, task, self.task_instructions)
+        batch_size = policy.positive_int(batch_size, "batch_size")
         chunks = [
             self.run_text(**self.tokenize(texts[start : start + batch_size], max_length, max_chars, start))["text_embeddings"]
             for start in range(0, len(texts), batch_size)
@@ -180,9 +171,9 @@ class JinaCLIPOnnx:
     ) -> np.ndarray:
         """(n, dim) float32 embeddings of images (a vector for a single image), as `encode_image`: one image, a
         list, or any iterable (read in batches)."""
-        truncate_dim = check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
-        batch_size = positive_int(batch_size, "batch_size")
-        items, single, _ = image_stream(images)
+        truncate_dim = policy.check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
+        batch_size = policy.positive_int(batch_size, "batch_size")
+        items, single, _ = policy.image_stream(images)
         chunks = []
         while batch := list(itertools.islice(items, batch_size)):
             chunks.append(self.run_vision(self.preprocess(batch))["image_embeddings"])

@@ -127,7 +127,8 @@ CASES = [
     Case("tokenizer-larger-than-vocabulary-refused-when-assigned", _assign_large_tokenizer, ValueError,
          r"the tokenizer has 1000 tokens, more than the model's vocabulary of 500"),
     # One Matryoshka check (issue 20 item 6)
-    Case("st-truncate-dim-numpy-int", lambda c: _sentence_transformer(c, truncate_dim=np.int64(16)).encode(["a frog"]),
+    Case("st-truncate-dim-numpy-int",
+         lambda c: _sentence_transformer(c, truncate_dim=np.int64(16)).encode(["a frog"], normalize_embeddings=True),
          check=equals(lambda c: c.model.encode_text(["a frog"], truncate_dim=16))),
     Case("st-truncate-dim-untrained-numpy-int", lambda c: _sentence_transformer(c, truncate_dim=np.int64(12)).encode(["a"]),
          ValueError, r"truncate_dim=np\.int64\(12\) is not supported; valid values: \[8, 16, 32\]"),
@@ -212,7 +213,7 @@ def test_loading_runs_no_code_of_the_folder_without_trust_remote_code(ctx, tmp_p
     np.testing.assert_allclose(np.asarray(images)[0], ctx.model.encode_image(image), atol=1e-5, rtol=0)
     export_model(folder, tmp_path / "re-exported")
     load_for_export(folder)
-    config = load_config(ROOT / "training" / "configs" / "tiny.yaml", [f"model.init_from={folder}"])
+    config = load_config(ROOT / "training" / "configs" / "tiny.yaml", [f"model.init_from={folder}", f"model.processor_from={folder}"])
     build_model(config.model, 0)
     assert not marker.exists(), f"folder code ran: {marker.read_text()}"
 
