@@ -25,7 +25,7 @@ import numpy as np
 # TEXT_CHARS_PER_TOKEN x max_length characters is cut there first (a 20M-character text would otherwise cost
 # gigabytes in the tokenizer). XLM-R averages ~4 characters per token (~1.5 in CJK scripts), so at 512 tokens the
 # 32,768 characters kept are 16x what the kept tokens need; and the cut is checked never to change them (see
-# `bound_characters`). `encode_text(max_chars=...)` sets another bound.
+# `tokenize`). `encode_text(max_chars=...)` sets another bound.
 TEXT_CHARS_PER_TOKEN = 64
 
 # Tasks of jina-embeddings-v3 that jina-clip-v2 users carry over; only retrieval.query exists here.
@@ -137,7 +137,7 @@ def add_task_instruction(texts: list[str], task: str | None, instructions: Mappi
     if not instructions:
         raise ValueError(
             f"task={task!r}: this model has no task instructions (jina-clip-v1 embeds queries and documents alike); "
-            "embed without task"
+            "call encode_text without task"
         )
     if task not in instructions:
         # jina-clip-v2 kept one of jina-embeddings-v3's five adapters (paper section 3.1).
