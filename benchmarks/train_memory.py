@@ -1,7 +1,8 @@
 """Memory of a training step as the batch grows (``python -m jina_clip_v2.benchmarks.train_step --memory-scaling``):
 plain vs gradient caching with the trainer's chunk sizes in samples, each variant's step peak above the resident
 weights and optimizer state (``common.step_peak_bytes``), step times interleaved A B A B, and the batch where the
-plain step leaves ``--memory-budget-mb`` while gradient caching goes on. The stage setup is train_step's own."""
+plain step leaves ``--memory-budget-mb`` while gradient caching goes on. The stage setup is train_stages.py's, as for
+train_step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import dataclasses
 import torch
 
 from jina_clip_v2.benchmarks import common
-from jina_clip_v2.benchmarks.train_step import VARIANTS, bench_config, chunk_counts, chunk_sizes, make_batches, md_environment, prepare_stage
+from jina_clip_v2.benchmarks.train_stages import VARIANTS, bench_config, chunk_counts, chunk_sizes, make_batches, md_environment, prepare_stage
 from jina_clip_v2.training.step import TrainStep
 
 

@@ -3,8 +3,9 @@
 Every benchmark encodes its texts and images **once**, at the model's full width, through the model's
 own ``encode_text`` / ``encode_image`` (any object with those two methods works: our
 ``JinaCLIPModel``, the release loaded with ``AutoModel``, or a stand-in). A sweep over truncation
-dims then only slices: :func:`truncate_normalize` keeps the first ``dim`` coordinates and
-L2-normalises them -- the model's own ``truncate_dim`` semantics (slice, then normalise). Whether the
+dims then only slices: ``truncate_and_normalize`` (the model's own encode policy,
+``jina_clip_v2.modeling.policy_jina_clip``) keeps the first ``dim`` coordinates and L2-normalises them -- the
+model's ``truncate_dim`` semantics (slice, then normalise). Whether the
 model normalised before returning does not matter: a positive rescaling of a row does not change its
 normalised prefix.
 
@@ -46,30 +47,6 @@ FINGERPRINT_SAMPLES = 4096
 DEFAULT_IMAGE_CHUNK = 64
 #: Texts handed to ``encode_text`` at a time (the model sorts by length within a call).
 DEFAULT_TEXT_CHUNK = 8192
-
-
-# --------------------------------------------------------------------------------------------
-# Matryoshka truncation
-# --------------------------------------------------------------------------------------------
-
-
-def truncate_normalize(embeddings: Any, dim: int | None) -> np.ndarray:
-    """Keep the first ``dim`` coordinates of every row, then L2-normalise (float32).
-
-    Same math as the model's ``encode_*(truncate_dim=dim)``: slice first, normalise second.
-    ``dim=None`` keeps the full width. A ``dim`` wider than the embeddings is a ``ValueError``.
-    """
-    array = np.asarray(embeddings, dtype=np.float32)
-    if array.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D (n, dim), got shape {array.shape}")
-    if dim is not None:
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"truncate dim must be a positive integer, got {dim!r}")
-        if dim > array.shape[1]:
-            raise ValueError(f"cannot truncate {array.shape[1]}-d embeddings to {dim} dims")
-        array = array[:, :dim]
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return (array / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,5 +440,4 @@ __all__ = [
     "images_digest",
     "model_fingerprint",
     "texts_digest",
-    "truncate_normalize",
 ]

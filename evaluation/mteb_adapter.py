@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import Embedder, truncate_normalize
+from jina_clip_v2.modeling.policy_jina_clip import truncate_and_normalize
+
+from .embedder import Embedder
 from .tasks import MTEBTask
 
 logger = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ class MTEBEncoderAdapter:
             full = self.embedder.encode_images(images, label=label)
         else:
             full = self.embedder.encode_texts(texts, task=self.prompts.get(kind), label=label)
-        return truncate_normalize(full, self.truncate_dim)
+        return truncate_and_normalize(full, self.truncate_dim)
 
     @staticmethod
     def _normalize(x: Any):

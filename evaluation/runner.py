@@ -40,8 +40,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jina_clip_v2.modeling.policy_jina_clip import truncate_and_normalize
+
 from . import metrics as M
-from .embedder import Embedder, EmbeddingCache, truncate_normalize
+from .embedder import Embedder, EmbeddingCache
 from .paper_figures import PAPER_MODELS
 from .report import build_report, plot_sweep
 from .suites import apply_overrides, get_suite, select_tasks
@@ -155,7 +157,7 @@ def _run_crossmodal(task: CrossModalRetrievalTask, embedder: Embedder, dims, wid
     entries = []
     for dim in dims:
         scores = M.image_text_retrieval(
-            truncate_normalize(images, dim), truncate_normalize(texts, dim), data.text_to_image, ks=ks, device=search_device
+            truncate_and_normalize(images, dim), truncate_and_normalize(texts, dim), data.text_to_image, ks=ks, device=search_device
         )
         entries.append(_entry(task, "text-to-image retrieval", {f"recall@{k}": scores[f"text_to_image_recall@{k}"] for k in ks}, dim))
         entries.append(_entry(task, "image-to-text retrieval", {f"recall@{k}": scores[f"image_to_text_recall@{k}"] for k in ks}, dim))
@@ -173,8 +175,8 @@ def _run_document(task: DocumentRetrievalTask, embedder: Embedder, dims, width, 
     entries = []
     for dim in dims:
         scores = M.retrieval_scores(
-            truncate_normalize(queries, dim),
-            truncate_normalize(pages, dim),
+            truncate_and_normalize(queries, dim),
+            truncate_and_normalize(pages, dim),
             data.query_ids,
             data.doc_ids,
             data.qrels,

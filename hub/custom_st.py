@@ -21,13 +21,15 @@ images and prompts go through that native path unchanged. This subclass adds:
   `encode_text(task=...)` and jina-embeddings-v3's `task` argument do (the same as
   `prompt_name="retrieval.query"`); an unknown task is a `ValueError`.
 - **`truncate_dim`.** Only the trained Matryoshka widths (`config.matryoshka_dimensions`) are accepted,
-  as in `encode_text`; another value is a `ValueError`. Sentence-Transformers truncates after the last
+  by `encode_text`'s own check (`policy_jina_clip.check_truncate_dim`, numpy integers included); another value
+  is a `ValueError`. Sentence-Transformers truncates after the last
   module and gives modules no view of the value, so `forward` reads it from the `SentenceTransformer`
   call it runs in (`_requested_truncate_dim`).
 
 Sentence-Transformers 5.0-5.3 have no multimodal `Transformer`: loading there fails with an error naming
 the version to install. This file is copied into exported model folders and loaded by
-Sentence-Transformers with `trust_remote_code=True` (modules.json type `custom_st.JinaCLIPTransformer`).
+Sentence-Transformers with `trust_remote_code=True` (modules.json type `custom_st.JinaCLIPTransformer`); there
+it imports the folder's `policy_jina_clip.py` relatively, here the package's.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ except ImportError as err:  # pragma: no cover - depends on the installed versio
         "this model's Sentence-Transformers module needs sentence-transformers>=5.4 (the first release with "
         "multimodal processors): pip install -U 'sentence-transformers>=5.4'"
     ) from err
+
+try:  # in an exported folder: the copy next to this file (transformers copies relative imports along)
+    from .policy_jina_clip import check_truncate_dim
+except ImportError:  # in the package (jina_clip_v2.hub), where the policy lives in jina_clip_v2.modeling
+    from jina_clip_v2.modeling.policy_jina_clip import check_truncate_dim
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +173,8 @@ class JinaCLIPTransformer(Transformer):
         return getattr(owner, "truncate_dim", None)
 
     def _check_truncate_dim(self) -> None:
-        truncate_dim = self._requested_truncate_dim()
-        dims = list(getattr(self.model.config, "matryoshka_dimensions", None) or [])
-        if truncate_dim is None or not dims:
-            return
-        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or truncate_dim not in dims:
-            raise ValueError(f"truncate_dim={truncate_dim!r} is not supported; valid values: {dims}")
+        config = self.model.config
+        check_truncate_dim(self._requested_truncate_dim(), config.matryoshka_dimensions, config.projection_dim)
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         self._check_truncate_dim()

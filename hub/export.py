@@ -41,14 +41,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import transformers
+from PIL import Image
+from transformers import AutoProcessor, CLIPProcessor
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from transformers.utils import HF_MODULES_CACHE
 
-from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel
+from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel, pipeline_jina_clip
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, read_weights_file
+from jina_clip_v2.modeling.loading_jina_clip import load_folder_processor
 from jina_clip_v2.modeling.processing_jina_clip import (
     JinaCLIPImageProcessor,
     exact_tokenizer,
-    load_tokenizer,
     name_generic_tokenizer_class,
 )
 
@@ -62,6 +68,7 @@ from ._util import (
     write_json,
 )
 from .model_card import BASE_MODEL_LICENSES, build_model_card
+from .onnx import export_onnx
 
 logger = hub_logger("export")
 
@@ -160,24 +167,21 @@ def _as_local_model(model: torch.nn.Module) -> JinaCLIPModel:
 
 
 def load_processor(source: str | os.PathLike):
-    """The processor (tokenizer + image processor) saved in a folder; the tokenizer is the folder's
+    """The processor (tokenizer + image processor) saved in a folder, built by this package's classes
+    (`loading_jina_clip.load_folder_processor`: no code of the folder runs); the tokenizer is the folder's
     tokenizer.json as written (`load_tokenizer`), whatever tokenizer class its tokenizer_config.json names."""
-    from transformers import AutoProcessor
-
     path = Path(source)
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
         raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
-    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
-    if (path / "tokenizer.json").is_file() and getattr(processor, "tokenizer", None) is not None:
-        processor.tokenizer = load_tokenizer(path)
+    processor, reason = load_folder_processor(path)
+    if processor is None:
+        raise ExportError(reason)
     return processor
 
 
 def canonical_processor(processor, config: JinaCLIPConfig):
     """transformers' `CLIPProcessor` around this repository's `JinaCLIPImageProcessor` (at the model's
     image size) and the given XLM-R tokenizer, checked against the model's vocabulary."""
-    from transformers import CLIPProcessor
-
     tokenizer = getattr(processor, "tokenizer", None)
     image_processor = getattr(processor, "image_processor", None)
     if tokenizer is None or image_processor is None:
@@ -240,8 +244,6 @@ def write_sentence_transformers_files(folder: Path, config: JinaCLIPConfig) -> N
 
 def sentence_transformers_json(config: JinaCLIPConfig) -> dict[str, Any]:
     """The Sentence-Transformers files of an export, as data (file name -> JSON content)."""
-    import transformers
-
     settings = _sentence_transformers_settings(config)
     pooled = {"method_output_name": "pooler_output"}
     return {
@@ -276,8 +278,6 @@ def add_pipeline_config(folder: Path) -> None:
     go through the model's own decoder; `AutoModelForZeroShotImageClassification` maps to the model class,
     the auto class transformers' own zero-shot pipeline loads. `feature-extraction` needs neither: it loads
     `AutoModel` and reads the first output of `forward(input_ids=...)`, the normalized text embedding."""
-    from jina_clip_v2.modeling import pipeline_jina_clip
-
     source = Path(pipeline_jina_clip.__file__)
     shutil.copyfile(source, folder / source.name)
     config_path = folder / "config.json"
@@ -292,8 +292,6 @@ def add_pipeline_config(folder: Path) -> None:
 def _forget_remote_code(folder: Path) -> None:
     """Remove the copy of `folder`'s remote code that loading it made in transformers' module cache (the
     staging folder has a random name, so each export would otherwise leave one behind)."""
-    from transformers.utils import HF_MODULES_CACHE
-
     shutil.rmtree(Path(HF_MODULES_CACHE) / "transformers_modules" / folder.name, ignore_errors=True)
 
 
@@ -429,8 +427,6 @@ def export_model(
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
         if onnx:
-            from .onnx import export_onnx
-
             try:
                 export_onnx(staging, staging / "onnx", update_folder=True)
             finally:
@@ -453,9 +449,6 @@ def export_model(
 
 def probe_inputs(image_size: int) -> tuple[list[str], list]:
     """A few deterministic texts (several scripts) and synthetic RGB images for parity checks."""
-    import numpy as np
-    from PIL import Image
-
     texts = ["a photo of a dog in the snow", "Ein Hund spielt im Schnee", "雪の中で遊ぶ犬", "un chat"]
     rng = np.random.default_rng(0)
     images = [
@@ -466,16 +459,18 @@ def probe_inputs(image_size: int) -> tuple[list[str], list]:
 
 
 def check_export(folder: str | os.PathLike, reference: JinaCLIPModel | None = None, *, atol: float = 1e-5) -> dict:
-    """Reload an exported folder the way users do (AutoModel + AutoProcessor, and SentenceTransformer
-    when installed, all with trust_remote_code) and compare embeddings of probe texts and images:
-    Sentence-Transformers against `encode_text` / `encode_image`, and both against `reference` (a model
-    holding the weights that were exported) when given. Raises `AssertionError` on a mismatch; returns
-    the largest differences."""
-    import numpy as np
-    from transformers import AutoModel, AutoProcessor
+    """Reload an exported folder the way users without this package do (the folder's own copy of the model code,
+    as `AutoModel.from_pretrained(..., trust_remote_code=True)` loads it, and its processor; SentenceTransformer
+    when installed) and compare embeddings of probe texts and images: Sentence-Transformers against `encode_text` /
+    `encode_image`, and both against `reference` (a model holding the weights that were exported) when given.
+    Raises `AssertionError` on a mismatch; returns the largest differences.
 
+    The model class is taken from the folder's `auto_map` explicitly: with this package imported, transformers'
+    auto classes resolve the registered `jina_clip` type to the installed code instead."""
     folder = str(folder)
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    auto_map = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["auto_map"]
+    model_class = get_class_from_dynamic_module(auto_map["AutoModel"], folder)
+    model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
     AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     texts, images = probe_inputs(model.config.vision_config.image_size)
     # The query instruction where the model has one (jina-clip-v1 has none).

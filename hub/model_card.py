@@ -561,9 +561,10 @@ def build_model_card(
         f"- **Vision tower**: EVA02 ViT: {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
         f"patch {vision.patch_size}, {vision.image_size}x{vision.image_size} px input, 2D RoPE, SwiGLU; CLS pooling.\n"
         + matryoshka
-        + "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, "
-        "`configuration_jina_bert.py`, `modeling_jina_bert.py`, `processing_jina_clip.py`, `custom_st.py`, "
-        "`pipeline_jina_clip.py`), safetensors weights, tokenizer and processor, Sentence-Transformers configuration.",
+        + "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, `encoding_jina_clip.py`, "
+        "`policy_jina_clip.py`, `loading_jina_clip.py`, `configuration_jina_bert.py`, `modeling_jina_bert.py`, "
+        "`processing_jina_clip.py`, `custom_st.py`, `pipeline_jina_clip.py`), safetensors weights, tokenizer and "
+        "processor, Sentence-Transformers configuration.",
     ]
     if source:
         sections.append(source)

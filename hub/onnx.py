@@ -28,6 +28,9 @@ What it writes (the layout transformers.js loads jina_clip towers from, `JinaCLI
 Matryoshka truncation from the ONNX outputs: keep the first k dims of `*_embeddings`, then L2-normalize
 (`hub.onnx_runtime.truncate_and_normalize`; the query instruction of `task="retrieval.query"` is part of
 the text, prepended before tokenization). `hub.onnx_runtime.JinaCLIPOnnx` does all of it without PyTorch.
+
+onnx, onnx_ir and onnxruntime (the [onnx] extra) are imported in the functions that use them: `jina-clip export`
+imports this module and runs without them unless asked for `--onnx`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from torch import nn
 from jina_clip_v2.modeling import JinaCLIPModel
 
 from ._util import configure_logging, human_size, write_json
+from .model_card import onnx_section, set_onnx_section
 from .onnx_runtime import (
     PRECISION_SUFFIXES,
     TEXT_INPUTS,
@@ -59,8 +63,8 @@ from .onnx_runtime import (
     VISION_INPUTS,
     VISION_OUTPUTS,
     JinaCLIPOnnx,
-    l2_normalize,
     onnx_file_name,
+    truncate_and_normalize,
 )
 
 logger = logging.getLogger(__name__)
@@ -116,10 +120,8 @@ class VisionTower(nn.Module):
 
 def load_for_export(folder: str | os.PathLike) -> JinaCLIPModel:
     """The folder's weights in fp32 with eager attention (plain MatMul/Softmax graphs every runtime runs),
-    loaded strictly with this repository's model class."""
-    from .export import load_model
-
-    model = load_model(folder)
+    loaded strictly (the default of `from_pretrained`) with this repository's model class."""
+    model = JinaCLIPModel.from_pretrained(os.fspath(folder), dtype=torch.float32)
     model.set_attn_implementation("eager")
     return model.float().eval()
 
@@ -295,7 +297,7 @@ def measure_parity(model: JinaCLIPModel, folder: Path, onnx_folder: Path, precis
         }
         for tower in ("text", "vision"):
             cos = _cosines(got[tower], reference[tower])
-            normalized = np.abs(l2_normalize(got[tower]) - l2_normalize(reference[tower])).max()
+            normalized = np.abs(truncate_and_normalize(got[tower]) - truncate_and_normalize(reference[tower])).max()
             path = onnx_folder / onnx_file_name(tower, precision)
             files = [path] + sorted(path.parent.glob(f"{path.name}_data*"))
             rows.append(
@@ -317,7 +319,6 @@ def measure_parity(model: JinaCLIPModel, folder: Path, onnx_folder: Path, precis
 
 def parity_markdown(report: dict) -> str:
     """The parity table as Markdown (parity.md, and the model card's ONNX section)."""
-    from .model_card import onnx_section
 
     return onnx_section(report)
 
@@ -421,7 +422,6 @@ def _update_folder(folder: Path, report: dict) -> None:
     write_json(config_path, config)
     card = folder / "README.md"
     if card.is_file() and report.get("rows"):
-        from .model_card import set_onnx_section
 
         card.write_text(set_onnx_section(card.read_text(encoding="utf-8"), report), encoding="utf-8")
 

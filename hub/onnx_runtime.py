@@ -7,20 +7,23 @@
     images = model.encode_image(["dog.jpg", "https://example.com/cat.png"], truncate_dim=256)
     print(queries @ images.T)
 
-The inputs are prepared exactly as `encode_text` / `encode_image` prepare them: the folder's own tokenizer
-(padding to the longest text, truncation at the config's `max_text_length`, 512 as in the release), the
-release's query instruction for `task="retrieval.query"`, and the package's one image decoder and processor
-(`processing_jina_clip.load_image` / `JinaCLIPImageProcessor`, which read paths, URLs with a deadline and a
-byte cap, data URIs, bytes, numpy arrays and PIL images). The graphs (written by `jina-clip onnx`) return
-the pooled embeddings before normalization (`text_embeddings`, `image_embeddings`) and L2-normalized
-(`l2norm_*`); Matryoshka truncation is the one step done here: keep the first k dims of the un-normalized
-output, then L2-normalize (never the other way round).
+The inputs are prepared exactly as `encode_text` / `encode_image` prepare them, by the same code: the
+encode policy (`modeling/policy_jina_clip.py`: what is one input and what is a batch, the argument checks, the
+release's query instruction for `task="retrieval.query"`, the character bound and the tokenization with
+truncation at the config's `max_text_length`, 512 as in the release, the Matryoshka check), the folder's
+tokenizer.json as written (`processing_jina_clip.load_tokenizer`), and the package's one image decoder and
+processor (`processing_jina_clip.load_image` / `JinaCLIPImageProcessor`, which read paths, URLs with a deadline
+and a byte cap, data URIs, bytes, open files, numpy arrays and PIL images). The graphs (written by
+`jina-clip onnx`) return the pooled embeddings before normalization (`text_embeddings`, `image_embeddings`) and
+L2-normalized (`l2norm_*`); Matryoshka truncation is the one step done here, by the policy's
+`truncate_and_normalize`: keep the first k dims of the un-normalized output, then L2-normalize.
 
 This module imports numpy, onnxruntime, transformers (tokenizer) and PIL, never torch.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -28,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jina_clip_v2.modeling import policy_jina_clip as policy
+from jina_clip_v2.modeling.policy_jina_clip import truncate_and_normalize
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 
 # File names as transformers.js loads jina_clip towers: `JinaCLIPTextModel` / `JinaCLIPVisionModel` default
 # to `onnx/text_model*.onnx` / `onnx/vision_model*.onnx`, and its `dtype` option picks the suffix
@@ -51,34 +58,6 @@ def onnx_file_name(tower: str, precision: str) -> str:
     return f"{TOWER_FILES[tower]}{PRECISION_SUFFIXES[precision]}.onnx"
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """x / max(||x||, 1e-12) row-wise in float32, as `torch.nn.functional.normalize`."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
-
-
-def truncate_and_normalize(embeddings: np.ndarray, truncate_dim: int | None = None, normalize: bool = True) -> np.ndarray:
-    """Matryoshka truncation of un-normalized embeddings: the first `truncate_dim` dims, then L2-normalize."""
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    if truncate_dim is not None:
-        embeddings = embeddings[..., :truncate_dim]
-    return l2_normalize(embeddings) if normalize else embeddings
-
-
-def load_tokenizer(folder: str | os.PathLike):
-    """The folder's tokenizer, of the class its tokenizer_config.json names (a transformers class: no remote
-    code runs, and the model's config.json is not read)."""
-    from transformers import AutoTokenizer
-    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
-
-    settings_path = Path(folder) / "tokenizer_config.json"
-    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
-    tokenizer_class = tokenizer_class_from_name(settings["tokenizer_class"]) if settings.get("tokenizer_class") else None
-    if tokenizer_class is None:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    return tokenizer_class.from_pretrained(str(folder))
-
-
 class JinaCLIPOnnx:
     """The two ONNX towers of an exported folder, with the folder's tokenizer and image processor.
 
@@ -99,8 +78,6 @@ class JinaCLIPOnnx:
         providers: Sequence[str] | None = None,
         session_options: Any = None,
     ):
-        from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
-
         self.folder = Path(model_folder)
         self.onnx_folder = Path(onnx_folder) if onnx_folder is not None else self.folder / "onnx"
         if precision not in PRECISION_SUFFIXES:
@@ -110,8 +87,9 @@ class JinaCLIPOnnx:
         if not config_path.is_file():
             raise FileNotFoundError(f"no config.json in {self.folder}: expected a folder written by `jina-clip export`")
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        self.matryoshka_dimensions = list(config.get("matryoshka_dimensions") or [config["projection_dim"]])
-        self.max_text_length = int(config.get("max_text_length", 512))
+        self.matryoshka_dimensions = list(config.get("matryoshka_dimensions") or [])
+        self.projection_dim = config.get("projection_dim")
+        self.max_text_length = config.get("max_text_length", 512)
         self.task_instructions = dict(config.get("task_instructions") or {})
         self.truncate_dim = config.get("truncate_dim")
         self.tokenizer = load_tokenizer(self.folder)
@@ -147,19 +125,12 @@ class JinaCLIPOnnx:
 
     # -- encode API (as JinaCLIPModel.encode_text / encode_image) --------------------------------------
 
-    def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
-        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        if truncate_dim is None:
-            return None
-        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or int(truncate_dim) not in self.matryoshka_dimensions:
-            raise ValueError(f"truncate_dim={truncate_dim!r} is not supported; valid values: {self.matryoshka_dimensions}")
-        return int(truncate_dim)
-
-    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, np.ndarray]:
-        """`encode_text`'s tokenization: pad to the longest text, truncate at `max_length` tokens."""
-        encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length or self.max_text_length, return_tensors="np"
-        )
+    def tokenize(
+        self, texts: Sequence[str], max_length: int | None = None, max_chars: int | None = None, first_index: int = 0
+    ) -> dict[str, np.ndarray]:
+        """`encode_text`'s tokenization (`policy_jina_clip.tokenize`), padded to the longest text."""
+        settings = policy.text_settings({}, max_length, self.max_text_length)
+        encoded = policy.tokenize(self.tokenizer, list(texts), settings, max_chars, first_index, padding=True, return_tensors="np")
         return {name: encoded[name] for name in TEXT_INPUTS}
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
@@ -175,21 +146,16 @@ class JinaCLIPOnnx:
         truncate_dim: int | None = None,
         normalize_embeddings: bool = True,
         max_length: int | None = None,
+        max_chars: int | None = None,
     ) -> np.ndarray:
         """(n, dim) float32 embeddings of texts (a vector for a single string), as `encode_text`."""
-        single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
-        if not texts:
-            raise ValueError("texts must not be empty")
-        truncate_dim = self._check_truncate_dim(truncate_dim)
-        if task is not None:
-            if task not in self.task_instructions:
-                raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.task_instructions)}")
-            texts = [self.task_instructions[task] + text for text in texts]
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        texts, single = policy.as_list(sentences, "texts")
+        policy.check_texts(texts)
+        truncate_dim = policy.check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
+        texts = policy.add_task_instruction(texts, task, self.task_instructions)
+        batch_size = policy.positive_int(batch_size, "batch_size")
         chunks = [
-            self.run_text(**self.tokenize(texts[start : start + batch_size], max_length))["text_embeddings"]
+            self.run_text(**self.tokenize(texts[start : start + batch_size], max_length, max_chars, start))["text_embeddings"]
             for start in range(0, len(texts), batch_size)
         ]
         out = truncate_and_normalize(np.concatenate(chunks), truncate_dim, normalize_embeddings)
@@ -203,28 +169,22 @@ class JinaCLIPOnnx:
         truncate_dim: int | None = None,
         normalize_embeddings: bool = True,
     ) -> np.ndarray:
-        """(n, dim) float32 embeddings of images (a vector for a single image), as `encode_image`."""
-        single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
-        items = [images] if single else list(images)
-        if not items:
-            raise ValueError("images must not be empty")
-        truncate_dim = self._check_truncate_dim(truncate_dim)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = [
-            self.run_vision(self.preprocess(items[start : start + batch_size]))["image_embeddings"]
-            for start in range(0, len(items), batch_size)
-        ]
+        """(n, dim) float32 embeddings of images (a vector for a single image), as `encode_image`: one image, a
+        list, or any iterable (read in batches)."""
+        truncate_dim = policy.check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
+        batch_size = policy.positive_int(batch_size, "batch_size")
+        items, single, _ = policy.image_stream(images)
+        chunks = []
+        while batch := list(itertools.islice(items, batch_size)):
+            chunks.append(self.run_vision(self.preprocess(batch))["image_embeddings"])
         out = truncate_and_normalize(np.concatenate(chunks), truncate_dim, normalize_embeddings)
         return out[0] if single else out
-
 
 __all__ = [
     "JinaCLIPOnnx",
     "PRECISION_SUFFIXES",
     "TOWER_FILES",
     "TRANSFORMERS_JS_DTYPES",
-    "l2_normalize",
     "load_tokenizer",
     "onnx_file_name",
     "truncate_and_normalize",

@@ -8,28 +8,26 @@ tower, EVA02-B/16 at 224 px, 768-d), served by the same class (the config's text
 - Vision tower: EVA02-L/14 (Fang et al., 2023) written here with the release's parameter names:
   2D RoPE on patch tokens, q/v biases only, sub-LN inside attention and SwiGLU, CLS output.
 - One `attn_implementation` (eager / sdpa / flash_attention_2) drives both towers through the
-  transformers attention interface.
+  transformers attention interface; it also decides, in `get_text_features`, how an unpadded text batch runs.
 
-This file is Hub remote code: flat, relative imports only, nothing of this repository.
+The encode runtime (`encode_text` / `encode_image`: batching, the image pool, input checks, truncation and
+normalisation) is `encoding_jina_clip.py`; what `from_pretrained` adds to transformers' loading (strictness, the
+processor) is `loading_jina_clip.py`. This file is Hub remote code: flat, relative imports only, nothing of this
+repository.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 try:
-    from transformers import AttentionInterface, AttentionMaskInterface, AutoProcessor, JinaEmbeddingsV3Model, PreTrainedModel
+    from transformers import JinaEmbeddingsV3Model, PreTrainedModel
 except ImportError as err:  # transformers < 5.4: name the version to install
     from .configuration_jina_clip import transformers_version_error
 
@@ -37,13 +35,35 @@ except ImportError as err:  # transformers < 5.4: name the version to install
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .configuration_jina_bert import JinaBertConfig
 from .configuration_jina_clip import JinaCLIPConfig, JinaCLIPVisionConfig
+from .encoding_jina_clip import (
+    check_pixel_values,
+    check_text_inputs,
+    encode_image,
+    encode_text,
+    length_buckets,
+    pack_texts,
+    pool_packed,
+    unpack_pixel_values,
+    unpack_text_inputs,
+)
+from .loading_jina_clip import (
+    check_loading_report,
+    check_processor,
+    default_dtype,
+    load_folder_processor,
+    set_processor_image_size,
+    weights_file_errors,
+)
 from .modeling_jina_bert import JinaBertModel
 
-logger = logging.get_logger(__name__)
+# transformers 5.4 copies only the direct relative imports of a remote-code module into its module cache, not the
+# files those import in turn: the two the runtime files import are named here, so a folder's copy loads there too.
+from .policy_jina_clip import positive_int  # noqa: F401
+from .processing_jina_clip import load_tokenizer  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------------
 # Outputs
@@ -350,356 +370,6 @@ class JinaCLIPVisionModel(JinaCLIPPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=hidden_states[:, 0])
 
 
-# ----------------------------------------------------------------------------------------------------
-# Input handling for encode_text / encode_image
-# ----------------------------------------------------------------------------------------------------
-
-
-def _as_list(inputs, kind: str) -> tuple[list, bool]:
-    """Normalise `inputs` to a non-empty list; remember whether a single item was given."""
-    if inputs is None:
-        raise ValueError(f"{kind} must not be None")
-    single = isinstance(inputs, (str, bytes)) or not isinstance(inputs, (list, tuple, np.ndarray, torch.Tensor))
-    if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        if kind == "texts":
-            single = inputs.ndim == 0  # a 1-D array of strings is a batch
-        else:
-            # An array is one image (HxW, HxWxC or CxHxW) unless it has a leading batch axis (4-D);
-            # iterating a 2-D greyscale image would yield its rows.
-            single = inputs.ndim in (2, 3)
-    items = [inputs] if single else list(inputs)
-    if not items:
-        raise ValueError(f"{kind} must not be empty")
-    return items, single
-
-
-# Tasks of jina-embeddings-v3 that jina-clip-v2 users carry over; only retrieval.query exists here.
-_EMBEDDINGS_V3_TASKS = ("retrieval.passage", "separation", "classification", "text-matching")
-
-
-def _refuse_release_only_arguments(tokenizer_kwargs: dict) -> None:
-    """Arguments earlier releases took that would otherwise reach the tokenizer (and be ignored there)."""
-    if "adapter_mask" in tokenizer_kwargs:
-        raise TypeError(
-            "encode_text no longer takes adapter_mask (removed from the release's interface too): jina-clip-v2 has "
-            "one LoRA adapter, merged into the weights and applied to every text; pass task='retrieval.query' for "
-            "the query instruction, or nothing for documents"
-        )
-
-
-def _refuse_unknown_tokenizer_arguments(tokenizer, tokenizer_kwargs: dict) -> None:
-    """encode_text passes its extra keywords to the tokenizer, which only warns about names it does not know: a
-    typo (`normalise_embeddings=False`) would be ignored silently. Names the tokenizer's __call__ declares pass."""
-    import inspect
-
-    known = inspect.signature(type(tokenizer).__call__).parameters
-    unknown = sorted(name for name in tokenizer_kwargs if name not in known)
-    if unknown:
-        raise TypeError(
-            f"encode_text got unexpected keyword argument(s) {unknown}: neither an encode_text argument nor a "
-            f"setting of the tokenizer ({type(tokenizer).__name__}.__call__)"
-        )
-
-
-def _unpack_text_inputs(input_ids, attention_mask):
-    """`get_text_features` inputs as tensors: the release's callers pass the tokenizer's `BatchEncoding`
-    positionally (`model.get_text_features(tokenizer(texts))`); its mask is used unless one is given."""
-    if isinstance(input_ids, Mapping):
-        if "input_ids" not in input_ids:
-            raise ValueError(f"text inputs need 'input_ids'; got a mapping with keys {sorted(input_ids)}")
-        if attention_mask is None:
-            attention_mask = input_ids.get("attention_mask")
-        input_ids = input_ids["input_ids"]
-    if input_ids is None:
-        raise ValueError("get_text_features needs input_ids (a tensor, or the tokenizer's BatchEncoding)")
-    if not isinstance(input_ids, torch.Tensor):
-        input_ids = torch.as_tensor(np.asarray(input_ids))
-    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
-        attention_mask = torch.as_tensor(np.asarray(attention_mask))
-    return input_ids, attention_mask
-
-
-def _unpack_pixel_values(pixel_values):
-    """`get_image_features` input as a tensor: also the image processor's `BatchFeature` (or any mapping
-    holding `pixel_values`) passed positionally, as release code does, and numpy arrays."""
-    if isinstance(pixel_values, Mapping):
-        if "pixel_values" not in pixel_values:
-            raise ValueError(f"image inputs need 'pixel_values'; got a mapping with keys {sorted(pixel_values)}")
-        pixel_values = pixel_values["pixel_values"]
-    if pixel_values is None:
-        raise ValueError("get_image_features needs pixel_values (a tensor, or the image processor's BatchFeature)")
-    if not isinstance(pixel_values, torch.Tensor):
-        pixel_values = torch.as_tensor(np.asarray(pixel_values))
-    return pixel_values
-
-
-def _positive_int(value, name: str) -> int:
-    """`value` as a count >= 1, or a clear error (bools and floats are mistakes, not counts)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _check_texts(texts: list) -> None:
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts must be strings; item {index} is {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:  # lone surrogates: no tokenizer can read them
-            raise ValueError(
-                f"text {index} is not valid Unicode ({err.reason} at position {err.start}: {text[err.start]!r})"
-            ) from None
-
-
-def _eager() -> bool:
-    """False while torch.compile / torch.export / the ONNX exporter trace: value checks (`int(t.max())`) would
-    be data-dependent guards there, and traced graphs only see example inputs."""
-    compiler = torch.compiler
-    exporting = getattr(compiler, "is_exporting", lambda: False)()
-    return not (compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
-
-
-def _check_text_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int, values: bool) -> None:
-    """Shapes, dtypes and (`values`) values a tokenizer gives: ids in [0, vocab_size), a mask of the same
-    shape, and at least one token per text (an all-zero mask row would pool to a zero vector)."""
-    if input_ids.ndim != 2 or input_ids.numel() == 0:
-        raise ValueError(f"input_ids must have shape (batch, sequence) with at least one token; got {tuple(input_ids.shape)}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
-        raise TypeError(f"input_ids must hold integer token ids; got dtype {input_ids.dtype}")
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
-    if not values or not _eager():
-        return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary (0 .. {vocab_size - 1})")
-    empty = (attention_mask.sum(1) == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"text(s) {empty[:10]} have no token (an all-zero attention_mask row): nothing to embed")
-
-
-# Token budget of one encode_text batch (real tokens when unpadded, texts x longest when padded), per device
-# type. CPU: measured with benchmarks/encode.py --table (fp32, one thread, a 1-layer real-width text tower; see
-# benchmarks/README.md); larger budgets only add memory there. CUDA: large enough that the default batch_size
-# (32 texts) binds first for texts up to 1024 tokens; a memory bound (activations of ~32k tokens), not tuned.
-DEFAULT_TEXT_TOKENS_PER_BATCH = {"cpu": 4096, "cuda": 32768}
-
-
-def text_batches(lengths: Sequence[int], batch_size: int, max_tokens: int, unpadded: bool) -> list[list[int]]:
-    """Text indices in batches, longest first (ties in input order): at most `batch_size` texts and `max_tokens`
-    tokens per batch (the real tokens when `unpadded`, texts x longest text when padded). A text longer than
-    the budget gets a batch of its own. Short texts go in large batches, long ones in small: memory stays flat."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens}")
-    batches: list[list[int]] = []
-    tokens = 0
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        current = batches[-1] if batches else None
-        # Descending order: a padded batch's longest text is its first, so it holds len(batch) x that.
-        grown = tokens + lengths[index] if unpadded else (len(current) + 1) * lengths[current[0]] if current else 0
-        if current and len(current) < batch_size and grown <= max_tokens:
-            current.append(index)
-            tokens = grown
-        else:
-            batches.append([index])
-            tokens = lengths[index]
-    return batches
-
-
-def default_image_workers() -> int:
-    """Threads decoding images for encode_image: one per available CPU core, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
-def _image_stream(images) -> tuple[Iterator, bool, int | None]:
-    """(iterator over the images, single image?, count or None). Lists, tuples and arrays go through `_as_list`;
-    any other iterable (a generator, a dataset) is streamed, never materialised."""
-    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, list, tuple, np.ndarray, torch.Tensor)) or not (
-        isinstance(images, Iterable)
-    ):
-        items, single = _as_list(images, "images")
-        return iter(items), single, len(items)
-    iterator = iter(images)
-    first = next(iterator, _END)
-    if first is _END:
-        raise ValueError("images must not be empty")
-    return itertools.chain([first], iterator), False, len(images) if isinstance(images, Sized) else None
-
-
-_END = object()
-
-
-def _preprocess_image(image_processor, item) -> np.ndarray:
-    # One image through the processor, which decodes it with the package's one decoder (load_image).
-    return image_processor([item], return_tensors="np")["pixel_values"][0]
-
-
-def _stack_pixels(arrays: list[np.ndarray], pin_memory: bool) -> torch.Tensor:
-    # Stacked straight into (pinned, on CUDA) torch memory: one copy, and the host-to-device copy can overlap.
-    out = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.from_numpy(arrays[0][:0]).dtype, pin_memory=pin_memory)
-    np.stack(arrays, out=out.numpy())
-    return out
-
-
-def _image_batches(items: Iterator, image_processor, batch_size: int, num_workers: int, pin_memory: bool):
-    """(indices, {"pixel_values": (n, 3, H, W)}, {}) for consecutive batches of `items`, in order.
-
-    With workers, a thread pool decodes and preprocesses images one by one while the caller embeds the previous
-    batch; at most 2 x batch_size images are submitted ahead, so memory stays bounded for any input length.
-    Without, the processor runs on each batch in the calling thread. Both give the same pixels: the processor
-    treats every image on its own."""
-    start = 0
-    if num_workers == 0:
-        while chunk := list(itertools.islice(items, batch_size)):
-            pixels = image_processor(chunk, return_tensors="pt")["pixel_values"]
-            yield list(range(start, start + len(chunk))), {"pixel_values": pixels.pin_memory() if pin_memory else pixels}, {}
-            start += len(chunk)
-        return
-    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="jina-clip-images")
-    pending: deque = deque()
-    window = 2 * batch_size
-
-    def top_up() -> None:
-        for item in itertools.islice(items, window - len(pending)):
-            pending.append(pool.submit(_preprocess_image, image_processor, item))
-
-    try:
-        top_up()
-        while pending:
-            arrays = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
-            top_up()  # the workers prepare the next batch while this one is embedded
-            yield list(range(start, start + len(arrays))), {"pixel_values": _stack_pixels(arrays, pin_memory)}, {}
-            start += len(arrays)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type == "cuda" and (a.index is None) != (b.index is None):
-        current = torch.cuda.current_device()
-        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
-    return a.index == b.index
-
-
-def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    if device.type == "cuda":
-        # From pinned memory the copy is asynchronous: the host prepares the next batch meanwhile.
-        return {k: (v if v.is_pinned() else v.pin_memory()).to(device, non_blocking=True) for k, v in tensors.items()}
-    return {k: v.to(device) for k, v in tensors.items()}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Unpadded text attention without FlashAttention: length buckets instead of a (T, T) block mask
-# ----------------------------------------------------------------------------------------------------
-
-# The name under which `packed_attention_forward` is registered in transformers' attention interface. The text
-# tower looks its attention function up by `config._attn_implementation`; the unpadded path sets this name for
-# the duration of one call.
-PACKED_ATTENTION = "jina_clip_packed"
-# Texts of a packed batch share one attention call while padding them to the longest of their bucket adds at
-# most this fraction of their real tokens (0: only equal lengths share a call). Padding is masked, so it changes
-# no output; it only trades a little attention work for fewer, larger kernel calls.
-BUCKET_PADDING = 0.125
-
-
-def length_buckets(lengths: Sequence[int], padding: float = BUCKET_PADDING) -> list[list[int]]:
-    """Text indices in buckets, longest first, such that padding each bucket to its longest text costs at most
-    `padding` x the bucket's real tokens."""
-    buckets: list[list[int]] = []
-    real = 0
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if buckets and (len(buckets[-1]) + 1) * lengths[buckets[-1][0]] <= (1.0 + padding) * (real + lengths[index]):
-            buckets[-1].append(index)
-            real += lengths[index]
-        else:
-            buckets.append([index])
-            real = lengths[index]
-    return buckets
-
-
-@dataclass
-class PackedTextLayout:
-    """Where the texts of a packed (1, T) row sit, in length buckets (see `length_buckets`).
-
-    Each bucket is (index, key_mask): `index` (n, L) holds the packed positions of the bucket's n texts, padded
-    to its longest text L with position 0, and `key_mask` (n, L) marks the real tokens (None: no padding)."""
-
-    base: str  # "sdpa" or "eager": the attention run on each bucket
-    buckets: list[tuple[torch.Tensor, torch.Tensor | None]]
-
-    @classmethod
-    def build(cls, lengths: torch.Tensor, base: str, padding: float = BUCKET_PADDING) -> "PackedTextLayout":
-        starts = torch.cumsum(lengths, 0) - lengths
-        host_lengths = lengths.tolist()
-        buckets = []
-        for members in length_buckets(host_lengths, padding):
-            rows = torch.tensor(members, device=lengths.device)
-            longest = host_lengths[members[0]]
-            offsets = torch.arange(longest, device=lengths.device)
-            real = offsets[None] < lengths[rows][:, None]
-            index = torch.where(real, starts[rows][:, None] + offsets[None], 0)
-            uniform = all(host_lengths[i] == longest for i in members)
-            buckets.append((index, None if uniform else real))
-        return cls(base=base, buckets=buckets)
-
-
-def packed_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    packed_layout: PackedTextLayout | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Attention of the packed texts (1, H, T, d) -> (1, T, H, d), each text attending to itself only: per
-    length bucket, gather the texts into an (n, H, L, d) batch (keys past a text's end masked), attend, scatter
-    back. Work and memory grow with sum(n * L^2) over the buckets, not with T^2."""
-    if packed_layout is None:
-        raise ValueError(f"the {PACKED_ATTENTION!r} attention needs the packed_layout of get_text_features(unpadded=True)")
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, d)
-    out = q.new_empty(q.shape)
-    for index, key_mask in packed_layout.buckets:
-        qb, kb, vb = (t[index].transpose(1, 2) for t in (q, k, v))  # (n, H, L, d)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        if packed_layout.base == "eager":
-            weights = torch.matmul(qb, kb.transpose(-1, -2)) * scaling
-            if mask is not None:
-                weights = weights.masked_fill(~mask, torch.finfo(weights.dtype).min)
-            weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(qb.dtype)
-            weights = F.dropout(weights, p=dropout, training=module.training)
-            attended = torch.matmul(weights, vb)
-        else:
-            attended = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout, scale=scaling)
-        attended = attended.transpose(1, 2)  # (n, L, H, d)
-        if key_mask is None:
-            out[index.flatten()] = attended.flatten(0, 1)
-        else:
-            out[index[key_mask]] = attended[key_mask]
-    return out[None], None
-
-
-def _no_attention_mask(*args, **kwargs) -> None:
-    # The packed path needs no mask tensor: the layout says which tokens attend to which.
-    return None
-
-
-AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
-AttentionMaskInterface.register(PACKED_ATTENTION, _no_attention_mask)
-
 
 # ----------------------------------------------------------------------------------------------------
 # The model
@@ -737,119 +407,32 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         self._towers_compiled = False
         self.post_init()
 
-    # -- resolution -----------------------------------------------------------------------------------
-
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path, *model_args, config=None, load_processor: bool = True, strict: bool = True, **kwargs
-    ):
-        """As `PreTrainedModel.from_pretrained`; a `config` whose `vision_config.image_size` differs from the
-        checkpoint's loads the weights at their own size, then resamples the position table.
-
-        The processor (tokenizer + image processor) saved next to the weights is loaded here too, so the first
-        `encode_*` call does not pay for it; a folder without one loads fine and `encode_*` then says how to
-        attach one. `load_processor=False` skips it (e.g. when the caller assigns its own `model.processor`).
-
-        `strict` (default): a tensor missing from or extra in the weights, a tensor of another shape, a
-        non-finite weight, an unreadable weights file, or a processor folder without its tokenizer.json is an
-        error naming it (transformers would re-initialise missing tensors at random with a log line).
-        `strict=False` allows deliberate partial loads."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, load_processor: bool = True, **kwargs):
+        """transformers' `from_pretrained`, and what the release's loading did besides (`loading_jina_clip.py`):
+        the dtype defaults to bf16 where CUDA is available (fp32 otherwise); `strict` (default) makes a missing,
+        unexpected, mis-shaped or non-finite tensor and an unreadable weights file errors naming them (`strict=False`
+        allows deliberate partial loads); and the processor saved beside the weights is attached, built by this
+        package's classes (no code of the folder runs), so `encode_*` can run (`load_processor=False` skips it)."""
         if "dtype" not in kwargs and "torch_dtype" not in kwargs:
-            # As the release: bf16 where CUDA is available (the towers were trained in bf16, Table 6), fp32 on
-            # CPU, where bf16 matmuls are slow and lose digits. An explicit dtype always wins.
-            kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        hub_kwargs = {
-            k: kwargs[k]
-            for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-            if k in kwargs
-        }
+            kwargs["dtype"] = default_dtype()
         wants_info = kwargs.pop("output_loading_info", False)
-        model = info = None
-        # Duck-typed, not isinstance: a config built from this package and a model class loaded as remote code
-        # (transformers_modules.*) are different classes of the same thing.
-        vision_config = getattr(config, "vision_config", None)
-        if getattr(vision_config, "image_size", None) is not None and pretrained_model_name_or_path is not None:
-            stored = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-            target = config.vision_config.image_size
-            if stored.vision_config.image_size != target:
-                config = cls.config_class.from_dict(config.to_dict())  # a copy, of the model's own class
-                config.vision_config.image_size = stored.vision_config.image_size
-                model, info = cls._load_checked(pretrained_model_name_or_path, model_args, config, kwargs, strict)
-                model.set_image_size(target)
-        if model is None:
-            model, info = cls._load_checked(pretrained_model_name_or_path, model_args, config, kwargs, strict)
-        if load_processor and pretrained_model_name_or_path is not None:
-            model._load_processor(pretrained_model_name_or_path, strict=strict, **hub_kwargs)
-        return (model, info) if wants_info else model
-
-    @classmethod
-    def _load_checked(cls, source, model_args, config, kwargs, strict: bool):
-        """`PreTrainedModel.from_pretrained` -> (model, loading report), the report turned into errors when
-        `strict`."""
-        if strict and "ignore_mismatched_sizes" not in kwargs:
-            # Let transformers list tensors of another shape in its report (not raise with a pointer to its log),
-            # so the error below names them.
-            kwargs = {**kwargs, "ignore_mismatched_sizes": True}
-        try:
-            model, info = super().from_pretrained(source, *model_args, config=config, output_loading_info=True, **kwargs)
-        except Exception as err:  # noqa: BLE001 - a corrupt weights file: name it
-            if type(err).__name__ != "SafetensorError" and "deserializ" not in str(err):
-                raise
-            raise ValueError(
-                f"cannot read the weights of {source}: {err} (a truncated or corrupt .safetensors file; download or "
-                "export it again)"
-            ) from err
+        if strict:  # tensors of another shape then reach the report (named below) instead of a bare error
+            kwargs.setdefault("ignore_mismatched_sizes", True)
+        with weights_file_errors(pretrained_model_name_or_path):
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
         if strict:
-            problems = []
-            for label, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys"))):
-                if keys:
-                    keys = sorted(keys)
-                    problems.append(f"{len(keys)} {label} tensor(s): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
-            if info.get("mismatched_keys"):
-                problems.append(f"tensors of another shape: {[str(m) for m in info['mismatched_keys']][:8]}")
-            if problems:
-                raise ValueError(
-                    f"the weights in {source} do not match the model: {'; '.join(problems)} (strict=False loads "
-                    "anyway, initialising missing tensors at random)"
-                )
-            # A NaN weight makes every embedding NaN: refuse it here, naming the tensor.
-            bad = [
-                name for name, tensor in model.state_dict().items()
-                if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())
-            ]  # fmt: skip
-            if bad:
-                raise ValueError(f"the weights in {source} hold NaN or infinite values in {', '.join(bad[:8])}")
-        return model, info
-
-    def _load_processor(self, source, strict: bool = True, **hub_kwargs) -> None:
-        """Attach the processor saved at `source`; when there is none, remember why for `encode_*`'s error. A
-        local folder that holds a processor without its tokenizer.json is an error when `strict`: transformers
-        would build a tokenizer of a few special tokens, under which every text embeds the same."""
-        folder = os.fspath(source)
-        if strict and os.path.isdir(folder):
-            configs = [name for name in ("processor_config.json", "tokenizer_config.json") if os.path.isfile(os.path.join(folder, name))]
-            if configs and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
-                raise ValueError(
-                    f"{folder} holds {', '.join(configs)} but no tokenizer.json: the tokenizer cannot be loaded "
-                    "(export or convert the folder again; strict=False loads the model without it)"
-                )
-        try:
-            processor = AutoProcessor.from_pretrained(source, trust_remote_code=True, **hub_kwargs)
-        except (OSError, ValueError, KeyError) as err:
-            self._processor_error = (
-                f"cannot load the processor (tokenizer + image processor) of {str(source)!r}: {err}. Save one next "
-                "to the weights with `processor.save_pretrained(folder)` or assign `model.processor`."
-            )
-            return
-        _set_processor_image_size(processor, self.config.vision_config.image_size)
-        self._processor = processor
+            check_loading_report(model, info, pretrained_model_name_or_path)
+        if load_processor and pretrained_model_name_or_path is not None:
+            model._processor, model._processor_error = load_folder_processor(pretrained_model_name_or_path, model.config, strict, kwargs)
+        return (model, info) if wants_info else model
 
     def compile_towers(self, **compile_kwargs) -> "JinaCLIPModel":
         """`torch.compile` both towers in place (kwargs go to `torch.compile`, e.g. mode="max-autotune").
         Opt-in: compilation costs minutes at real size and pays off on long encoding or training runs."""
         self.text_model.compile(**compile_kwargs)
         self.vision_model.compile(**compile_kwargs)
-        self._towers_compiled = True  # encode_text then pads (a packed layout would recompile per batch)
+        self._towers_compiled = True  # encode_text then pads (an unpadded layout would recompile per batch)
         return self
 
     def set_image_size(self, image_size: int) -> None:
@@ -870,7 +453,7 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
             resample_position_embeddings(table.data, vision.num_positions), requires_grad=table.requires_grad
         )
         if self._processor is not None:
-            _set_processor_image_size(self._processor, image_size)
+            set_processor_image_size(self._processor, image_size)
 
     # -- features ---------------------------------------------------------------------------------------
 
@@ -885,82 +468,78 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         """Text embeddings: masked mean of the last hidden states over every non-pad token (<s> and </s>
         included), no projection. `pooler_output` holds the raw (un-normalised) embedding.
 
-        `unpadded` packs the batch's real tokens into one row (positions restart per text, so RoPE (v2) and
-        ALiBi distances (v1) are each text's own; attention stays inside each text), so no pad token is
-        computed. None (default) picks it when the text tower runs a FlashAttention backend, whose
-        variable-length kernels make it free. Under eager/SDPA the attention runs per bucket of similar lengths
-        (`packed_attention_forward`: no (T, T) mask; the text tower's attention setting is switched to it for
-        the call, so one model should not run this concurrently with a padded call from another thread).
-        `encode_text` chooses per device (`_text_batch_plan`).
+        `unpadded` computes (almost) no pad token; `last_hidden_state` is then the texts' real tokens in one row.
+        How depends on the attention backend (`config.text_config._attn_implementation`), read, never changed:
+        FlashAttention runs the packed row with its variable-length kernels (the default there, free); eager /
+        SDPA run each bucket of similar lengths as one padded batch, padding at most `BUCKET_PADDING` of its real
+        tokens (no (T, T) mask); jina-clip-v1's JinaBERT runs the packed row under a block-diagonal mask. None
+        (default) picks it under FlashAttention only; `encode_text` chooses per device (`text_batch_plan`).
 
         `input_ids` may also be the tokenizer's `BatchEncoding` (or any mapping with `input_ids`), passed
-        positionally as release code does; `**tokenizer(...)` works too.
-
-        `check_inputs=False` skips the value checks (ids inside the vocabulary, a token in every mask row), which
-        cost a host sync on accelerators: `encode_text` and the trainer pass ids their tokenizer made.
+        positionally as release code does; `**tokenizer(...)` works too. `check_inputs=False` skips the value
+        checks (ids inside the vocabulary, a token in every mask row), which cost a host sync on accelerators:
+        `encode_text` and the trainer pass ids their tokenizer made.
         """
-        input_ids, attention_mask = _unpack_text_inputs(input_ids, attention_mask)
+        input_ids, attention_mask = unpack_text_inputs(input_ids, attention_mask)
         if attention_mask is None:
             # The release derives the mask from the ids (pad id 1), so callers may pass input_ids alone.
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
-        _check_text_inputs(input_ids, attention_mask, self.config.text_config.vocab_size, check_inputs)
+        check_text_inputs(input_ids, attention_mask, self.config.text_config.vocab_size, check_inputs)
         kwargs.pop("token_type_ids", None)  # one token type (type_vocab_size=1): the tower adds row 0 itself
         flash = "flash" in (self.config.text_config._attn_implementation or "")
-        if unpadded if unpadded is not None else flash:
-            return self._get_text_features_unpadded(input_ids, attention_mask, flash, **kwargs)
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        hidden = outputs.last_hidden_state
-        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        # Sum in fp32: a bf16 sum over 512 tokens loses digits the mean then keeps.
-        pooled = (hidden.float() * mask.float()).sum(1) / mask.float().sum(1).clamp(min=1.0)
-        pooled = self.text_projection(pooled.to(hidden.dtype))
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden,
-            pooler_output=pooled,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-
-    def _get_text_features_unpadded(self, input_ids, attention_mask, flash: bool, **kwargs):
-        keep = attention_mask.bool()
-        lengths = keep.sum(1)
-        if bool((lengths == 0).any()):
-            raise ValueError("every text needs at least one non-pad token")
-        # Real tokens of every row, in order, as one sequence; positions restart at 0 for each text, which is
-        # what the padded path gives a right-padded row.
-        packed_ids = input_ids[keep][None]
-        segment = torch.repeat_interleave(torch.arange(len(lengths), device=input_ids.device), lengths)
-        starts = torch.cumsum(lengths, 0) - lengths
-        position_ids = (torch.arange(packed_ids.shape[1], device=input_ids.device) - starts[segment])[None]
-        text_config = self.text_model.config
+        if not (unpadded if unpadded is not None else flash):
+            outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            hidden = outputs.last_hidden_state
+            mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            # Sum in fp32: a bf16 sum over 512 tokens loses digits the mean then keeps.
+            pooled = (hidden.float() * mask.float()).sum(1) / mask.float().sum(1).clamp(min=1.0)
+            return BaseModelOutputWithPooling(
+                last_hidden_state=hidden,
+                pooler_output=self.text_projection(pooled.to(hidden.dtype)),
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )
+        # Positions restart at 0 for each text, which is what the padded path gives a right-padded row.
+        packed_ids, position_ids, segment, lengths = pack_texts(input_ids, attention_mask)
         if flash:
             # transformers' FlashAttention integration runs the varlen kernel from these (cu_seqlens).
             cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
             longest = int(lengths.max())
             kwargs.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest, max_length_k=longest)
-            outputs = self.text_model(input_ids=packed_ids, position_ids=position_ids, **kwargs)
-        elif not isinstance(self.text_model, JinaEmbeddingsV3Model):
-            # jina-clip-v1's JinaBERT adds its ALiBi biases to the mask it is given (distances from the
-            # per-text position_ids): a (T, T) block-diagonal mask keeps each text to itself. Quadratic in the
-            # packed length, so encode_text pads for this tower (`_text_batch_plan`); this is the explicit path.
+            hidden = self.text_model(input_ids=packed_ids, position_ids=position_ids, **kwargs).last_hidden_state[0]
+        elif self.config.version == "v1":
+            # JinaBERT adds its ALiBi biases to the mask it is given (distances from the per-text position_ids): a
+            # (T, T) block-diagonal mask keeps each text to itself. Quadratic in the packed length, so encode_text
+            # pads for this tower (`text_batch_plan`); this is the explicit path.
             same_text = (segment[:, None] == segment[None, :])[None, None]
-            outputs = self.text_model(input_ids=packed_ids, attention_mask=same_text, position_ids=position_ids, **kwargs)
+            hidden = self.text_model(
+                input_ids=packed_ids, attention_mask=same_text, position_ids=position_ids, **kwargs
+            ).last_hidden_state[0]
         else:
-            # eager / sdpa: attention per bucket of similar lengths (packed_attention_forward); a (T, T)
-            # block-diagonal mask over the whole batch would cost T^2 and be slower than padding.
-            previous = text_config._attn_implementation
-            layout = PackedTextLayout.build(lengths, "eager" if previous == "eager" else "sdpa")
-            text_config._attn_implementation = PACKED_ATTENTION
-            try:
-                outputs = self.text_model(input_ids=packed_ids, position_ids=position_ids, packed_layout=layout, **kwargs)
-            finally:
-                text_config._attn_implementation = previous
-        hidden = outputs.last_hidden_state[0]
-        sums = torch.zeros(len(lengths), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
-        pooled = sums.index_add_(0, segment, hidden.float()) / lengths[:, None].float()
+            hidden = self._text_buckets(packed_ids[0], lengths, **kwargs)
         return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state, pooler_output=self.text_projection(pooled.to(hidden.dtype))
+            last_hidden_state=hidden[None],
+            pooler_output=self.text_projection(pool_packed(hidden, segment, lengths).to(hidden.dtype)),
         )
+
+    def _text_buckets(self, packed_ids: torch.Tensor, lengths: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The hidden states (T, D) of packed texts, each bucket of similar lengths (`length_buckets`) run as one
+        right-padded batch: work grows with the buckets' sizes times their lengths, never with the longest text
+        times the batch size, and no (T, T) mask is built."""
+        starts = torch.cumsum(lengths, 0) - lengths
+        hidden = None
+        for members in length_buckets(lengths.tolist()):
+            rows = torch.tensor(members, device=packed_ids.device)
+            offsets = torch.arange(int(lengths[rows[0]]), device=packed_ids.device)
+            real = offsets[None] < lengths[rows][:, None]
+            index = (starts[rows][:, None] + offsets[None])[real]
+            input_ids = torch.full(real.shape, self.config.text_config.pad_token_id, dtype=packed_ids.dtype, device=packed_ids.device)
+            input_ids[real] = packed_ids[index]
+            states = self.text_model(input_ids=input_ids, attention_mask=real.long(), **kwargs).last_hidden_state
+            if hidden is None:
+                hidden = states.new_empty(len(packed_ids), states.shape[-1])
+            hidden[index] = states[real]
+        return hidden
 
     def get_image_features(self, pixel_values: torch.Tensor, check_inputs: bool = True, **kwargs) -> BaseModelOutputWithPooling:
         """Image embeddings: the CLS token after the final norm, no projection, un-normalised.
@@ -969,13 +548,8 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         `pixel_values`), passed positionally as release code does; `**image_processor(...)` works too.
         `check_inputs=False` skips the NaN / infinity check (a host sync on accelerators): `encode_image` and the
         trainer pass the processor's pixels, whose decoder refuses non-finite arrays."""
-        pixel_values = _unpack_pixel_values(pixel_values)
-        if pixel_values.ndim == 4 and pixel_values.shape[0] == 0:
-            raise ValueError("pixel_values holds no image (batch of 0)")
-        if not pixel_values.is_floating_point():  # raw 0..255 pixels, not the processor's normalized floats
-            raise TypeError(f"pixel_values must be floating point (the image processor's output); got {pixel_values.dtype}")
-        if check_inputs and _eager() and not bool(torch.isfinite(pixel_values).all()):
-            raise ValueError("pixel_values holds NaN or infinite values")
+        pixel_values = unpack_pixel_values(pixel_values)
+        check_pixel_values(pixel_values, check_inputs)
         outputs = self.vision_model(pixel_values, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
@@ -1045,17 +619,17 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
     def processor(self):
         """The tokenizer + image processor: loaded by `from_pretrained` from the model's folder, or assigned."""
         if self._processor is None:
-            if self._processor_error is not None:
-                raise ValueError(self._processor_error)
-            raise ValueError(
+            raise ValueError(self._processor_error or (
                 "this model has no processor: load it with from_pretrained from a folder that holds one, "
                 "or assign one: `model.processor = CLIPProcessor(image_processor=JinaCLIPImageProcessor(...), "
                 "tokenizer=PreTrainedTokenizerFast(tokenizer_file='tokenizer.json', ...))`"
-            )
+            ))
         return self._processor
 
     @processor.setter
     def processor(self, value) -> None:
+        if value is not None:
+            check_processor(value, self.config)
         self._processor = value
         self._processor_error = None
 
@@ -1068,259 +642,10 @@ class JinaCLIPModel(JinaCLIPPreTrainedModel):
         `self.processor.image_processor`, which also decodes paths, URLs, bytes and arrays."""
         return self.processor.image_processor
 
-    def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
-        truncate_dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
-        if truncate_dim is None:
-            return None
-        dims = self.config.matryoshka_dimensions
-        if not dims:
-            raise ValueError(
-                f"truncate_dim={truncate_dim!r}: this model was not trained with Matryoshka representation learning "
-                f"(jina-clip-v1; config.matryoshka_dimensions is empty), so truncated embeddings would not be "
-                f"meaningful; use the full {self.config.projection_dim}-d embeddings (truncate_dim=None)"
-            )
-        # Only the trained Matryoshka prefixes; bool and float are refused although True == 1 and 8.0 == 8
-        # (a float cannot slice, and True is a mistake, not a width).
-        if (
-            isinstance(truncate_dim, bool)
-            or not isinstance(truncate_dim, (int, np.integer))
-            or int(truncate_dim) not in dims
-        ):
-            raise ValueError(f"truncate_dim={truncate_dim!r} is not supported; valid values: {dims}")
-        return int(truncate_dim)
-
-    def _finish(
-        self,
-        embeddings: list[torch.Tensor],
-        order: list[int],
-        single: bool,
-        truncate_dim: int | None,
-        normalize_embeddings: bool,
-        convert_to_numpy: bool,
-        convert_to_tensor: bool,
-    ):
-        # Restore the caller's order, then truncate, then normalise (Matryoshka: never the other way round).
-        stacked = torch.cat(embeddings)[torch.tensor(order).argsort()]
-        if truncate_dim is not None:
-            stacked = stacked[:, :truncate_dim]
-        if normalize_embeddings:
-            stacked = F.normalize(stacked.float(), dim=-1).to(stacked.dtype)
-        if convert_to_tensor:
-            return stacked[0] if single else stacked
-        if convert_to_numpy:
-            array = stacked.float().cpu().numpy()
-            return array[0] if single else array
-        rows = list(stacked.unbind(0))
-        return rows[0] if single else rows
-
-    @torch.inference_mode()
-    def encode_text(
-        self,
-        sentences: str | Sequence[str],
-        task: str | None = None,
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
-        convert_to_numpy: bool = True,
-        convert_to_tensor: bool = False,
-        device: str | torch.device | None = None,
-        normalize_embeddings: bool = True,
-        truncate_dim: int | None = None,
-        max_length: int | None = None,
-        max_tokens_per_batch: int | None = None,
-        **tokenizer_kwargs,
-    ):
-        """Embed texts. Returns a (n, dim) float32 array by default (a vector for a single string).
-
-        The texts are tokenized once, sorted by token count (longest first) and grouped into batches of at most
-        `batch_size` texts and `max_tokens_per_batch` tokens; where the backend makes it pay (FlashAttention,
-        or eager/SDPA on CPU) the batches are unpadded, so no pad token is computed (`_text_batch_plan`). The
-        outputs come back in the input order and equal those of encoding each text alone (to float rounding).
-
-        Args:
-            task: "retrieval.query" prepends the release's query instruction; None adds nothing. (jina-clip-v1
-                has no instructions: any task is an error there.)
-            truncate_dim: keep the first k dims (one of `config.matryoshka_dimensions`), then L2-normalise.
-            max_length: tokens per text (default `config.max_text_length`, 512 as in the release).
-            max_tokens_per_batch: token budget per batch: real tokens when unpadded, texts x longest text when
-                padded (default: `DEFAULT_TEXT_TOKENS_PER_BATCH` for the device). A text longer than the budget
-                gets a batch of its own.
-            tokenizer_kwargs: passed to the tokenizer (e.g. truncation=False). Padding options (padding,
-                pad_to_multiple_of) only shape padded batches: they change no embedding.
-        """
-        texts, single = _as_list(sentences, "texts")
-        _check_texts(texts)
-        truncate_dim = self._check_truncate_dim(truncate_dim)
-        _refuse_release_only_arguments(tokenizer_kwargs)
-        batch_size = _positive_int(batch_size, "batch_size")
-        if max_length is not None:
-            max_length = _positive_int(max_length, "max_length")
-        if max_tokens_per_batch is not None:
-            max_tokens_per_batch = _positive_int(max_tokens_per_batch, "max_tokens_per_batch")
-        if task is not None:
-            if not self.config.task_instructions:
-                raise ValueError(
-                    f"task={task!r}: this model has no task instructions (jina-clip-v1 embeds queries and documents "
-                    "alike); call encode_text without task"
-                )
-            if task not in self.config.task_instructions:
-                hint = ""
-                if task in _EMBEDDINGS_V3_TASKS:
-                    # jina-clip-v2 kept one of jina-embeddings-v3's five adapters (paper section 3.1).
-                    hint = " (a jina-embeddings-v3 task: jina-clip-v2 has only the query instruction; embed documents with task=None)"
-                raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(self.config.task_instructions)}{hint}")
-            texts = [self.config.task_instructions[task] + text for text in texts]
-        tokenizer = self.processor.tokenizer
-        _refuse_unknown_tokenizer_arguments(tokenizer, tokenizer_kwargs)
-        # The release's defaults, each overridable (truncation=False, max_length=..., ...).
-        settings = {"truncation": True, **tokenizer_kwargs}
-        settings["max_length"] = max_length if max_length is not None else self.config.max_text_length
-        padding = settings.pop("padding", True)
-        pad_to_multiple_of = settings.pop("pad_to_multiple_of", None)
-        settings.pop("return_tensors", None)
-        # The one tokenization: the batching's lengths and every batch's ids come from it.
-        ids = tokenizer(texts, padding=False, return_attention_mask=False, **settings)["input_ids"]
-        lengths = [len(row) for row in ids]
-        empty = [index for index, length in enumerate(lengths) if length == 0]
-        if empty:  # e.g. "" with add_special_tokens=False: it would pool to a zero vector
-            raise ValueError(f"text(s) {empty[:10]} give no token at all (with these tokenizer settings): nothing to embed")
-        batches, unpadded = self._text_batch_plan(lengths, batch_size, max_tokens_per_batch, device)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.config.text_config.pad_token_id
-        flat = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long)
-        length_table = torch.tensor(lengths, dtype=torch.long)
-        starts = torch.cumsum(length_table, 0) - length_table
-
-        def prepare(indices: list[int]):
-            rows = torch.tensor(indices, dtype=torch.long)
-            row_lengths = length_table[rows]
-            packed = unpadded
-            width = max(lengths[i] for i in indices)
-            if not packed:
-                if padding == "max_length":
-                    width = max(width, settings["max_length"])
-                if pad_to_multiple_of:
-                    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-            offsets = torch.arange(width)
-            real = offsets[None] < row_lengths[:, None]
-            input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-            input_ids[real] = flat[(starts[rows][:, None] + offsets[None])[real]]  # right padding, as the release
-            return indices, {"input_ids": input_ids, "attention_mask": real.long()}, {"unpadded": packed}
-
-        return self._encode_batches(
-            map(prepare, batches),
-            lambda batch, unpadded: self.get_text_features(
-                batch["input_ids"], attention_mask=batch["attention_mask"], unpadded=unpadded, check_inputs=False
-            ),
-            len(batches), single, show_progress_bar, device, truncate_dim, normalize_embeddings,
-            convert_to_numpy, convert_to_tensor, "Encoding texts",
-        )
-
-    def _text_batch_plan(
-        self,
-        lengths: Sequence[int],
-        batch_size: int = 32,
-        max_tokens_per_batch: int | None = None,
-        device: str | torch.device | None = None,
-    ) -> tuple[list[list[int]], bool]:
-        """How `encode_text` batches texts of these token counts: (batches of indices, unpadded).
-
-        Unpadded (packed) batches where they are the fastest exact path: under FlashAttention (varlen kernels)
-        and, for eager/SDPA, on CPU (length-bucket attention, `packed_attention_forward`; measured faster than
-        padded batches, see benchmarks/README.md). On CUDA without FlashAttention, padded length-sorted batches
-        (one fused SDPA kernel per layer; the packed path is not yet measured there). A text tower other than
-        `JinaEmbeddingsV3Model`, or one compiled by `compile_towers` (every packed layout would be a new graph),
-        is never packed."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        device = torch.device(device) if device is not None else self.device
-        attn = self.config.text_config._attn_implementation or ""
-        unpadded = (
-            isinstance(self.text_model, JinaEmbeddingsV3Model)
-            and not self._towers_compiled
-            and ("flash" in attn or (device.type == "cpu" and attn in ("eager", "sdpa")))
-        )
-        if max_tokens_per_batch is None:
-            max_tokens_per_batch = DEFAULT_TEXT_TOKENS_PER_BATCH.get(device.type, DEFAULT_TEXT_TOKENS_PER_BATCH["cuda"])
-        return text_batches(lengths, batch_size, max_tokens_per_batch, unpadded), unpadded
-
-    @torch.inference_mode()
-    def encode_image(
-        self,
-        images,
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
-        convert_to_numpy: bool = True,
-        convert_to_tensor: bool = False,
-        device: str | torch.device | None = None,
-        normalize_embeddings: bool = True,
-        truncate_dim: int | None = None,
-        num_workers: int | None = None,
-    ):
-        """Embed images given as PIL images, paths, http(s) URLs, data:image URIs, bytes or numpy arrays (one,
-        a list, or any iterable, e.g. a generator of paths), decoded as the release decodes them
-        (`processing_jina_clip.load_image`, with the options saved in the image processor). Returns a (n, dim)
-        float32 array by default (a vector for a single image).
-
-        Args:
-            num_workers: threads that decode and preprocess images while the model embeds the previous batch
-                (default `min(8, CPU cores)`; 0: everything in the calling thread). At most 2 x `batch_size`
-                images are read ahead of the model, so an iterator of any length streams in bounded memory.
-                The pixels are the same bit for bit whatever the number of workers.
-        """
-        truncate_dim = self._check_truncate_dim(truncate_dim)
-        batch_size = _positive_int(batch_size, "batch_size")
-        if num_workers is None:
-            num_workers = default_image_workers()
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        items, single, count = _image_stream(images)
-        image_processor = self.processor.image_processor
-        target = torch.device(device) if device is not None else self.device
-        batches = _image_batches(
-            items, image_processor, batch_size, 0 if count == 1 else num_workers, pin_memory=target.type == "cuda"
-        )
-        return self._encode_batches(
-            batches,
-            lambda batch: self.get_image_features(batch["pixel_values"], check_inputs=False),
-            None if count is None else -(-count // batch_size), single, show_progress_bar, device, truncate_dim,
-            normalize_embeddings, convert_to_numpy, convert_to_tensor, "Encoding images",
-        )
-
-    def _encode_batches(
-        self, batches, embed, total, single, show_progress_bar, device, truncate_dim,
-        normalize_embeddings, convert_to_numpy, convert_to_tensor, description,
-    ):
-        """Run `embed` over `batches` ((indices, CPU tensors, embed kwargs) triples), then restore the input order,
-        truncate and normalise. The model is switched to eval mode (and back) only when it is training: sweeping
-        every module costs milliseconds per call at real size."""
-        from tqdm.auto import tqdm
-
-        if device is not None and not _same_device(torch.device(device), self.device):
-            self.to(device)
-        if show_progress_bar is None:
-            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
-        was_training = self.training
-        if was_training:
-            self.eval()
-        chunks, order = [], []
-        try:
-            for indices, batch, options in tqdm(batches, total=total, desc=description, disable=not show_progress_bar):
-                chunks.append(embed(_to_device(batch, self.device), **options).pooler_output)
-                order.extend(indices)
-        finally:
-            if was_training:
-                self.train()
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()  # stops the image workers if the forward pass raised
-        return self._finish(
-            chunks, order, single, truncate_dim, normalize_embeddings, convert_to_numpy, convert_to_tensor
-        )
-
-
-def _set_processor_image_size(processor, image_size: int) -> None:
-    image_processor = getattr(processor, "image_processor", processor)
-    image_processor.size = {"shortest_edge": image_size}
-    image_processor.crop_size = {"height": image_size, "width": image_size}
+    # The release's encode API: these functions of encoding_jina_clip.py (the model is their first argument), as
+    # methods. See them for the arguments.
+    encode_text = encode_text
+    encode_image = encode_image
 
 
 __all__ = [

@@ -91,7 +91,7 @@ def load_image(
     """Any supported image input as an RGB PIL image, as the release decodes it (see the module docstring).
 
     Accepts PIL images, local paths (str or os.PathLike), http(s) URLs (any case of the scheme), base64
-    `data:image/...` URIs, encoded bytes, and numpy arrays (HxW, HxWxC or CxHxW; uint8, or float in [0, 1]).
+    `data:image/...` URIs, encoded bytes or an open binary file (`io.BytesIO`), and numpy arrays (HxW, HxWxC or CxHxW; uint8, or float in [0, 1]).
 
     Args:
         exif_transpose: apply the EXIF orientation tag (the release does not).
@@ -114,6 +114,8 @@ def open_image(image: Any, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S, fe
         img = image
     elif isinstance(image, (bytes, bytearray, memoryview)):
         img = _decode(bytes(image), "raw bytes")
+    elif callable(getattr(image, "read", None)):  # an open file or io.BytesIO: its (remaining) bytes
+        img = _decode(image.read(), repr(getattr(image, "name", type(image).__name__)))
     elif isinstance(image, np.ndarray) or _is_tensor(image):
         img = _from_array(np.asarray(image.detach().cpu().numpy() if _is_tensor(image) else image))
     elif isinstance(image, (str, os.PathLike)):
@@ -137,7 +139,7 @@ def open_image(image: Any, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S, fe
     else:
         raise TypeError(
             f"unsupported image input of type {type(image).__name__}; expected a PIL image, a path, an http(s) "
-            "URL, a data:image URI, encoded bytes or a numpy array"
+            "URL, a data:image URI, encoded bytes, an open binary file or a numpy array"
         )
     if img.width == 0 or img.height == 0:
         raise ImageLoadError(f"image has no pixels ({img.width}x{img.height})")

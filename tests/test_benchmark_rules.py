@@ -8,18 +8,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _tiny import build_processor, build_tokenizer, tiny_config, tiny_model
+from _tiny import build_processor, tiny_config, tiny_model
 from jina_clip_v2.benchmarks import common, encode, encode_table
+from jina_clip_v2.modeling.encoding_jina_clip import text_batch_plan
 from jina_clip_v2.training import flops
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def test_parity_weights_are_randomised(tmp_path):
@@ -98,7 +93,7 @@ def test_benchmarked_batching_is_encode_texts_own(tokenizer):
     texts = encode_table.make_texts(tokenizer, encode_table.long_tailed_lengths(70, seed=1, high=120), seed=1)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
     calls, _ = encode_table.record_calls(model, "get_text_features", lambda: model.encode_text(texts))
-    batches, unpadded = model._text_batch_plan(lengths)  # what encode.py's "encode_text_batching" path runs
+    batches, unpadded = text_batch_plan(model, lengths)  # what encode.py's "encode_text_batching" path runs
     assert len(calls) == len(batches) > 1
     for (args, kwargs), batch in zip(calls, batches):
         assert kwargs["attention_mask"].sum(1).tolist() == [lengths[i] for i in batch]
@@ -121,9 +116,10 @@ def test_variants_are_interleaved_and_compared_round_by_round():
     assert failing["bad"]["status"] == "error" and failing["ok"]["iters"] == 2
 
 
-def test_packed_flops_are_counted_as_computed():
-    """The length-bucket attention computes each bucket padded to its longest text: the executed FLOPs say so
-    (equal to torch's FlopCounterMode on the model's own packed path), above the real-token FLOPs."""
+def test_unpadded_flops_are_counted_as_computed():
+    """Unpadded eager / SDPA batches compute each length bucket padded to its longest text: the executed FLOPs say
+    so (equal to torch's FlopCounterMode on the model's own unpadded path), a little above the real-token FLOPs and
+    far below a (T, T) block mask over the packed row."""
     model = tiny_model(seed=6)
     model.set_attn_implementation("eager")
     lengths = [20, 19, 18, 7, 3]  # buckets [20, 19, 18] (padded to 20) and [7], [3]
@@ -131,15 +127,17 @@ def test_packed_flops_are_counted_as_computed():
     mask = (torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]).long()
     with FlopCounterMode(display=False) as counter:
         model.get_text_features(ids, attention_mask=mask, unpadded=True)
-    spans = encode.bucket_attention_lengths(lengths)
+    spans = encode.bucket_lengths(lengths)
     assert spans == [20, 20, 20, 7, 3]
-    executed = flops.text_forward_flops(model.config.text_config, lengths, attention_lengths=spans)
+    computed, executed = encode._executed_flops(model.config.text_config, [lengths], padded=False, buckets=True)
     real = flops.text_forward_flops(model.config.text_config, lengths)
-    assert counter.get_total_flops() == executed["total"] > real["total"]
-    assert executed["qkvo"] == real["qkvo"] and executed["mlp"] == real["mlp"]  # no pad token through the projections
+    assert computed == sum(spans) and counter.get_total_flops() == executed > real["total"]
+    assert executed <= 1.125 * real["total"]  # at most BUCKET_PADDING of padding per bucket
+    padded = encode._executed_flops(model.config.text_config, [lengths], padded=True, buckets=False)[1]
+    assert executed < padded
     # A (T, T) block mask over the packed row would count T^2.
     block = flops.text_forward_flops(model.config.text_config, lengths, attention_lengths=[sum(lengths)])
-    assert block["attention"] > executed["attention"]
+    assert block["attention"] > flops.text_forward_flops(model.config.text_config, spans)["attention"]
 
 
 def test_end_to_end_rows_beside_model_only(tokenizer, tmp_path):

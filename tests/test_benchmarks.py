@@ -307,11 +307,10 @@ def test_encode_tiny_cpu(tmp_path):
         assert r["tokens_per_s"] == pytest.approx(r["real_tokens"] / r["median_s"])  # real tokens only
         assert r["flops_real"] <= r["flops_executed"]
         if r["layout"] in ("packed", "model_unpadded"):
-            # No pad token through the projections; the length-bucket attention's padding is counted as computed.
-            assert r["padding_fraction"] == 0
-            assert r["flops_executed"] >= r["flops_real"]
-            if r["backend"] != "sdpa length buckets":
-                assert r["flops_executed"] == r["flops_real"]
+            if r["backend"] != "sdpa length buckets":  # a packed row: no pad token computed at all
+                assert r["padding_fraction"] == 0 and r["flops_executed"] == r["flops_real"]
+            else:  # each length bucket padded to its longest text, at most 12.5 % of its real tokens
+                assert 0 <= r["padding_fraction"] <= 0.125 / 1.125 and r["flops_executed"] >= r["flops_real"]
     # Every fast path equals the fp32 SDPA reference (fp32 here: to rounding).
     assert {p["path"] for p in text["parity"]} == {"stock_padded", "padded_sdpa", "encode_text_batching"} | unpadded
     assert all(p["ok"] and p["max_abs_diff"] < 1e-5 for p in text["parity"])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from _tiny import ROOT, build_processor, build_tokenizer, tiny_model
+from _tiny import ROOT
 from jina_clip_v2.modeling import load_image
 from jina_clip_v2.modeling.processing_jina_clip import DEFAULT_FETCH_MAX_BYTES
 
@@ -30,13 +30,6 @@ TEXTS = [
     "a very long caption about a chicken standing in a farmyard next to a wooden fence on a sunny afternoon",
     "x",
 ]
-
-
-@pytest.fixture(scope="module")
-def model():
-    model = tiny_model(seed=21)
-    model.processor = build_processor(build_tokenizer())
-    return model
 
 
 def _png(image: Image.Image) -> bytes:

@@ -17,23 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from _tiny import ROOT, build_processor, build_tokenizer, tiny_model
+from _tiny import ROOT, build_processor, tiny_model
 from jina_clip_v2.modeling import JinaCLIPModel
-from jina_clip_v2.modeling import modeling_jina_clip as M
+from jina_clip_v2.modeling import encoding_jina_clip as E
 
 IMAGES = sorted((ROOT / "data" / "tuxpaint" / "images").iterdir())
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    model = tiny_model(seed=16)
-    model.processor = build_processor(tokenizer)
-    return model
 
 
 def long_tailed_texts(tokenizer, count: int = 60, seed: int = 0) -> list[str]:
@@ -135,17 +123,17 @@ def test_budget_and_batch_size_cap_the_batches(model, tokenizer):
 
 def test_text_batch_plan_is_by_token_count(model):
     lengths = [5, 300, 7, 7, 120, 5, 60]
-    batches, unpadded = model._text_batch_plan(lengths, batch_size=3, max_tokens_per_batch=10_000, device="cpu")
+    batches, unpadded = E.text_batch_plan(model, lengths, batch_size=3, max_tokens_per_batch=10_000, device="cpu")
     assert unpadded  # CPU + SDPA: packed
     assert batches == [[1, 4, 6], [2, 3, 0], [5]]  # longest first, ties in input order, at most 3 texts
-    padded = M.text_batches(lengths, 32, 400, unpadded=False)
+    padded = E.text_batches(lengths, 32, 400, unpadded=False)
     assert all(len(b) * lengths[b[0]] <= 400 or len(b) == 1 for b in padded)
     with pytest.raises(ValueError, match="batch_size"):
-        model._text_batch_plan(lengths, batch_size=0)
+        E.text_batch_plan(model, lengths, batch_size=0)
     # Padded on CUDA without FlashAttention, and for compiled towers (a packed layout would be a new graph each time).
-    assert model._text_batch_plan(lengths, device="cuda")[1] is False
+    assert E.text_batch_plan(model, lengths, device="cuda")[1] is False
     compiled = tiny_model(seed=1).compile_towers(backend="eager")
-    assert compiled._text_batch_plan(lengths, device="cpu")[1] is False
+    assert E.text_batch_plan(compiled, lengths, device="cpu")[1] is False
 
 
 def test_padding_options_change_nothing(model, tokenizer):
@@ -181,28 +169,17 @@ def test_no_eval_sweep_unless_training(model):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The packed path without FlashAttention: length buckets, no (T, T) mask
+# The unpadded path without FlashAttention: length buckets, no (T, T) mask
 # ----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_path_builds_no_quadratic_mask(model, tokenizer, attn, monkeypatch):
+def test_unpadded_path_builds_no_quadratic_mask(model, tokenizer, attn, monkeypatch):
     texts = long_tailed_texts(tokenizer)
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     lengths = batch["attention_mask"].sum(1)
     total, longest = int(lengths.sum()), int(lengths.max())
     model.set_attn_implementation(attn)
-    seen = []
-    original = M.packed_attention_forward
-
-    def spy(module, query, key, value, attention_mask, **kwargs):
-        seen.append(attention_mask)
-        return original(module, query, key, value, attention_mask, **kwargs)
-
-    # The attention interface holds the registered function: swap the registered entry for the test.
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(M.PACKED_ATTENTION, spy)
     matmul_shapes = []
     original_matmul = torch.matmul
     sdpa_shapes = []
@@ -221,29 +198,31 @@ def test_packed_path_builds_no_quadratic_mask(model, tokenizer, attn, monkeypatc
     monkeypatch.setattr(torch, "matmul", matmul)
     try:
         with torch.inference_mode():
-            packed = model.get_text_features(batch["input_ids"], batch["attention_mask"], unpadded=True).pooler_output
+            packed = model.get_text_features(batch["input_ids"], batch["attention_mask"], unpadded=True)
     finally:
         monkeypatch.undo()
-        AttentionInterface.register(M.PACKED_ATTENTION, original)
         model.set_attn_implementation("sdpa")
-    assert seen and all(mask is None for mask in seen)  # no mask tensor reaches the attention at all
-    # Every attention block is at most the longest text, never the packed batch's T tokens.
+    # The text tower's setting was read, never switched: it is what the caller set, during the call too.
+    assert model.config.text_config._attn_implementation == "sdpa"
+    # Every attention block (and mask) is at most the longest text, never the packed batch's T tokens.
     blocks = [s[0][-2] for s in sdpa_shapes] + [s[-1] for s in matmul_shapes if len(s) == 4]
-    assert blocks and max(blocks) <= longest < total
+    masks = [m[-1] for _, m in sdpa_shapes if m is not None]
+    assert blocks and max(blocks + masks) <= longest < total
+    assert packed.last_hidden_state.shape[:2] == (1, total)  # the real tokens in one row
     with torch.inference_mode():
         padded = model.get_text_features(batch["input_ids"], batch["attention_mask"], unpadded=False).pooler_output
-    assert (packed - padded).abs().max().item() <= 1e-5
+    assert (packed.pooler_output - padded).abs().max().item() <= 1e-5
 
 
 def test_length_buckets_bound_the_padding():
     lengths = [300, 290, 280, 100, 99, 98, 97, 12, 12, 12, 5]
-    buckets = M.length_buckets(lengths, padding=0.125)
+    buckets = E.length_buckets(lengths, padding=0.125)
     assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
     for bucket in buckets:
         real = sum(lengths[i] for i in bucket)
         assert len(bucket) * max(lengths[i] for i in bucket) <= 1.125 * real
-    assert M.length_buckets([7, 7, 7], padding=0.0) == [[0, 1, 2]]
-    assert M.length_buckets([8, 7], padding=0.0) == [[0], [1]]
+    assert E.length_buckets([7, 7, 7], padding=0.0) == [[0, 1, 2]]
+    assert E.length_buckets([8, 7], padding=0.0) == [[0], [1]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -273,9 +252,9 @@ def test_encode_image_workers_equal_serial_bit_for_bit(model, tmp_path):
         assert np.array_equal(model.encode_image(items, batch_size=4, num_workers=workers), serial)
     # ... and the pixels the pool stacks are the processor's own on the batch.
     processor = model.processor.image_processor
-    pooled = torch.cat([b[1]["pixel_values"] for b in M._image_batches(iter(items), processor, 4, 2, False)])
+    pooled = torch.cat([b[1]["pixel_values"] for b in E.image_batches(iter(items), processor, 4, 2, False)])
     assert torch.equal(pooled, processor(items, return_tensors="pt")["pixel_values"])
-    assert M.default_image_workers() >= 1
+    assert E.default_image_workers() >= 1
     with pytest.raises(ValueError, match="num_workers"):
         model.encode_image(items, num_workers=-1)
 

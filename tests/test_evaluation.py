@@ -24,7 +24,8 @@ from _tiny import ROOT, build_tokenizer  # noqa: E402
 
 from jina_clip_v2.evaluation import suites as S  # noqa: E402
 from jina_clip_v2.evaluation.cli import main  # noqa: E402
-from jina_clip_v2.evaluation.embedder import Embedder, EmbeddingCache, model_fingerprint, truncate_normalize  # noqa: E402
+from jina_clip_v2.evaluation.embedder import Embedder, EmbeddingCache, model_fingerprint  # noqa: E402
+from jina_clip_v2.modeling.policy_jina_clip import truncate_and_normalize  # noqa: E402
 from jina_clip_v2.evaluation.runner import evaluate, load_model  # noqa: E402
 from jina_clip_v2.evaluation.tasks import CrossModalRetrievalTask, DocumentRetrievalTask, MTEBTask, task_from_dict  # noqa: E402
 
@@ -236,13 +237,13 @@ def test_truncation_is_the_models_own(model):
     texts = ["a frog", "Ein Vogel", "un pingouin"]
     full = model.encode_text(texts, normalize_embeddings=False)
     for dim in (8, 16, 32):
-        ours = truncate_normalize(full, dim)
+        ours = truncate_and_normalize(full, dim)
         theirs = model.encode_text(texts, truncate_dim=dim)
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
     # pre-normalised full embeddings give the same truncation (a row scale does not matter)
-    np.testing.assert_allclose(truncate_normalize(model.encode_text(texts), 8), truncate_normalize(full, 8), atol=1e-6)
+    np.testing.assert_allclose(truncate_and_normalize(model.encode_text(texts), 8), truncate_and_normalize(full, 8), atol=1e-6)
     with pytest.raises(ValueError, match="cannot truncate 32-d"):
-        truncate_normalize(full, 64)
+        truncate_and_normalize(full, 64)
 
 
 def test_fingerprint_tracks_weights_not_location(model, model_dir):

@@ -16,20 +16,12 @@ mteb = pytest.importorskip("mteb")
 pytestmark = pytest.mark.filterwarnings("ignore:The task .* is superseded:UserWarning")
 
 import _eval_fixtures as fx  # noqa: E402
-from _tiny import build_processor, build_tokenizer, tiny_model  # noqa: E402
 
 from jina_clip_v2.evaluation import metrics as M  # noqa: E402
 from jina_clip_v2.evaluation.embedder import Embedder, EmbeddingCache  # noqa: E402
 from jina_clip_v2.evaluation.mteb_adapter import MTEBEncoderAdapter, import_mteb  # noqa: E402
 from jina_clip_v2.evaluation.runner import evaluate  # noqa: E402
 from jina_clip_v2.evaluation.tasks import MTEBTask  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model():
-    model = tiny_model(seed=2)
-    model.processor = build_processor(build_tokenizer(), image_size=56)
-    return model
 
 
 @pytest.fixture(scope="module")

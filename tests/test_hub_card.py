@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from _release_fixture import write_release_snapshot
-from _tiny import build_processor, build_tokenizer, tiny_config, tiny_model
+from _tiny import build_tokenizer, tiny_config
 
 from jina_clip_v2.hub.export import export_model
 from jina_clip_v2.hub.model_card import validate_model_card
@@ -27,13 +26,6 @@ def card_of(folder: Path):
 
     card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
     return card, validate_model_card(card)
-
-
-@pytest.fixture(scope="module")
-def model():
-    model = tiny_model()
-    model.processor = build_processor(build_tokenizer())
-    return model
 
 
 def test_an_export_without_card_arguments_claims_no_title_license_or_base(model, tmp_path):

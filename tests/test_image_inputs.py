@@ -15,7 +15,6 @@ from PIL import Image
 
 from _inputs import write_image_files as _write_files
 from _release_transform import release_pixels, release_transform
-from _tiny import build_processor, build_tokenizer, tiny_model
 
 SIZE = 56
 
@@ -23,18 +22,6 @@ SIZE = 56
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     return _write_files(tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_processor(build_tokenizer(), image_size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def model(processor):
-    model = tiny_model(seed=0)
-    model.processor = processor
-    return model
 
 
 def test_the_table_covers_every_mode(files):

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, build_tokenizer, tiny_config, tiny_model
+from _tiny import BLOCK_REPO_IMPORTS, ROOT, build_processor, tiny_config, tiny_model
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel, release_config_to_kwargs
 from jina_clip_v2.modeling.modeling_jina_clip import resample_position_embeddings, vision_rotary_cos_sin
 
@@ -32,11 +32,6 @@ TEXTS = [
     "猫が窓のそばで眠っている",
     "a very long caption about a chicken standing in a farmyard next to a wooden fence on a sunny day",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def _pixels(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -472,13 +467,13 @@ def test_set_image_size_resamples_and_images_at_the_new_size_encode(tokenizer):
     assert model.vision_model.pos_embed.shape == (1, 65, 32)
 
 
-def test_from_pretrained_with_another_image_size_resamples(tmp_path, tokenizer):
+def test_loading_at_another_image_size_resamples(tmp_path, tokenizer):
     model = tiny_model(seed=10)
     model.save_pretrained(tmp_path)
     build_processor(tokenizer).save_pretrained(tmp_path)
-    config = JinaCLIPConfig.from_pretrained(tmp_path)
-    config.vision_config.image_size = 70
-    loaded = JinaCLIPModel.from_pretrained(tmp_path, config=config).eval()
+    # Loading is transformers' own: weights load at the size they were saved at, then set_image_size resamples.
+    loaded = JinaCLIPModel.from_pretrained(tmp_path).eval()
+    loaded.set_image_size(70)
     assert loaded.config.vision_config.image_size == 70
     expected_table = resample_position_embeddings(model.vision_model.pos_embed.detach(), 26)
     assert torch.equal(loaded.vision_model.pos_embed.detach(), expected_table)
@@ -490,13 +485,20 @@ def test_from_pretrained_with_another_image_size_resamples(tmp_path, tokenizer):
     assert loaded.processor.image_processor(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 70, 70)
     assert loaded.encode_image(image).shape == (32,)
 
-    # The same through AutoModel with remote code, given a config object of this package's class.
-    from transformers import AutoModel
+    # A config of another size given to from_pretrained: the table of another shape is a strict error saying how.
+    config = JinaCLIPConfig.from_pretrained(tmp_path)
+    config.vision_config.image_size = 70
+    with pytest.raises(ValueError, match=r"another shape.*pos_embed.*set_image_size"):
+        JinaCLIPModel.from_pretrained(tmp_path, config=config)
 
-    remote = AutoModel.from_pretrained(tmp_path, trust_remote_code=True, config=config)
-    assert type(remote).__module__.startswith("transformers_modules.")
-    assert remote.config.vision_config.image_size == 70
-    assert torch.equal(remote.vision_model.pos_embed.detach(), expected_table)
+    # The same through AutoModel (the registered model type) and through the folder's own copy of the code.
+    from transformers import AutoModel
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    for auto in (AutoModel.from_pretrained(tmp_path), get_class_from_dynamic_module("modeling_jina_clip.JinaCLIPModel", str(tmp_path)).from_pretrained(tmp_path)):
+        auto.set_image_size(70)
+        assert auto.config.vision_config.image_size == 70
+        assert torch.equal(auto.vision_model.pos_embed.detach(), expected_table)
 
     # Loading a state dict of another resolution into a model built at the new size resamples too.
     built = JinaCLIPModel(tiny_config(image_size=70)).eval()

@@ -22,29 +22,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from _tiny import ROOT, build_tokenizer, tiny_model
+from _tiny import ROOT, tiny_model
+from _training import DEMO_LANGS, tiny_overrides, write_training_assets  # noqa: F401 - imported by other test files
+from _training import TINY as TINY_CONFIGS
 
 from jina_clip_v2.training import checkpoint as ckpt
 from jina_clip_v2.training.batches import ImageTextBatch, TextBatch
 from jina_clip_v2.training.builders import Temperatures, apply_peft, build_model, merge_peft
 from jina_clip_v2.training.config import ConfigError, LossSection, OptimSection, PeftSection, load_config, parse_overrides, validate_config
-from jina_clip_v2.training.demo_data import demo_sources
 from jina_clip_v2.training.images import augment_views
 from jina_clip_v2.training.launch import check_launch_environment, reset_accelerate_state
 from jina_clip_v2.training.loop import Stage
 from jina_clip_v2.training.optim import build_optimizer, build_scheduler, classify_parameter
 from jina_clip_v2.training.stage import main as stage_main
 
-TINY = ROOT / "training" / "configs" / "tiny.yaml"
+TINY = TINY_CONFIGS["v2"]
 ENV = {
     **os.environ,
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
 }
-# Two languages keep the tiny runs quick to learn (the demo trains on 12); English-German translation pairs
-# are the text task.
-DEMO_LANGS = ["en", "de"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,32 +53,7 @@ DEMO_LANGS = ["en", "de"]
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
     """The small tokenizer and the demo training sources, written once per module (and per worker)."""
-    root = tmp_path_factory.mktemp("training_assets")
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(root / "tokenizer")
-    demo_sources(root / "demo", "train", DEMO_LANGS)
-    return {"tokenizer": root / "tokenizer", "demo": root / "demo"}
-
-
-def tiny_overrides(assets: dict, output_dir: Path, *extra: str) -> list[str]:
-    """tiny.yaml (64 wide, 2+2 layers, 56 px) with the small test tokenizer (1000 pieces)."""
-    return [
-        f"output_dir={output_dir}",
-        f"model.processor_from={assets['tokenizer']}",
-        "model.config.text_config.vocab_size=1000",
-        f"data.demo_dir={assets['demo']}",
-        f"data.demo_langs={DEMO_LANGS}",
-        "data.text.batch_size=16",
-        "data.image_text.batch_size=16",
-        "data.text.shuffle_buffer=64",
-        "data.image_text.shuffle_buffer=64",
-        "optim.warmup_steps=0",
-        "train.log_with=[]",
-        "train.progress_bar=false",
-        "train.resolution_switch=null",
-        "train.export=false",
-        *extra,
-    ]
+    return write_training_assets(tmp_path_factory.mktemp("training_assets"))
 
 
 def read_metrics(output_dir: Path) -> dict[int, dict]:

@@ -115,9 +115,9 @@ def text_forward_flops(
     repeated for what a padded batch executes.
 
     ``attention_lengths``: the query-key blocks the attention really computes when they differ from the token
-    counts (one entry per block of a x a): for a packed batch, its length buckets' padded lengths (one per text,
-    ``JinaCLIPModel``'s length-bucket attention), or ``[T]`` for a (T, T) block-diagonal mask over the whole packed
-    row. The projections and MLP still run on ``sum(lengths)`` tokens."""
+    counts (one entry per block of a x a): e.g. ``[T]`` for a (T, T) block-diagonal mask over a whole packed row.
+    The projections and MLP still run on ``sum(lengths)`` tokens. (``JinaCLIPModel``'s unpadded eager / SDPA path
+    runs padded length buckets: pass each text's bucket length as its length.)"""
     lengths = [int(lengths)] if isinstance(lengths, int) else [int(s) for s in lengths]
     d, i, layers = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
     # v2's MLP is fc1 + fc2; jina-clip-v1's JinaBERT has a gated unit: gate, up and down projections.

@@ -1,0 +1,49 @@
+"""The tiny training runs' inputs, for both versions: the small test tokenizer and the bundled demo data written as
+training sources, and the command-line overrides that point a tiny stage config at them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from _tiny import ROOT, build_tokenizer
+from _tiny_v1 import build_bert_tokenizer
+
+# The tiny stage configs of each version (one runner, one schema: training/stage.py).
+TINY = {"v2": ROOT / "training" / "configs" / "tiny.yaml", "v1": ROOT / "training" / "configs" / "tiny_v1.yaml"}
+# Two languages keep the tiny runs quick to learn (the demo trains on 12); English-German translation pairs
+# are the text task.
+DEMO_LANGS = ["en", "de"]
+# The test tokenizers' sizes: the XLM-R-layout one (v2) and the BERT WordPiece one (v1).
+VOCAB_SIZES = {"v2": 1000, "v1": 600}
+
+
+def write_training_assets(root: Path, version: str = "v2") -> dict:
+    """The version's small tokenizer (saved before any use: a used fast tokenizer saves its last call's settings)
+    and the demo training sources, under `root`."""
+    from jina_clip_v2.training.demo_data import demo_sources
+
+    (build_tokenizer() if version == "v2" else build_bert_tokenizer()).save_pretrained(root / "tokenizer")
+    demo_sources(root / "demo", "train", DEMO_LANGS)
+    return {"tokenizer": root / "tokenizer", "demo": root / "demo", "version": version}
+
+
+def tiny_overrides(assets: dict, output_dir: Path, *extra: str) -> list[str]:
+    """The tiny config of `assets`' version with its small tokenizer and demo data, small batches, no warm-up, no
+    logging, no resolution switch, no export (`extra` comes last and wins)."""
+    return [
+        f"output_dir={output_dir}",
+        f"model.processor_from={assets['tokenizer']}",
+        f"model.config.text_config.vocab_size={VOCAB_SIZES[assets.get('version', 'v2')]}",
+        f"data.demo_dir={assets['demo']}",
+        f"data.demo_langs={DEMO_LANGS}",
+        "data.text.batch_size=16",
+        "data.image_text.batch_size=16",
+        "data.text.shuffle_buffer=64",
+        "data.image_text.shuffle_buffer=64",
+        "optim.warmup_steps=0",
+        "train.log_with=[]",
+        "train.progress_bar=false",
+        "train.resolution_switch=null",
+        "train.export=false",
+        *extra,
+    ]
