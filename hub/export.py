@@ -59,6 +59,8 @@ from ._util import (
     folder_files,
     hub_logger,
     human_size,
+    read_json_object,
+    weights_problems,
     write_json,
 )
 from .model_card import BASE_MODEL_LICENSES, build_model_card
@@ -167,6 +169,9 @@ def load_processor(source: str | os.PathLike):
     path = Path(source)
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
         raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
+    for name in ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if (path / name).is_file():
+            read_json_object(path / name)  # a list or broken JSON is named here, not as transformers' TypeError
     processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
     if (path / "tokenizer.json").is_file() and getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer = load_tokenizer(path)
@@ -343,6 +348,9 @@ def _write_folder(
     for junk in staging.rglob("__pycache__"):
         shutil.rmtree(junk)
     canonicalize_json_files(staging)
+    problems = weights_problems(staging)  # a full disk or a killed writer shows here, before the folder is renamed
+    if problems:
+        raise ExportError("; ".join(problems))
 
 
 def export_model(
