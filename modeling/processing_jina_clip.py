@@ -543,6 +543,8 @@ def load_tokenizer(source: str | os.PathLike, *, model_max_length: int | None = 
     if os.path.isfile(config_file):
         with open(config_file, encoding="utf-8") as handle:
             settings = json.load(handle)
+        if not isinstance(settings, dict):
+            raise ValueError(f"{config_file} must hold a JSON object of settings, got a JSON {type(settings).__name__}")
     kwargs: dict[str, Any] = {}
     vocabulary = Tokenizer.from_file(file).get_vocab(with_added_tokens=True)
     for name, default in SPECIAL_TOKENS.items():
