@@ -348,9 +348,6 @@ def _write_folder(
     for junk in staging.rglob("__pycache__"):
         shutil.rmtree(junk)
     canonicalize_json_files(staging)
-    problems = weights_problems(staging)  # a full disk or a killed writer shows here, before the folder is renamed
-    if problems:
-        raise ExportError("; ".join(problems))
 
 
 def export_model(
@@ -436,6 +433,9 @@ def export_model(
     build_model_card(model.config, **card_kwargs)
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
+        problems = weights_problems(staging)  # whole weights files only take the name `out`
+        if problems:
+            raise ExportError("; ".join(problems))
         if onnx:
             from .onnx import export_onnx
 

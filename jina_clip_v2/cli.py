@@ -69,7 +69,7 @@ def missing_extra_message(err: BaseException, command: str) -> str | None:
     return None
 
 
-def positive(kind: type = int, *, minimum: float = 0, inclusive: bool = False) -> Callable[[str], Any]:
+def positive_arg(kind: type = int, *, minimum: float = 0, inclusive: bool = False) -> Callable[[str], Any]:
     """An argparse `type` for a number above `minimum` (or at least it, `inclusive`): `--steps-scale -1` is then
     argparse's one-line usage error instead of a failure after minutes of work."""
 

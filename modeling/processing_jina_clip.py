@@ -437,7 +437,7 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
         edge = size.get("shortest_edge")
         targets = []
         if do_resize:
-            targets.append(("size", size, (edge, edge) if edge else (size.get("height"), size.get("width"))))
+            targets.append(("size", size, (edge, edge) if edge is not None else (size.get("height"), size.get("width"))))
         if do_crop:
             targets.append(("crop_size", crop, (crop.get("height"), crop.get("width"))))
         for name, value, (height, width) in targets:
