@@ -24,8 +24,10 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
   `1_Normalize/`;
 - `README.md`, the model card (`hub.model_card`).
 
-The folder is written into a temporary folder next to `--out` and renamed at the end, so `--out` is
-either complete or untouched. Two exports of the same model give the same bytes: safetensors metadata
+The folder is written into a temporary folder next to `--out`, its weights checked (every safetensors file
+whole), and renamed at the end, so `--out` is either complete or untouched. The rename is exclusive: of two
+exports to one new `--out` without `--overwrite`, the first to finish wins and the other fails with an error
+(`jina_clip_v2._io.atomic_folder`). Two exports of the same model give the same bytes: safetensors metadata
 is fixed (`{"format": "pt"}`), JSON files have sorted keys, nothing holds a timestamp or a path.
 """
 
