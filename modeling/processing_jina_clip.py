@@ -20,13 +20,13 @@ Remote images are fetched with a total deadline and a byte cap (`fetch_timeout`,
 http(s) only, following at most a few redirects and only to http(s).
 
 Bounded cost: every input's cost is decided before the work. An encoded image (file, URL, data URI, bytes) whose
-header declares more than `max_image_pixels` pixels is refused before it is decoded (a 38-byte WebP can declare
+header declares more than `max_image_pixels` pixels is refused before it is decoded (a 34-byte WebP can declare
 12000 x 12000). The resize is bounded by `max_resize_pixels`: a processor whose target (size or crop) alone holds
 more pixels is refused, and an image so elongated that its shortest-edge resize would exceed the budget (a 1 x
-10000 PNG at 512 px would be 512 x 5,120,000) is cut to the window the centre crop keeps and only that window is
-resampled (PIL's `resize(box=...)`, the same filter positions as the full resize; the pixels equal the full
-resize's up to one 8-bit level in rare pixels). Every image within the budget (at 512 px: aspect ratios up to
-32:1) takes the release's path unchanged, bit for bit.
+10000 PNG at 512 px would be 512 x 5,120,000) is cut to the band the centre crop keeps and only that band is
+resampled (PIL's `resize(box=...)`, the filter positions of the full resize). Its pixels equal the full resize's,
+or differ by a few 8-bit levels in rare pixels where PIL orders its two passes differently for the band. Every
+image within the budget (at 512 px: aspect ratios up to 32:1) takes the release's path unchanged, bit for bit.
 
 Tokenizer (`load_tokenizer`, `exact_tokenizer`): the release tokenizes with its `tokenizer.json` as written
 (transformers 4's fast tokenizer ran that pipeline unchanged). transformers 5's `XLMRobertaTokenizer` class
@@ -449,7 +449,7 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
                 )
         if not do_resize or not edge or size.get("longest_edge"):
             return None
-        crop_hw = (crop["height"], crop["width"]) if do_crop else None
+        crop_hw = (crop["height"], crop["width"]) if do_crop and "height" in crop and "width" in crop else None
         return {"shortest_edge": int(edge), "crop": crop_hw, "resample": kwargs.get("resample", self.resample)}
 
     def center_crop(self, image, size, **kwargs):
@@ -484,11 +484,12 @@ def _bounded_resize_input(image, item: Any, index: int, budget: int, *, shortest
     if shortest_edge * new_long <= budget:
         return image
     name = item if isinstance(item, (str, os.PathLike)) and len(str(item)) <= 200 else f"image {index} of the batch"
-    if crop is None:
+    # The band is resampled by PIL as transformers resamples these modes (its numpy round trip keeps them).
+    if crop is None or image.mode not in ("RGB", "L", "RGBA"):
         raise ImageLoadError(
             f"{name} is {width}x{height} pixels: resized to a shortest edge of {shortest_edge} it would hold "
-            f"{shortest_edge * new_long} pixels, more than max_resize_pixels={budget} (crop it first, or enable the "
-            "centre crop)"
+            f"{shortest_edge * new_long} pixels, more than max_resize_pixels={budget} (crop it first"
+            + (", or enable the centre crop)" if crop is None else f", or convert its {image.mode} pixels to RGB)")
         )
     crop_long = crop[0] if portrait else crop[1]
     band = max(crop_long, shortest_edge)  # the band's short side stays `shortest_edge`: resizing it is the identity

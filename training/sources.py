@@ -16,20 +16,21 @@ rows lost per file for the run's summary. A column that the first row of a file 
 not a bad row: a ``KeyError`` naming the file and the columns it has. A file that cannot be read on (a
 truncated gzip, a cut tar, an unreadable parquet footer) is one marker for what is left of it ("the rest",
 after the rows read); a parquet row group that cannot be read loses its own rows, and the next group is read
-on. Other sources (Hub datasets, Hub-layout folders,
-webdataset shards) come through datasets: their rows are checked the same way after reading, and what
-datasets itself cannot read is a ``DataError`` naming the source. Local webdataset shards are read here too
-(``_tar_samples``), sample by sample as webdataset groups members: datasets' tar reader stops without a word
-at a cut (4 of 6 samples of a shard cut at 60%) or fails the run while it guesses the columns; here a cut
-shard yields its complete samples and then a marker naming it and what was lost.
+on. Local webdataset shards are read sample by sample (``_tar_samples``), as webdataset groups members:
+datasets' tar reader stops without a word at a cut (4 of 6 samples of a shard cut at 60%) or fails the run
+while it guesses the columns; here a cut shard yields its complete samples, then a marker naming it and what
+was lost. Other sources (Hub datasets, Hub-layout folders) come through datasets: their rows are checked the
+same way after reading, and what datasets itself cannot read is a ``DataError`` naming the source.
 
 Images named by a path or a URL (not inline bytes), decided per source and checked per row (a refused one
 is a bad row naming the problem):
 
-* a relative path is resolved against ``image_root`` (default: the local source's folder). The resolved
-  path, symbolic links followed, must stay inside ``image_root``: ``../``, absolute paths and symlinks that
-  lead out are refused unless ``image_paths_outside_root: true``. A source without an ``image_root`` (a
-  Hub dataset) reads no paths from this machine.
+* a relative path is resolved against ``image_root`` (default: the local source's folder). A local source
+  (files or a folder on this machine, which the user chose) reads its paths as written: absolute paths,
+  ``../`` and symbolic links as the file system resolves them. A Hub dataset's rows read no path of this
+  machine, unless the source sets ``image_root``, and then only inside it. ``image_paths_outside_root:
+  false`` confines a local source the same way (a downloaded dataset you do not trust): a path that leads
+  out of ``image_root`` (``../``, an absolute path, a symbolic link) is a bad row naming it.
 * an http(s) URL is fetched only with ``fetch_urls: true`` (off by default: a dataset from elsewhere does
   not make the trainer send requests), each fetch within the processor's deadline and byte cap, and the
   fetches of each source within a budget (``training.data``: ``max_fetch_failure_seconds``,
@@ -38,6 +39,7 @@ is a bad row naming the problem):
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -114,8 +116,9 @@ class SourceConfig:
     """The dataset's config name."""
     image_root: str | None = None
     """Base of relative image paths (default: the local source's folder)."""
-    image_paths_outside_root: bool = False
-    """Read image paths that lead out of ``image_root`` (``../``, absolute paths, symlinks)."""
+    image_paths_outside_root: bool | None = None
+    """Read image paths that lead out of ``image_root`` (``../``, absolute paths, symlinks). None: yes for a
+    local source (its rows are the user's own), no for a Hub dataset."""
     fetch_urls: bool = False
     """Fetch http(s) image URLs of the image column (each within the processor's fetch deadline and byte cap)."""
     max_row_chars: int = checked(64 * 2**20, check=at_least(1))
@@ -190,7 +193,7 @@ def load_source(src: SourceConfig, kind: str, index: int = 0, *, label: str | No
         if fmt in ("json", "parquet", "webdataset"):
             _check_not_empty(files, fmt, label)
             options = {"fmt": fmt, "kind": kind, "columns": dict(src.columns), "index": index,
-                       "images": _image_policy(src, image_root), "max_row_chars": src.max_row_chars}
+                       "images": _image_policy(src, image_root, local=True), "max_row_chars": src.max_row_chars}
             # One shard per file (datasets shards list-valued gen_kwargs): shuffling and split_dataset_by_node
             # see the files as datasets' own builders would.
             return IterableDataset.from_generator(
@@ -211,7 +214,8 @@ def load_source(src: SourceConfig, kind: str, index: int = 0, *, label: str | No
         ds = ds.decode(False)
     except Exception:  # pragma: no cover - features unknown and nothing decodable
         pass
-    fn = partial(_checked_example, kind=kind, columns=dict(src.columns), index=index, images=_image_policy(src, image_root), label=label)
+    images = _image_policy(src, image_root, local=os.path.isdir(src.path))
+    fn = partial(_checked_example, kind=kind, columns=dict(src.columns), index=index, images=images, label=label)
     return ds.map(fn, features=features).select_columns(list(features))
 
 
@@ -242,7 +246,7 @@ def _check_not_empty(files: list[str], fmt: str, label: str) -> None:
             elif fmt == "webdataset":
                 import tarfile
 
-                with tarfile.open(path, "r:") as archive:
+                with tarfile.open(path, "r:*") as archive:
                     if archive.next() is not None:
                         return
             else:
@@ -372,7 +376,7 @@ def _tar_samples(path: str):
     import tarfile
 
     size = os.path.getsize(path)
-    with tarfile.open(path, "r:") as archive:  # random access: members are read one by one
+    with tarfile.open(path, "r:*") as archive:  # random access (gzip etc. by seeking): members one by one
         key, sample, count = None, {}, 0
         for member in archive:
             if not member.isfile():
@@ -392,7 +396,8 @@ def _tar_samples(path: str):
         if key is not None:
             yield f"{path} sample {count} ({key})", sample
         end = archive.offset
-    if size < end + 2 * tarfile.BLOCKSIZE:
+        plain = isinstance(archive.fileobj, io.BufferedReader)  # offsets are file offsets (not in a gzip stream)
+    if plain and size < end + 2 * tarfile.BLOCKSIZE:
         raise tarfile.ReadError(f"the archive ends at byte {size} without its end-of-archive blocks (cut between samples)")
 
 
@@ -469,9 +474,10 @@ def _as_text(value: Any, column: str) -> str | None:
     raise TypeError(f"{column!r} has type {type(value).__name__}, not a string")
 
 
-def _image_policy(src: SourceConfig, image_root: str | None) -> dict:
-    """Where a source's images may come from (see the module docstring)."""
-    return {"root": image_root, "outside_root": src.image_paths_outside_root, "fetch_urls": src.fetch_urls}
+def _image_policy(src: SourceConfig, image_root: str | None, *, local: bool) -> dict:
+    """Where a source's images may come from (see the module docstring); `local`: files or a folder here."""
+    outside = src.image_paths_outside_root if src.image_paths_outside_root is not None else local
+    return {"root": image_root, "outside_root": outside, "fetch_urls": src.fetch_urls}
 
 
 def _check_image_location(record: dict | None, policy: dict) -> dict | None:
@@ -497,7 +503,7 @@ def _check_image_location(record: dict | None, policy: dict) -> dict | None:
         resolved, base = os.path.realpath(path), os.path.realpath(root)
         if os.path.commonpath([resolved, base]) != base:
             raise ValueError(f"image path {path!r} leads out of image_root {root} (to {resolved}: '../', an absolute "
-                             "path or a symbolic link); set image_paths_outside_root: true on the source to read it")
+                             "path or a symbolic link), and this source is confined to it (image_paths_outside_root)")
     return record
 
 
