@@ -233,6 +233,8 @@ def _checked_ids(values: Any, limit: int | None, name: str, what: str) -> np.nda
     """Integer (batch, sequence) ids in [0, limit) as int64: floats are refused (not cast), and so are ids
     ONNX Runtime would read out of the table (-1 as its last row)."""
     array = np.asarray(values)
+    if array.dtype == np.bool_ and limit == 2:  # a boolean mask is a 0-1 mask
+        array = array.astype(np.int64)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"{name} must be integers (token ids / a 0-1 mask); got dtype {array.dtype}")
     if array.ndim != 2 or 0 in array.shape:
