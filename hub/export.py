@@ -24,8 +24,10 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
   `1_Normalize/`;
 - `README.md`, the model card (`hub.model_card`).
 
-The folder is written into a temporary folder next to `--out` and renamed at the end, so `--out` is
-either complete or untouched. Two exports of the same model give the same bytes: safetensors metadata
+The folder is written into a temporary folder next to `--out`, its weights checked (every safetensors file
+whole), and renamed at the end, so `--out` is either complete or untouched. The rename is exclusive: of two
+exports to one new `--out` without `--overwrite`, the first to finish wins and the other fails with an error
+(`jina_clip_v2._io.atomic_folder`). Two exports of the same model give the same bytes: safetensors metadata
 is fixed (`{"format": "pt"}`), JSON files have sorted keys, nothing holds a timestamp or a path.
 """
 
@@ -65,6 +67,8 @@ from ._util import (
     folder_files,
     hub_logger,
     human_size,
+    read_json_object,
+    weights_problems,
     write_json,
 )
 from .model_card import BASE_MODEL_LICENSES, build_model_card
@@ -173,6 +177,9 @@ def load_processor(source: str | os.PathLike):
     path = Path(source)
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
         raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
+    for name in ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if (path / name).is_file():
+            read_json_object(path / name)  # a list or broken JSON is named here, not as transformers' TypeError
     processor, reason = load_folder_processor(path)
     if processor is None:
         raise ExportError(reason)
@@ -426,6 +433,9 @@ def export_model(
     build_model_card(model.config, **card_kwargs)
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
+        problems = weights_problems(staging)  # whole weights files only take the name `out`
+        if problems:
+            raise ExportError("; ".join(problems))
         if onnx:
             try:
                 export_onnx(staging, staging / "onnx", update_folder=True)

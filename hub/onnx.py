@@ -25,6 +25,12 @@ What it writes (the layout transformers.js loads jina_clip towers from, `JinaCLI
   fp32 PyTorch, on texts in several languages and images from the bundled demo data (`data/tuxpaint`),
   and the file sizes. When the folder has a model card (README.md), its ONNX section is written too.
 
+The files are written into a staging folder next to `--out`, each graph checked (`onnx.checker`, and run by ONNX
+Runtime for the parity table), and the folder then takes the name `--out` in one rename: a kill or a full disk
+leaves the previous files or the new ones, never a truncated graph under its final name (`jina_clip_v2._io`).
+`--overwrite` replaces a previous ONNX export as a whole; a `--out` holding other files is refused. config.json
+and README.md of the model folder are updated afterwards, each file atomically.
+
 Matryoshka truncation from the ONNX outputs: keep the first k dims of `*_embeddings`, then L2-normalize
 (`hub.onnx_runtime.truncate_and_normalize`; the query instruction of `task="retrieval.query"` is part of
 the text, prepended before tokenization). `hub.onnx_runtime.JinaCLIPOnnx` does all of it without PyTorch.
@@ -40,6 +46,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -53,7 +60,9 @@ from torch import nn
 
 from jina_clip_v2.modeling import JinaCLIPModel
 
-from ._util import configure_logging, human_size, write_json
+from jina_clip_v2 import _io
+
+from ._util import configure_logging, human_size, write_json, write_text
 from .model_card import onnx_section, set_onnx_section
 from .onnx_runtime import (
     PRECISION_SUFFIXES,
@@ -215,6 +224,26 @@ def save_onnx(model, path: Path) -> list[Path]:
     return files
 
 
+def check_onnx_file(path: Path) -> None:
+    """`path` parses as an ONNX model and every external-data reference lies inside its file: a truncated graph or
+    data chunk is an `OnnxExportError` naming it. (`onnx.checker` refuses the fp16 converter's node order, which
+    ONNX Runtime runs; the parity table runs every graph.)"""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's errors name no file
+        raise OnnxExportError(f"{path} is not a readable ONNX model: {type(err).__name__}: {err}") from err
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        data = path.parent / info["location"]
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if not data.is_file() or data.stat().st_size < end:
+            raise OnnxExportError(f"{data} is missing or shorter than the {end} bytes {path.name} needs ({tensor.name})")
+
+
 def external_data_chunks(path: Path) -> int:
     return len(list(path.parent.glob(f"{path.name}_data*")))
 
@@ -354,15 +383,40 @@ def export_onnx(
     precisions = [p for p in PRECISIONS if p in set(precisions) | {"fp32"}]
     if not (folder / "config.json").is_file():
         raise OnnxExportError(f"{folder} has no config.json: export the model first (`jina-clip export`)")
-    existing = sorted(out.glob("*.onnx")) if out.is_dir() else []
+    existing = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds ONNX files ({existing[0].name}, ...); pass --overwrite to replace them")
+        holds = "ONNX files" if any(name.endswith(".onnx") for name in existing) else "files"
+        raise FileExistsError(f"{out} already holds {holds} ({existing[0]}, ...); pass --overwrite to replace them")
+    foreign = [name for name in existing if not _is_onnx_output(name)]
+    if foreign:
+        raise FileExistsError(
+            f"{out} holds files an ONNX export does not write ({', '.join(foreign[:5])}): --overwrite replaces the "
+            "whole folder, so choose another --out"
+        )
     if update_folder is None:
         update_folder = out.resolve() == (folder / "onnx").resolve()
 
     logger.info("loading %s (fp32, eager attention)", folder)
     model = load_for_export(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written into a staging folder next to `out`, checked, then renamed onto `out` in one step (jina_clip_v2._io):
+    # a kill or a full disk leaves the old files or the new ones, never a truncated graph under its final name.
+    with _io.atomic_folder(out, overwrite=out.exists()) as staging:  # taken meanwhile by another writer: an error
+        report = _write_onnx(model, folder, staging, precisions, opset, parity)
+    if update_folder:
+        _update_folder(folder, report)
+    total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    logger.info("wrote %s (%s)", out, human_size(total))
+    return report
+
+
+def _is_onnx_output(name: str) -> bool:
+    """A file name `export_onnx` writes: the graphs, their external data chunks, the parity table."""
+    return name in ("parity.json", "parity.md") or bool(re.fullmatch(r"[a-z_0-9]+\.onnx(_data(_[0-9]+)?)?", name))
+
+
+def _write_onnx(model: JinaCLIPModel, folder: Path, out: Path, precisions: Sequence[str], opset: int, parity: bool) -> dict:
+    """Both towers in `precisions` into the (staging) folder `out`, each file checked (`check_onnx_file`), and
+    the parity report; returns the report."""
     external: dict[str, int] = {}
     for tower in ("text", "vision"):
         logger.info("exporting the %s tower (torch.onnx.export, dynamo, opset %d)", tower, opset)
@@ -376,6 +430,7 @@ def export_onnx(
             save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
         for precision in precisions:
             path = out / onnx_file_name(tower, precision)
+            check_onnx_file(path)
             if external_data_chunks(path):
                 external[path.name] = external_data_chunks(path)
 
@@ -392,11 +447,7 @@ def export_onnx(
         report.update(measure_parity(model, folder, out, precisions, texts, images))
         report["data"] = {"texts": len(texts), "languages": sorted(set(languages)), "images": len(images), "source": "data/tuxpaint"}
         write_json(out / "parity.json", report)
-        (out / "parity.md").write_text(parity_markdown(report) + "\n", encoding="utf-8")
-    if update_folder:
-        _update_folder(folder, report)
-    total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    logger.info("wrote %s (%s)", out, human_size(total))
+        write_text(out / "parity.md", parity_markdown(report) + "\n")
     return report
 
 
@@ -423,7 +474,7 @@ def _update_folder(folder: Path, report: dict) -> None:
     card = folder / "README.md"
     if card.is_file() and report.get("rows"):
 
-        card.write_text(set_onnx_section(card.read_text(encoding="utf-8"), report), encoding="utf-8")
+        write_text(card, set_onnx_section(card.read_text(encoding="utf-8"), report))
 
 
 # ----------------------------------------------------------------------------------------------------
