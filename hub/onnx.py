@@ -80,6 +80,39 @@ INT8_OP_TYPES = ("MatMul", "Gather")
 DEMO_LANGUAGES = ("en", "de", "fr", "es", "ru", "ja", "zh-cn", "ar", "hi", "ko", "el", "th")
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
 
+# The clients tests/test_clients.py runs on an exported folder (the README's snippets, offline; a tiny random
+# model with the real XLM-R tokenizer): their versions and the lowest cosine per row against encode_text /
+# encode_image it measured (rounded down, with a margin for other CPUs), kept there as floors and stated in
+# parity.md and the model card. Measured (x86-64, 2 cores): transformers.js fp32 text 0.999997 / image 0.999816,
+# fp16 0.999997 / 0.999812, q8 0.999961 / 0.999011; fastembed 1.000000 / 1.000000.
+CLIENT_PARITY = {
+    "transformers.js": {
+        "version": "4.3.2",
+        "usage": "Node, `JinaCLIPTextModel` / `JinaCLIPVisionModel`, images read with the README's `readImage`",
+        "rows": {"fp32": {"text": 0.9999, "image": 0.999}, "fp16": {"text": 0.9999, "image": 0.999}, "q8": {"text": 0.9999, "image": 0.998}},
+    },
+    "fastembed": {
+        "version": "0.9.1",
+        "usage": "`TextEmbedding.add_custom_model` + `ImageEmbedding(specific_model_path=...)`",
+        "rows": {"fp32": {"text": 0.9999, "image": 0.9999}},
+    },
+}
+# transformers.js's own resize (RawImage.read + its image processor: sharp's affine transform) against the
+# release's pixels (PIL) at 512 px, in levels of 255, on the bundled demo photos and a 1024 x 768 collage of them
+# (tests/test_clients.py); and the lowest image cosine it gives the tiny model at 56 px.
+TRANSFORMERS_JS_RESIZE = {"mean_levels": 5.1, "max_levels": 244, "tiny_model_min_cosine": 0.88}
+
+
+def transformers_js_resize_note() -> str:
+    numbers = TRANSFORMERS_JS_RESIZE
+    return (
+        "transformers.js's own resize (`RawImage.read` + its image processor: sharp's affine transform, without "
+        "antialiasing) gives pixels that differ from the release's (PIL's bicubic) by "
+        f"{numbers['mean_levels']:g} levels of 255 on average, at most {numbers['max_levels']:g}, at 512 px on the "
+        "bundled demo photos; it also applies EXIF rotations, which the release does not. Resize images as the "
+        "repository README's `readImage` does before its processor."
+    )
+
 
 class OnnxExportError(ValueError):
     """A folder or option that cannot be exported to ONNX as given."""
@@ -384,6 +417,8 @@ def export_onnx(
         "outputs": {"text": list(TEXT_OUTPUTS), "vision": list(VISION_OUTPUTS)},
         "transformers.js_config": {"use_external_data_format": external} if external else {},
         "versions": _versions(),
+        "clients": CLIENT_PARITY,
+        "transformers_js_resize": transformers_js_resize_note(),
     }
     if parity:
         texts, languages, images = demo_inputs()
@@ -462,4 +497,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["OPSET", "PRECISIONS", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx"]
+__all__ = ["CLIENT_PARITY", "OPSET", "PRECISIONS", "TRANSFORMERS_JS_RESIZE", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx", "transformers_js_resize_note"]
