@@ -33,12 +33,14 @@ the text, prepended before tokenization). `hub.onnx_runtime.JinaCLIPOnnx` does a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,35 @@ def transformers_js_resize_note() -> str:
 
 class OnnxExportError(ValueError):
     """A folder or option that cannot be exported to ONNX as given."""
+
+
+# Notices of the ONNX toolchain that say nothing about this export, kept off the console while it runs: torch's
+# exporter lists the torchvision operators it cannot register (torchvision is no dependency of ours) and warns
+# about its own deprecated internals and about dynamic axes it merges; ONNX Runtime's quantizer recommends, on
+# the root logger, a pre-processing step written for CNNs. Errors, and every other warning, still show.
+_TOOLCHAIN_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)", r"# The axis name: .* will not be used")
+
+
+class _QuantizerNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and f"onnxruntime{os.sep}quantization" in record.pathname)
+
+
+@contextlib.contextmanager
+def quiet_toolchain():
+    """Silence the notices above (stdlib logging and warnings, restored on exit)."""
+    exporter, root, notices = logging.getLogger("torch.onnx"), logging.getLogger(), _QuantizerNotices()
+    level = exporter.level
+    exporter.setLevel(logging.ERROR)
+    root.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _TOOLCHAIN_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        root.removeFilter(notices)
+        exporter.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -399,13 +430,14 @@ def export_onnx(
     for tower in ("text", "vision"):
         logger.info("exporting the %s tower (torch.onnx.export, dynamo, opset %d)", tower, opset)
         fp32_path = out / onnx_file_name(tower, "fp32")
-        save_onnx(export_tower(model, tower, opset), fp32_path)
-        if "fp16" in precisions:
-            logger.info("  fp16")
-            save_onnx(to_fp16(fp32_path), out / onnx_file_name(tower, "fp16"))
-        if "int8" in precisions:
-            logger.info("  int8 (dynamic quantization)")
-            save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
+        with quiet_toolchain():
+            save_onnx(export_tower(model, tower, opset), fp32_path)
+            if "fp16" in precisions:
+                logger.info("  fp16")
+                save_onnx(to_fp16(fp32_path), out / onnx_file_name(tower, "fp16"))
+            if "int8" in precisions:
+                logger.info("  int8 (dynamic quantization)")
+                save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
         for precision in precisions:
             path = out / onnx_file_name(tower, precision)
             if external_data_chunks(path):
