@@ -235,6 +235,13 @@ def test_parity_table_next_to_the_files_and_in_the_card(exported):
     for row in rows.values():
         assert f"`onnx/{row['file']}`" in table and f"`onnx/{row['file']}`" in card
         assert f"{row['max_abs_diff']:.2e}" in card
+    # The clients the package's tests run on such a folder (tests/test_clients.py), with their floors.
+    for text in (table, card):
+        for name, client in hub_onnx.CLIENT_PARITY.items():
+            assert f"| {name} {client['version']} |" in text
+        q8 = hub_onnx.CLIENT_PARITY["transformers.js"]["rows"]["q8"]
+        assert f"| `q8` | {q8['text']:.4f} | {q8['image']:.4f} |" in text
+        assert hub_onnx.transformers_js_resize_note() in text
     # Re-running replaces the section instead of adding a second one.
     from jina_clip_v2.hub.model_card import set_onnx_section
 
