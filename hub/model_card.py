@@ -581,28 +581,9 @@ def onnx_section(report: Mapping[str, Any]) -> str:
             "largest difference of the un-normalized embeddings (normalized: of the unit vectors); cosines per "
             "embedding.",
             table,
-            *_clients_paragraphs(report),
+            *([report["clients_markdown"]] if report.get("clients_markdown") else []),  # hub.onnx.clients_markdown
         ]
     )
-
-
-def _clients_paragraphs(report: Mapping[str, Any]) -> list[str]:
-    """The clients the package's tests run on exported folders, with the lowest cosines they measured."""
-    clients = report.get("clients")
-    if not clients:
-        return []
-    rows = [
-        [f"{name} {client['version']}", client["usage"], f"`{dtype}`", f"{floors['text']:.4f}", f"{floors['image']:.4f}"]
-        for name, client in clients.items()
-        for dtype, floors in client["rows"].items()
-    ]
-    intro = (
-        "The folder loads as it is in transformers.js and fastembed (the repository README's snippets, offline). "
-        "Cosine per embedding against `encode_text` / `encode_image`, at least: the floors the package's tests "
-        "keep, measured on a tiny random model with the real tokenizer (tests/test_clients.py):"
-    )
-    table = _table(["Client", "Usage", "dtype", "Min cosine (text)", "Min cosine (image)"], rows)
-    return [intro, table] + ([report["transformers_js_resize"]] if report.get("transformers_js_resize") else [])
 
 
 def set_onnx_section(card: str, report: Mapping[str, Any]) -> str:

@@ -116,6 +116,22 @@ def transformers_js_resize_note() -> str:
     )
 
 
+def clients_markdown() -> str:
+    """The clients paragraphs of parity.md and the model card: CLIENT_PARITY as a table, and the resize note."""
+    intro = (
+        "The folder loads as it is in transformers.js and fastembed (the repository README's snippets, offline). "
+        "Cosine per embedding against `encode_text` / `encode_image`, at least: the floors the package's tests "
+        "keep, measured on a tiny random model with the real tokenizer (tests/test_clients.py):"
+    )
+    lines = ["| Client | Usage | dtype | Min cosine (text) | Min cosine (image) |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {name} {client['version']} | {client['usage']} | `{dtype}` | {floors['text']:.4f} | {floors['image']:.4f} |"
+        for name, client in CLIENT_PARITY.items()
+        for dtype, floors in client["rows"].items()
+    ]
+    return "\n\n".join([intro, "\n".join(lines), transformers_js_resize_note()])
+
+
 class OnnxExportError(ValueError):
     """A folder or option that cannot be exported to ONNX as given."""
 
@@ -450,7 +466,7 @@ def export_onnx(
         "transformers.js_config": {"use_external_data_format": external} if external else {},
         "versions": _versions(),
         "clients": CLIENT_PARITY,
-        "transformers_js_resize": transformers_js_resize_note(),
+        "clients_markdown": clients_markdown(),
     }
     if parity:
         texts, languages, images = demo_inputs()
@@ -529,4 +545,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CLIENT_PARITY", "OPSET", "PRECISIONS", "TRANSFORMERS_JS_RESIZE", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx", "transformers_js_resize_note"]
+__all__ = ["CLIENT_PARITY", "OPSET", "clients_markdown", "PRECISIONS", "TRANSFORMERS_JS_RESIZE", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx", "transformers_js_resize_note"]
