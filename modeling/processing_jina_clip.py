@@ -337,15 +337,11 @@ class JinaCLIPImageProcessorKwargs(ImagesKwargs, total=False):
 
 _DECODE_OPTIONS = ("exif_transpose", "alpha_background", "fetch_timeout", "fetch_max_bytes")
 
-# The saved layout. preprocessor_config.json is the release's file (reference section 3.1), which the clients
-# people serve jina-clip with read with their own JinaCLIPImageProcessor: transformers.js (Node / browsers) and
-# fastembed. They understand the release's keys only: an integer `size` with `resize_mode` "shortest" (resize
-# the shorter side to `size`, centre-crop `size` x `size`), `interpolation` by name, `fill_color`, `mean` /
-# `std`, and `processor_class` "JinaCLIPProcessor" (the class transformers.js's AutoProcessor builds: tokenizer
-# + image processor). This processor saves its settings in exactly those keys (`to_dict`, also nested in
-# processor_config.json) and reads them back; its own options (`_DECODE_OPTIONS`) are further keys, which both
-# clients ignore. transformers' own keys (`size` as a dict, `crop_size`, `resample`, `image_mean`, ...) are
-# still read, and written only for settings the release's keys cannot express.
+# The saved layout is the release's preprocessor_config.json (reference section 3.1), the only one transformers.js
+# and fastembed read (their own JinaCLIPImageProcessor): integer `size` + `resize_mode` "shortest", `interpolation`,
+# `fill_color`, `mean` / `std`, `processor_class` "JinaCLIPProcessor" (transformers.js's AutoProcessor pairs it
+# with the tokenizer). `to_dict` writes those keys (also nested in processor_config.json) plus our decoding options,
+# which the clients ignore; transformers' keys are read too, and written only for what the release's cannot say.
 RELEASE_PROCESSOR_CLASS = "JinaCLIPProcessor"
 RELEASE_KEYS = ("fill_color", "interpolation", "mean", "resize_mode", "size", "std")
 # The release (torchvision) names its two interpolations; PIL's resampling codes of the same filters.
