@@ -42,6 +42,7 @@ imports this module and runs without them unless asked for `--onnx`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ import platform
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,9 +95,87 @@ INT8_OP_TYPES = ("MatMul", "Gather")
 DEMO_LANGUAGES = ("en", "de", "fr", "es", "ru", "ja", "zh-cn", "ar", "hi", "ko", "el", "th")
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
 
+# The clients tests/test_clients.py runs on an exported folder (the README's snippets, offline; a tiny random
+# model with the real XLM-R tokenizer): their versions and the lowest cosine per row against encode_text /
+# encode_image it measured (rounded down, with a margin for other CPUs), kept there as floors and stated in
+# parity.md and the model card. Measured (x86-64, 2 cores): transformers.js fp32 text 0.999997 / image 0.999816,
+# fp16 0.999997 / 0.999812, q8 0.999961 / 0.999011; fastembed 1.000000 / 1.000000.
+CLIENT_PARITY = {
+    "transformers.js": {
+        "version": "4.3.2",
+        "usage": "Node, `JinaCLIPTextModel` / `JinaCLIPVisionModel`, images read with the README's `readImage`",
+        "rows": {"fp32": {"text": 0.9999, "image": 0.999}, "fp16": {"text": 0.9999, "image": 0.999}, "q8": {"text": 0.9999, "image": 0.998}},
+    },
+    "fastembed": {
+        "version": "0.9.1",
+        "usage": "`TextEmbedding.add_custom_model` + `ImageEmbedding(specific_model_path=...)`",
+        "rows": {"fp32": {"text": 0.9999, "image": 0.9999}},
+    },
+}
+# transformers.js's own resize (RawImage.read + its image processor: sharp's affine transform) against the
+# release's pixels (PIL) at 512 px, in levels of 255, on the bundled demo photos and a 1024 x 768 collage of them
+# (tests/test_clients.py); and the lowest image cosine it gives the tiny model at 56 px.
+TRANSFORMERS_JS_RESIZE = {"mean_levels": 5.1, "max_levels": 244, "tiny_model_min_cosine": 0.88}
+
+
+def transformers_js_resize_note() -> str:
+    numbers = TRANSFORMERS_JS_RESIZE
+    return (
+        "transformers.js's own resize (`RawImage.read` + its image processor: sharp's affine transform, without "
+        "antialiasing) gives pixels that differ from the release's (PIL's bicubic) by "
+        f"{numbers['mean_levels']:g} levels of 255 on average, at most {numbers['max_levels']:g}, at 512 px on the "
+        "bundled demo photos; it also applies EXIF rotations, which the release does not. Resize images as the "
+        "repository README's `readImage` does before its processor."
+    )
+
+
+def clients_markdown() -> str:
+    """The clients paragraphs of parity.md and the model card: CLIENT_PARITY as a table, and the resize note."""
+    intro = (
+        "The folder loads as it is in transformers.js and fastembed (the repository README's snippets, offline). "
+        "Cosine per embedding against `encode_text` / `encode_image`, at least: the floors the package's tests "
+        "keep, measured on a tiny random model with the real tokenizer (tests/test_clients.py):"
+    )
+    lines = ["| Client | Usage | dtype | Min cosine (text) | Min cosine (image) |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {name} {client['version']} | {client['usage']} | `{dtype}` | {floors['text']:.4f} | {floors['image']:.4f} |"
+        for name, client in CLIENT_PARITY.items()
+        for dtype, floors in client["rows"].items()
+    ]
+    return "\n\n".join([intro, "\n".join(lines), transformers_js_resize_note()])
+
 
 class OnnxExportError(ValueError):
     """A folder or option that cannot be exported to ONNX as given."""
+
+
+# Notices of the ONNX toolchain that say nothing about this export, kept off the console while it runs: torch's
+# exporter lists the torchvision operators it cannot register (torchvision is no dependency of ours) and warns
+# about its own deprecated internals and about dynamic axes it merges; ONNX Runtime's quantizer recommends, on
+# the root logger, a pre-processing step written for CNNs. Errors, and every other warning, still show.
+_TOOLCHAIN_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)", r"# The axis name: .* will not be used")
+
+
+class _QuantizerNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and f"onnxruntime{os.sep}quantization" in record.pathname)
+
+
+@contextlib.contextmanager
+def quiet_toolchain():
+    """Silence the notices above (stdlib logging and warnings, restored on exit)."""
+    exporter, root, notices = logging.getLogger("torch.onnx"), logging.getLogger(), _QuantizerNotices()
+    level = exporter.level
+    exporter.setLevel(logging.ERROR)
+    root.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _TOOLCHAIN_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        root.removeFilter(notices)
+        exporter.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -421,13 +501,14 @@ def _write_onnx(model: JinaCLIPModel, folder: Path, out: Path, precisions: Seque
     for tower in ("text", "vision"):
         logger.info("exporting the %s tower (torch.onnx.export, dynamo, opset %d)", tower, opset)
         fp32_path = out / onnx_file_name(tower, "fp32")
-        save_onnx(export_tower(model, tower, opset), fp32_path)
-        if "fp16" in precisions:
-            logger.info("  fp16")
-            save_onnx(to_fp16(fp32_path), out / onnx_file_name(tower, "fp16"))
-        if "int8" in precisions:
-            logger.info("  int8 (dynamic quantization)")
-            save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
+        with quiet_toolchain():
+            save_onnx(export_tower(model, tower, opset), fp32_path)
+            if "fp16" in precisions:
+                logger.info("  fp16")
+                save_onnx(to_fp16(fp32_path), out / onnx_file_name(tower, "fp16"))
+            if "int8" in precisions:
+                logger.info("  int8 (dynamic quantization)")
+                save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
         for precision in precisions:
             path = out / onnx_file_name(tower, precision)
             check_onnx_file(path)
@@ -440,6 +521,8 @@ def _write_onnx(model: JinaCLIPModel, folder: Path, out: Path, precisions: Seque
         "outputs": {"text": list(TEXT_OUTPUTS), "vision": list(VISION_OUTPUTS)},
         "transformers.js_config": {"use_external_data_format": external} if external else {},
         "versions": _versions(),
+        "clients": CLIENT_PARITY,
+        "clients_markdown": clients_markdown(),
     }
     if parity:
         texts, languages, images = demo_inputs()
@@ -513,4 +596,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["OPSET", "PRECISIONS", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx"]
+__all__ = ["CLIENT_PARITY", "OPSET", "clients_markdown", "PRECISIONS", "TRANSFORMERS_JS_RESIZE", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx", "transformers_js_resize_note"]

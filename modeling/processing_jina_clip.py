@@ -375,6 +375,58 @@ class JinaCLIPImageProcessorKwargs(ImagesKwargs, total=False):
 _DECODE_OPTIONS = ("exif_transpose", "alpha_background", "fetch_timeout", "fetch_max_bytes", "max_image_pixels")
 _OPEN_OPTIONS = ("fetch_timeout", "fetch_max_bytes", "max_image_pixels")
 
+# The saved layout is the release's preprocessor_config.json (reference section 3.1), the only one transformers.js
+# and fastembed read (their own JinaCLIPImageProcessor): integer `size` + `resize_mode` "shortest", `interpolation`,
+# `fill_color`, `mean` / `std`, `processor_class` "JinaCLIPProcessor" (transformers.js's AutoProcessor pairs it
+# with the tokenizer). `to_dict` writes those keys (also nested in processor_config.json) plus our decoding options,
+# which the clients ignore; transformers' keys are read too, and written only for what the release's cannot say.
+RELEASE_PROCESSOR_CLASS = "JinaCLIPProcessor"
+RELEASE_KEYS = ("fill_color", "interpolation", "mean", "resize_mode", "size", "std")
+# The release (torchvision) names its two interpolations; PIL's resampling codes of the same filters.
+_INTERPOLATIONS = {"bicubic": 3, "bilinear": 2}
+# Steps the release always runs (and the clients with it): saved only when switched off or changed.
+_RELEASE_STEPS = {
+    "do_resize": True,
+    "do_center_crop": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+}
+
+
+def keys_outside_release_layout(settings: dict[str, Any]) -> list[str]:
+    """The keys of a saved image-processor dict (`to_dict`) that are neither the release's nor this processor's
+    own options: transformers' keys, written for settings the release's keys cannot express, which
+    transformers.js and fastembed do not read."""
+    known = {*RELEASE_KEYS, *_DECODE_OPTIONS, "image_processor_type", "auto_map", "processor_class"}
+    return sorted(set(settings) - known)
+
+
+def _from_release_keys(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings in the release's keys (see RELEASE_KEYS) as transformers' image-processor keys; other keys as
+    given (transformers' own win where a file holds both)."""
+    settings = dict(settings)
+    resize_mode = settings.pop("resize_mode", "shortest")
+    if resize_mode != "shortest":
+        raise ValueError(
+            f"resize_mode {resize_mode!r} is not supported: jina-clip resizes the shorter side (resize_mode 'shortest')"
+        )
+    interpolation = settings.pop("interpolation", None)
+    if interpolation is not None:
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
+        settings.setdefault("resample", _INTERPOLATIONS[interpolation])
+    size = settings.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        settings["size"] = {"shortest_edge": size}
+        settings.setdefault("crop_size", {"height": size, "width": size})
+    for release_key, key in (("mean", "image_mean"), ("std", "image_std")):
+        value = settings.pop(release_key, None)
+        if value is not None:  # null is the release class's default: the OpenAI CLIP values (also ours)
+            settings.setdefault(key, list(value))
+    return settings
+
 
 class JinaCLIPImageProcessor(CLIPImageProcessorPil):
     """CLIP preprocessing with the release's crop rounding, decoding every input with `load_image`.
@@ -461,6 +513,49 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
         top = int(round((height - size.height) / 2.0))
         left = int(round((width - size.width) / 2.0))
         return image[..., top : top + size.height, left : left + size.width]
+
+    # Saving and loading: the release's preprocessor_config.json layout (see RELEASE_KEYS above).
+
+    def __init__(self, **kwargs):
+        kwargs = _from_release_keys(kwargs)
+        # Only read by resize_mode "longest" (pad to a square); the shortest side resized to the crop size never
+        # needs padding. Kept so that the saved file says what the release's says.
+        fill_color = kwargs.pop("fill_color", 0)
+        super().__init__(**kwargs)
+        self.fill_color = fill_color
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings in the release's keys (plus this processor's decoding options, and transformers' keys
+        for what the release's cannot express): the content of preprocessor_config.json."""
+        output = super().to_dict()
+        size, crop_size = output.pop("size", None), output.pop("crop_size", None)
+        size = dict(size) if size is not None else None
+        crop_size = dict(crop_size) if crop_size is not None else None
+        edge = (size or {}).get("shortest_edge")
+        if size == {"shortest_edge": edge} and crop_size == {"height": edge, "width": edge}:
+            output.update(size=edge, resize_mode="shortest")
+        else:
+            output.update(size=size, crop_size=crop_size)
+        resample = output.pop("resample", None)
+        names = {code: name for name, code in _INTERPOLATIONS.items()}
+        if resample is not None and int(resample) in names:
+            output["interpolation"] = names[int(resample)]
+        else:
+            output["resample"] = resample
+        for key, release_key in (("image_mean", "mean"), ("image_std", "std")):
+            if output.get(key) is not None:
+                output[release_key] = [float(v) for v in output.pop(key)]
+        output["fill_color"] = self.fill_color
+        for name, value in _RELEASE_STEPS.items():
+            if name in output and output[name] == value:
+                del output[name]
+        return output
+
+    def to_json_string(self) -> str:
+        """preprocessor_config.json: `to_dict` with the release's `processor_class`, which transformers.js's
+        AutoProcessor reads to pair this image processor with the folder's tokenizer (transformers reads the
+        processor class from processor_config.json)."""
+        return json.dumps({**self.to_dict(), "processor_class": RELEASE_PROCESSOR_CLASS}, indent=2, sort_keys=True) + "\n"
 
 
 def _size_dict(value) -> dict:
@@ -613,9 +708,12 @@ __all__ = [
     "ImageLoadError",
     "JinaCLIPImageProcessor",
     "GENERIC_TOKENIZER_CLASS",
+    "RELEASE_KEYS",
+    "RELEASE_PROCESSOR_CLASS",
     "SPECIAL_TOKENS",
     "exact_tokenizer",
     "fetch_url",
+    "keys_outside_release_layout",
     "load_image",
     "load_tokenizer",
     "name_generic_tokenizer_class",
