@@ -36,13 +36,23 @@ COMPAT_SETS = \
 	"sentence-transformers-5.4 sentence-transformers==5.4.0" \
 	"sentence-transformers-5.3 sentence-transformers==5.3.0"
 
+# The clients people serve exports with, which tests/test_clients.py runs on exported folders: fastembed (Python,
+# in a venv of its own: it needs huggingface-hub<2, the main venv has 2.x) and transformers.js (Node, `npm ci` in
+# tests/js from the committed package-lock.json). --ignore-scripts: no package code runs at install; the only
+# install script that matters, onnxruntime-node's, would fetch CUDA libraries from NuGet (its CPU build is in the
+# npm package).
+FASTEMBED_LOCK = requirements/fastembed.lock
+FASTEMBED_VENV = .venv-fastembed
+JS_DIR         = tests/js
+NPM_FLAGS      = --ignore-scripts --no-audit --no-fund
+
 # The libraries `make test-latest` upgrades to their newest releases, in a venv of its own (.venv-latest).
 LATEST_LIBS = transformers sentence-transformers accelerate datasets peft huggingface-hub safetensors tokenizers kernels
 LATEST_VENV = .venv-latest
 
 .PHONY: setup demo test test-latest lock clean
 
-setup: $(VENV)/.ready $(COMPAT)/.ready
+setup: $(VENV)/.ready $(COMPAT)/.ready $(FASTEMBED_VENV)/.ready $(JS_DIR)/node_modules/.ready
 
 $(UV):
 	rm -rf $(UV_HOME)
@@ -72,6 +82,16 @@ $(COMPAT)/.ready: $(VENV)/.ready Makefile
 	done
 	touch $@
 
+$(FASTEMBED_VENV)/.ready: $(FASTEMBED_LOCK) | $(UV)
+	rm -rf $(FASTEMBED_VENV)
+	$(PYTHON) -m venv --without-pip $(FASTEMBED_VENV)
+	$(UV) pip sync -q --python $(FASTEMBED_VENV)/bin/python $(FASTEMBED_LOCK)
+	touch $@
+
+$(JS_DIR)/node_modules/.ready: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci $(NPM_FLAGS)
+	touch $@
+
 demo: setup
 	$(VENV)/bin/jina-clip demo
 
@@ -82,6 +102,8 @@ test: setup
 # lock are kept unless a requirement moved past them; `make lock UPGRADE=1` takes the newest of everything.
 lock: | $(UV)
 	$(UV) pip compile -q --python-version 3.11 $(UV_SOURCES) $(if $(UPGRADE),--upgrade) $(LOCK_INPUTS) -o $(LOCK)
+	$(UV) pip compile -q --python-version 3.11 $(if $(UPGRADE),--upgrade) requirements/fastembed.in -o $(FASTEMBED_LOCK)
+	cd $(JS_DIR) && npm $(if $(UPGRADE),update,install) --package-lock-only $(NPM_FLAGS)
 
 # The newest releases of the libraries we build on, in a venv of their own beside the locked one, through the
 # smoke tests (tests/test_smoke.py). Not part of CI (CI must be reproducible): run it before a release and
@@ -97,4 +119,4 @@ test-latest: setup
 	$(LATEST_VENV)/bin/python -m pytest -n 2 -p no:cacheprovider tests/test_smoke.py
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) $(UV_HOME) .oracle .assets $(COMPAT) outputs
+	rm -rf $(VENV) $(LATEST_VENV) $(UV_HOME) .oracle .assets $(COMPAT) $(FASTEMBED_VENV) $(JS_DIR)/node_modules outputs

@@ -55,16 +55,19 @@ PAPER_DIMS = (1024, 768, 512, 256, 128, 64)
 
 
 def load_model(name_or_path: str | os.PathLike, *, device: str | None = None, dtype: str | None = None):
-    """``AutoModel.from_pretrained(name_or_path, trust_remote_code=True)`` in eval mode."""
+    """``AutoModel.from_pretrained(name_or_path, trust_remote_code=True)`` in eval mode; a missing local folder
+    is a ``FileNotFoundError`` naming it (``model_source``), not transformers' "Repo id must be ..." error."""
     import torch
     from transformers import AutoModel
+
+    from jina_clip_v2._sources import model_source
 
     kwargs: dict[str, Any] = {"trust_remote_code": True}
     if dtype:
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
         kwargs["dtype"] = getattr(torch, dtype)
-    model = AutoModel.from_pretrained(os.fspath(name_or_path), **kwargs).eval()
+    model = AutoModel.from_pretrained(model_source(name_or_path), **kwargs).eval()
     if device:
         model.to(device)
     return model

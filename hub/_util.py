@@ -23,7 +23,59 @@ def dump_json(obj: Any) -> str:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    Path(path).write_text(dump_json(obj), encoding="utf-8")
+    """`obj` as `dump_json` lays it out, written atomically (a reader sees the old file or the new one)."""
+    write_text(path, dump_json(obj))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with _io.atomic_write(path, permissions=0o644) as handle:
+        handle.write(text)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file that must hold an object (config.json, tokenizer_config.json, ...): a ValueError naming the
+    file when it is unreadable JSON or another JSON value (a list, a number)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings, got a JSON {type(data).__name__}")
+    return data
+
+
+def weights_problems(folder: str | os.PathLike) -> list[str]:
+    """What is wrong with a folder's safetensors weights: none at all, an index naming a missing shard, a file
+    that is truncated or not safetensors (`safetensors.safe_open` checks that the header covers the file
+    exactly). An empty list: every weights file is complete."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(read_json_object(index).get("weight_map", {}).values()))
+        except ValueError as err:
+            return [str(err)]
+        if not shards:
+            return [f"{index} maps no tensor to a file"]
+    elif (folder / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        return [f"no weights in {folder} (model.safetensors or model.safetensors.index.json)"]
+    problems = []
+    for name in shards:
+        path = folder / name
+        if Path(name).name != name or not path.is_file():
+            problems.append(f"{path}: missing (named by the index)")
+            continue
+        try:
+            with safe_open(str(path), framework="numpy"):
+                pass
+        except Exception as err:  # noqa: BLE001 - safetensors' errors name no file
+            problems.append(f"{path}: truncated or not a safetensors file ({err})")
+    return problems
 
 
 def canonicalize_json_files(folder: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot, read_weights_file
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
+from jina_clip_v2.modeling.processing_jina_clip import RELEASE_KEYS, JinaCLIPImageProcessor, load_tokenizer
 
 from ._util import configure_logging, hub_logger
 from .export import (
@@ -42,41 +42,27 @@ from .model_card import DEFAULT_LICENSE, RELEASE_REPO, V1_LICENSE, V1_RELEASE_RE
 
 logger = hub_logger("convert")
 
-# The release's preprocessing (preprocessor_config.json of jinaai/jina-clip-v2, reference section 3.1).
-OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-_RESAMPLE = {"bicubic": 3, "bilinear": 2}  # PIL.Image.Resampling values
-
-
 def release_image_processor(snapshot: Path, image_size: int) -> JinaCLIPImageProcessor:
-    """Our image processor with the settings of the snapshot's preprocessor_config.json (release keys
-    `size`, `mean`, `std`, `interpolation`, `resize_mode`), or the release's values if it has none."""
+    """Our image processor with the settings of the snapshot's preprocessor_config.json (reference section 3.1),
+    or the release's values if it has none. The release's keys (`size`, `resize_mode`, `interpolation`,
+    `fill_color`, `mean`, `std`) are the layout our processor saves and reads itself; the rest of the file
+    (`auto_map` naming the release's code, `processor_class`) is not taken over."""
     path = snapshot / "preprocessor_config.json"
     settings = {}
     if path.is_file():
         with open(path, encoding="utf-8") as handle:
-            settings = json.load(handle)
+            settings = {k: v for k, v in json.load(handle).items() if k in RELEASE_KEYS}
     else:
         logger.info("no preprocessor_config.json in the snapshot: using the release's preprocessing")
-    resize_mode = settings.get("resize_mode", "shortest")
-    if resize_mode != "shortest":
-        raise ExportError(f"preprocessor_config.json has resize_mode={resize_mode!r}; only 'shortest' (the release's) is supported")
-    interpolation = settings.get("interpolation", "bicubic")
-    if interpolation not in _RESAMPLE:
-        raise ExportError(f"preprocessor_config.json has interpolation={interpolation!r}; expected one of {sorted(_RESAMPLE)}")
-    size = settings.get("size", image_size)
+    size = settings.pop("size", image_size)
     if isinstance(size, (list, tuple)):
         size = size[0] if len(set(size)) == 1 else None
     if size != image_size:
-        raise ExportError(f"preprocessor_config.json size {settings.get('size')!r} differs from the model's image_size {image_size}")
-    return JinaCLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        resample=_RESAMPLE[interpolation],
-        # A null mean / std is the release class's default: the OpenAI CLIP values.
-        image_mean=list(settings.get("mean") or settings.get("image_mean") or OPENAI_CLIP_MEAN),
-        image_std=list(settings.get("std") or settings.get("image_std") or OPENAI_CLIP_STD),
-    )
+        raise ExportError(f"preprocessor_config.json size {size!r} differs from the model's image_size {image_size}")
+    try:
+        return JinaCLIPImageProcessor(size=image_size, **settings)
+    except ValueError as err:  # a resize_mode or interpolation the release's code has but this package does not
+        raise ExportError(f"preprocessor_config.json: {err}") from err
 
 
 def release_tokenizer(folder: Path, version: str = "v2"):

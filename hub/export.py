@@ -12,7 +12,8 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
   `model.safetensors.index.json` above `max_shard_size`;
 - `processor_config.json` (transformers' `CLIPProcessor` with our `JinaCLIPImageProcessor`, whose code
   `processing_jina_clip.py` is copied in) and the same image-processor settings in `preprocessor_config.json`
-  (the release's file, which transformers.js reads), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
+  (the release's file and layout: integer `size`, `resize_mode`, `interpolation`, `fill_color`, `mean` / `std`,
+  `processor_class` "JinaCLIPProcessor"; what transformers.js and fastembed read), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
   the ids equal `tokenizers.Tokenizer.from_file` on its source file), `tokenizer_config.json` (transformers'
   generic fast tokenizer class, so nothing rebuilds the pipeline at load time);
 - Sentence-Transformers files, written as the data its `save` writes (see `write_sentence_transformers_files`): `modules.json` (our
@@ -24,8 +25,10 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
   `1_Normalize/`;
 - `README.md`, the model card (`hub.model_card`).
 
-The folder is written into a temporary folder next to `--out` and renamed at the end, so `--out` is
-either complete or untouched. Two exports of the same model give the same bytes: safetensors metadata
+The folder is written into a temporary folder next to `--out`, its weights checked (every safetensors file
+whole), and renamed at the end, so `--out` is either complete or untouched. The rename is exclusive: of two
+exports to one new `--out` without `--overwrite`, the first to finish wins and the other fails with an error
+(`jina_clip_v2._io.atomic_folder`). Two exports of the same model give the same bytes: safetensors metadata
 is fixed (`{"format": "pt"}`), JSON files have sorted keys, nothing holds a timestamp or a path.
 """
 
@@ -55,6 +58,7 @@ from jina_clip_v2.modeling.loading_jina_clip import load_folder_processor
 from jina_clip_v2.modeling.processing_jina_clip import (
     JinaCLIPImageProcessor,
     exact_tokenizer,
+    keys_outside_release_layout,
     name_generic_tokenizer_class,
 )
 
@@ -65,6 +69,8 @@ from ._util import (
     folder_files,
     hub_logger,
     human_size,
+    read_json_object,
+    weights_problems,
     write_json,
 )
 from .model_card import BASE_MODEL_LICENSES, build_model_card
@@ -173,6 +179,9 @@ def load_processor(source: str | os.PathLike):
     path = Path(source)
     if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json")):
         raise ExportError(f"no processor in {path} (processor_config.json / tokenizer.json); pass --processor <folder>")
+    for name in ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if (path / name).is_file():
+            read_json_object(path / name)  # a list or broken JSON is named here, not as transformers' TypeError
     processor, reason = load_folder_processor(path)
     if processor is None:
         raise ExportError(reason)
@@ -200,7 +209,17 @@ def canonical_processor(processor, config: JinaCLIPConfig):
     params = {k: v for k, v in image_processor.to_dict().items() if k not in skip}
     size = config.vision_config.image_size
     params.update(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return CLIPProcessor(image_processor=JinaCLIPImageProcessor(**params), tokenizer=tokenizer)
+    image_processor = JinaCLIPImageProcessor(**params)
+    # transformers.js and fastembed read preprocessor_config.json in the release's keys only: a setting that needs
+    # transformers' keys (another resampling filter, no normalization, ...) would be served differently there.
+    unread = keys_outside_release_layout(image_processor.to_dict())
+    if unread:
+        raise ExportError(
+            f"the image processor's settings {unread} have no key in the release's preprocessor_config.json, the "
+            "only one transformers.js and fastembed read: export the release's preprocessing (bicubic or bilinear "
+            "resize of the shorter side, centre crop, rescale by 1/255, mean/std normalization)"
+        )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def count_parameters(model: JinaCLIPModel) -> dict[str, int]:
@@ -326,8 +345,8 @@ def _write_folder(
     add_pipeline_config(staging)
     logger.info("writing tokenizer and processor")
     processor.save_pretrained(staging)
-    # transformers.js (which has its own JinaCLIPImageProcessor) and the release read the image processor from
-    # preprocessor_config.json; transformers 5 nests it in processor_config.json. Both, with the same settings.
+    # The release, transformers.js and fastembed read the image processor from preprocessor_config.json, in the
+    # release's keys (`JinaCLIPImageProcessor.to_dict`); transformers 5 nests the same dict in processor_config.json.
     processor.image_processor.save_pretrained(staging)
     name_generic_tokenizer_class(staging)
     logger.info("writing Sentence-Transformers configuration")
@@ -426,6 +445,9 @@ def export_model(
     build_model_card(model.config, **card_kwargs)
     with atomic_folder(out, overwrite=overwrite) as staging:
         _write_folder(staging, model, processor, max_shard_size=max_shard_size, dtype=dtype, card_kwargs=card_kwargs)
+        problems = weights_problems(staging)  # whole weights files only take the name `out`
+        if problems:
+            raise ExportError("; ".join(problems))
         if onnx:
             try:
                 export_onnx(staging, staging / "onnx", update_folder=True)

@@ -652,6 +652,7 @@ def onnx_section(report: Mapping[str, Any]) -> str:
             "largest difference of the un-normalized embeddings (normalized: of the unit vectors); cosines per "
             "embedding.",
             table,
+            *([report["clients_markdown"]] if report.get("clients_markdown") else []),  # hub.onnx.clients_markdown
         ]
     )
 

@@ -25,6 +25,12 @@ What it writes (the layout transformers.js loads jina_clip towers from, `JinaCLI
   fp32 PyTorch, on texts in several languages and images from the bundled demo data (`data/tuxpaint`),
   and the file sizes. When the folder has a model card (README.md), its ONNX section is written too.
 
+The files are written into a staging folder next to `--out`, each graph checked (`onnx.checker`, and run by ONNX
+Runtime for the parity table), and the folder then takes the name `--out` in one rename: a kill or a full disk
+leaves the previous files or the new ones, never a truncated graph under its final name (`jina_clip_v2._io`).
+`--overwrite` replaces a previous ONNX export as a whole; a `--out` holding other files is refused. config.json
+and README.md of the model folder are updated afterwards, each file atomically.
+
 Matryoshka truncation from the ONNX outputs: keep the first k dims of `*_embeddings`, then L2-normalize
 (`hub.onnx_runtime.truncate_and_normalize`; the query instruction of `task="retrieval.query"` is part of
 the text, prepended before tokenization). `hub.onnx_runtime.JinaCLIPOnnx` does all of it without PyTorch.
@@ -36,12 +42,15 @@ imports this module and runs without them unless asked for `--onnx`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
+import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +62,9 @@ from torch import nn
 
 from jina_clip_v2.modeling import JinaCLIPModel
 
-from ._util import configure_logging, human_size, write_json
+from jina_clip_v2 import _io
+
+from ._util import configure_logging, human_size, write_json, write_text
 from .model_card import onnx_section, set_onnx_section
 from .onnx_runtime import (
     PRECISION_SUFFIXES,
@@ -84,9 +95,87 @@ INT8_OP_TYPES = ("MatMul", "Gather")
 DEMO_LANGUAGES = ("en", "de", "fr", "es", "ru", "ja", "zh-cn", "ar", "hi", "ko", "el", "th")
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "tuxpaint"
 
+# The clients tests/test_clients.py runs on an exported folder (the README's snippets, offline; a tiny random
+# model with the real XLM-R tokenizer): their versions and the lowest cosine per row against encode_text /
+# encode_image it measured (rounded down, with a margin for other CPUs), kept there as floors and stated in
+# parity.md and the model card. Measured (x86-64, 2 cores): transformers.js fp32 text 0.999997 / image 0.999816,
+# fp16 0.999997 / 0.999812, q8 0.999961 / 0.999011; fastembed 1.000000 / 1.000000.
+CLIENT_PARITY = {
+    "transformers.js": {
+        "version": "4.3.2",
+        "usage": "Node, `JinaCLIPTextModel` / `JinaCLIPVisionModel`, images read with the README's `readImage`",
+        "rows": {"fp32": {"text": 0.9999, "image": 0.999}, "fp16": {"text": 0.9999, "image": 0.999}, "q8": {"text": 0.9999, "image": 0.998}},
+    },
+    "fastembed": {
+        "version": "0.9.1",
+        "usage": "`TextEmbedding.add_custom_model` + `ImageEmbedding(specific_model_path=...)`",
+        "rows": {"fp32": {"text": 0.9999, "image": 0.9999}},
+    },
+}
+# transformers.js's own resize (RawImage.read + its image processor: sharp's affine transform) against the
+# release's pixels (PIL) at 512 px, in levels of 255, on the bundled demo photos and a 1024 x 768 collage of them
+# (tests/test_clients.py); and the lowest image cosine it gives the tiny model at 56 px.
+TRANSFORMERS_JS_RESIZE = {"mean_levels": 5.1, "max_levels": 244, "tiny_model_min_cosine": 0.88}
+
+
+def transformers_js_resize_note() -> str:
+    numbers = TRANSFORMERS_JS_RESIZE
+    return (
+        "transformers.js's own resize (`RawImage.read` + its image processor: sharp's affine transform, without "
+        "antialiasing) gives pixels that differ from the release's (PIL's bicubic) by "
+        f"{numbers['mean_levels']:g} levels of 255 on average, at most {numbers['max_levels']:g}, at 512 px on the "
+        "bundled demo photos; it also applies EXIF rotations, which the release does not. Resize images as the "
+        "repository README's `readImage` does before its processor."
+    )
+
+
+def clients_markdown() -> str:
+    """The clients paragraphs of parity.md and the model card: CLIENT_PARITY as a table, and the resize note."""
+    intro = (
+        "The folder loads as it is in transformers.js and fastembed (the repository README's snippets, offline). "
+        "Cosine per embedding against `encode_text` / `encode_image`, at least: the floors the package's tests "
+        "keep, measured on a tiny random model with the real tokenizer (tests/test_clients.py):"
+    )
+    lines = ["| Client | Usage | dtype | Min cosine (text) | Min cosine (image) |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {name} {client['version']} | {client['usage']} | `{dtype}` | {floors['text']:.4f} | {floors['image']:.4f} |"
+        for name, client in CLIENT_PARITY.items()
+        for dtype, floors in client["rows"].items()
+    ]
+    return "\n\n".join([intro, "\n".join(lines), transformers_js_resize_note()])
+
 
 class OnnxExportError(ValueError):
     """A folder or option that cannot be exported to ONNX as given."""
+
+
+# Notices of the ONNX toolchain that say nothing about this export, kept off the console while it runs: torch's
+# exporter lists the torchvision operators it cannot register (torchvision is no dependency of ours) and warns
+# about its own deprecated internals and about dynamic axes it merges; ONNX Runtime's quantizer recommends, on
+# the root logger, a pre-processing step written for CNNs. Errors, and every other warning, still show.
+_TOOLCHAIN_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)", r"# The axis name: .* will not be used")
+
+
+class _QuantizerNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and f"onnxruntime{os.sep}quantization" in record.pathname)
+
+
+@contextlib.contextmanager
+def quiet_toolchain():
+    """Silence the notices above (stdlib logging and warnings, restored on exit)."""
+    exporter, root, notices = logging.getLogger("torch.onnx"), logging.getLogger(), _QuantizerNotices()
+    level = exporter.level
+    exporter.setLevel(logging.ERROR)
+    root.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _TOOLCHAIN_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        root.removeFilter(notices)
+        exporter.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -213,6 +302,26 @@ def save_onnx(model, path: Path) -> list[Path]:
     for written in files:
         written.chmod(0o644)  # onnx creates the data files 0600
     return files
+
+
+def check_onnx_file(path: Path) -> None:
+    """`path` parses as an ONNX model and every external-data reference lies inside its file: a truncated graph or
+    data chunk is an `OnnxExportError` naming it. (`onnx.checker` refuses the fp16 converter's node order, which
+    ONNX Runtime runs; the parity table runs every graph.)"""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's errors name no file
+        raise OnnxExportError(f"{path} is not a readable ONNX model: {type(err).__name__}: {err}") from err
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        data = path.parent / info["location"]
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if not data.is_file() or data.stat().st_size < end:
+            raise OnnxExportError(f"{data} is missing or shorter than the {end} bytes {path.name} needs ({tensor.name})")
 
 
 def external_data_chunks(path: Path) -> int:
@@ -354,28 +463,55 @@ def export_onnx(
     precisions = [p for p in PRECISIONS if p in set(precisions) | {"fp32"}]
     if not (folder / "config.json").is_file():
         raise OnnxExportError(f"{folder} has no config.json: export the model first (`jina-clip export`)")
-    existing = sorted(out.glob("*.onnx")) if out.is_dir() else []
+    existing = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds ONNX files ({existing[0].name}, ...); pass --overwrite to replace them")
+        holds = "ONNX files" if any(name.endswith(".onnx") for name in existing) else "files"
+        raise FileExistsError(f"{out} already holds {holds} ({existing[0]}, ...); pass --overwrite to replace them")
+    foreign = [name for name in existing if not _is_onnx_output(name)]
+    if foreign:
+        raise FileExistsError(
+            f"{out} holds files an ONNX export does not write ({', '.join(foreign[:5])}): --overwrite replaces the "
+            "whole folder, so choose another --out"
+        )
     if update_folder is None:
         update_folder = out.resolve() == (folder / "onnx").resolve()
 
     logger.info("loading %s (fp32, eager attention)", folder)
     model = load_for_export(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written into a staging folder next to `out`, checked, then renamed onto `out` in one step (jina_clip_v2._io):
+    # a kill or a full disk leaves the old files or the new ones, never a truncated graph under its final name.
+    with _io.atomic_folder(out, overwrite=out.exists()) as staging:  # taken meanwhile by another writer: an error
+        report = _write_onnx(model, folder, staging, precisions, opset, parity)
+    if update_folder:
+        _update_folder(folder, report)
+    total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    logger.info("wrote %s (%s)", out, human_size(total))
+    return report
+
+
+def _is_onnx_output(name: str) -> bool:
+    """A file name `export_onnx` writes: the graphs, their external data chunks, the parity table."""
+    return name in ("parity.json", "parity.md") or bool(re.fullmatch(r"[a-z_0-9]+\.onnx(_data(_[0-9]+)?)?", name))
+
+
+def _write_onnx(model: JinaCLIPModel, folder: Path, out: Path, precisions: Sequence[str], opset: int, parity: bool) -> dict:
+    """Both towers in `precisions` into the (staging) folder `out`, each file checked (`check_onnx_file`), and
+    the parity report; returns the report."""
     external: dict[str, int] = {}
     for tower in ("text", "vision"):
         logger.info("exporting the %s tower (torch.onnx.export, dynamo, opset %d)", tower, opset)
         fp32_path = out / onnx_file_name(tower, "fp32")
-        save_onnx(export_tower(model, tower, opset), fp32_path)
-        if "fp16" in precisions:
-            logger.info("  fp16")
-            save_onnx(to_fp16(fp32_path), out / onnx_file_name(tower, "fp16"))
-        if "int8" in precisions:
-            logger.info("  int8 (dynamic quantization)")
-            save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
+        with quiet_toolchain():
+            save_onnx(export_tower(model, tower, opset), fp32_path)
+            if "fp16" in precisions:
+                logger.info("  fp16")
+                save_onnx(to_fp16(fp32_path), out / onnx_file_name(tower, "fp16"))
+            if "int8" in precisions:
+                logger.info("  int8 (dynamic quantization)")
+                save_onnx(to_int8(fp32_path), out / onnx_file_name(tower, "int8"))
         for precision in precisions:
             path = out / onnx_file_name(tower, precision)
+            check_onnx_file(path)
             if external_data_chunks(path):
                 external[path.name] = external_data_chunks(path)
 
@@ -385,6 +521,8 @@ def export_onnx(
         "outputs": {"text": list(TEXT_OUTPUTS), "vision": list(VISION_OUTPUTS)},
         "transformers.js_config": {"use_external_data_format": external} if external else {},
         "versions": _versions(),
+        "clients": CLIENT_PARITY,
+        "clients_markdown": clients_markdown(),
     }
     if parity:
         texts, languages, images = demo_inputs()
@@ -392,11 +530,7 @@ def export_onnx(
         report.update(measure_parity(model, folder, out, precisions, texts, images))
         report["data"] = {"texts": len(texts), "languages": sorted(set(languages)), "images": len(images), "source": "data/tuxpaint"}
         write_json(out / "parity.json", report)
-        (out / "parity.md").write_text(parity_markdown(report) + "\n", encoding="utf-8")
-    if update_folder:
-        _update_folder(folder, report)
-    total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    logger.info("wrote %s (%s)", out, human_size(total))
+        write_text(out / "parity.md", parity_markdown(report) + "\n")
     return report
 
 
@@ -423,7 +557,7 @@ def _update_folder(folder: Path, report: dict) -> None:
     card = folder / "README.md"
     if card.is_file() and report.get("rows"):
 
-        card.write_text(set_onnx_section(card.read_text(encoding="utf-8"), report), encoding="utf-8")
+        write_text(card, set_onnx_section(card.read_text(encoding="utf-8"), report))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,4 +596,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["OPSET", "PRECISIONS", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx"]
+__all__ = ["CLIENT_PARITY", "OPSET", "clients_markdown", "PRECISIONS", "TRANSFORMERS_JS_RESIZE", "OnnxExportError", "demo_inputs", "export_onnx", "export_tower", "main", "measure_parity", "save_onnx", "transformers_js_resize_note"]

@@ -24,7 +24,6 @@ This module imports numpy, onnxruntime, transformers (tokenizer) and PIL, never 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,10 +85,14 @@ class JinaCLIPOnnx:
         config_path = self.folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"no config.json in {self.folder}: expected a folder written by `jina-clip export`")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        from ._util import read_json_object
+
+        config = read_json_object(config_path)
+        self.vocab_size = int((config.get("text_config") or {}).get("vocab_size") or 0) or None
+        self.image_size = int((config.get("vision_config") or {}).get("image_size") or 0) or None
         self.matryoshka_dimensions = list(config.get("matryoshka_dimensions") or [])
         self.projection_dim = config.get("projection_dim")
-        self.max_text_length = config.get("max_text_length", 512)
+        self.max_text_length = int(config.get("max_text_length", 512))
         self.task_instructions = dict(config.get("task_instructions") or {})
         self.truncate_dim = config.get("truncate_dim")
         self.tokenizer = load_tokenizer(self.folder)
@@ -115,12 +118,17 @@ class JinaCLIPOnnx:
 
     def run_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """The text graph on token ids: {"text_embeddings", "l2norm_text_embeddings"}."""
-        feed = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+        feed = {
+            "input_ids": _checked_ids(input_ids, self.vocab_size, "input_ids", "token id"),
+            "attention_mask": _checked_ids(attention_mask, 2, "attention_mask", "mask value"),
+        }
+        if feed["attention_mask"].shape != feed["input_ids"].shape:
+            raise ValueError(f"attention_mask has shape {feed['attention_mask'].shape}, input_ids {feed['input_ids'].shape}")
         return dict(zip(TEXT_OUTPUTS, self.session("text").run(list(TEXT_OUTPUTS), feed)))
 
     def run_vision(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """The vision graph on preprocessed pixels: {"image_embeddings", "l2norm_image_embeddings"}."""
-        feed = {"pixel_values": np.asarray(pixel_values, dtype=np.float32)}
+        feed = {"pixel_values": _checked_pixels(pixel_values, self.image_size)}
         return dict(zip(VISION_OUTPUTS, self.session("vision").run(list(VISION_OUTPUTS), feed)))
 
     # -- encode API (as JinaCLIPModel.encode_text / encode_image) --------------------------------------
@@ -179,6 +187,35 @@ class JinaCLIPOnnx:
             chunks.append(self.run_vision(self.preprocess(batch))["image_embeddings"])
         out = truncate_and_normalize(np.concatenate(chunks), truncate_dim, normalize_embeddings)
         return out[0] if single else out
+
+
+def _checked_ids(values: Any, limit: int | None, name: str, what: str) -> np.ndarray:
+    """Integer (batch, sequence) ids in [0, limit) as int64: floats are refused (not cast), and so are ids
+    ONNX Runtime would read out of the table (-1 as its last row)."""
+    array = np.asarray(values)
+    if array.dtype == np.bool_ and limit == 2:  # a boolean mask is a 0-1 mask
+        array = array.astype(np.int64)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must be integers (token ids / a 0-1 mask); got dtype {array.dtype}")
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"{name} must have shape (batch, sequence), got {array.shape}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or (limit is not None and high >= limit):
+        raise ValueError(f"{name} holds {what} {low if low < 0 else high}, outside 0 .. {limit - 1 if limit else 'max'}")
+    return array.astype(np.int64, copy=False)
+
+
+def _checked_pixels(values: Any, size: int | None) -> np.ndarray:
+    """Finite float (batch, 3, size, size) pixels as float32."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"pixel_values must be floating point (preprocessed pixels); got dtype {array.dtype}")
+    if array.ndim != 4 or array.shape[0] == 0 or array.shape[1] != 3 or (size is not None and array.shape[2:] != (size, size)):
+        raise ValueError(f"pixel_values must have shape (batch, 3, {size or 'S'}, {size or 'S'}), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("pixel_values hold NaN or infinite values")
+    return array.astype(np.float32, copy=False)
+
 
 __all__ = [
     "JinaCLIPOnnx",

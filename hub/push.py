@@ -9,10 +9,13 @@ commit. The token comes from `HF_TOKEN` or `hf auth login`; without one the comm
 before any network access. `--dry-run` needs no token and no network: it lists the files that would be
 uploaded, their sizes and where they would go.
 
-Only an allow-list is ever uploaded: the files `jina-clip export` / `convert` / `onnx` write
-(`PUSHABLE_FILES`). A folder that holds anything else (a token, a key, credentials, notes) is refused with
-the offending names, unless each is named with `--include PATTERN`; symbolic links are always refused
-(one could point at any file of the machine). Hidden entries and `__pycache__/` are never uploaded.
+Only an allow-list is ever uploaded: the exact names of the files `jina-clip export` / `convert` / `onnx`
+write (`PUSHABLE_FILES`, `PUSHABLE_PATTERNS`: no wildcard that `modeling_notes.py`, `configuration_x/keys.py`
+or `onnx/private/keys.onnx` would match). A folder that holds anything else (a token, a key, credentials,
+notes) is refused with the offending names, unless each is named with `--include PATTERN`; symbolic links are
+always refused (one could point at any file of the machine). Hidden entries and `__pycache__/` are never
+uploaded. The folder must also be complete: config.json, README.md and tokenizer.json present and readable,
+every weights file present and whole (a truncated model.safetensors is refused before anything is uploaded).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,23 +32,18 @@ from ._util import configure_logging, hub_logger, human_size
 
 logger = hub_logger("push")
 
-REQUIRED_FILES = ("config.json", "README.md")
-# What an export folder holds (hub/export.py, hub/convert.py, hub/onnx.py); glob patterns on the relative
-# POSIX path. tests/test_hub_push.py checks that a real export matches this list and nothing is left out.
+REQUIRED_FILES = ("config.json", "README.md", "tokenizer.json")
+# The remote code an export copies in: the modeling package's own files (exact names, whatever files it holds
+# now) and the Sentence-Transformers module.
+_MODELING_DIR = Path(__file__).resolve().parent.parent / "modeling"
+REMOTE_CODE_FILES = tuple(sorted(p.name for p in _MODELING_DIR.glob("*.py") if p.name != "__init__.py")) + ("custom_st.py",)
+# What an export folder holds (hub/export.py, hub/convert.py, hub/onnx.py), as exact relative POSIX paths...
 PUSHABLE_FILES = (
     "README.md",
     "config.json",
     "model.safetensors",
-    "model-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].safetensors",
     "model.safetensors.index.json",
-    "configuration_*.py",
-    "modeling_*.py",
-    "processing_*.py",
-    "pipeline_*.py",
-    "encoding_jina_clip.py",
-    "loading_jina_clip.py",
-    "policy_jina_clip.py",
-    "custom_st.py",
+    *REMOTE_CODE_FILES,
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -55,11 +54,14 @@ PUSHABLE_FILES = (
     "config_sentence_transformers.json",
     "1_Normalize/config.json",
     "training_summary.json",
-    "onnx/*.onnx",
-    "onnx/*.onnx_data",
-    "onnx/*.onnx_data_[0-9]*",
     "onnx/parity.json",
     "onnx/parity.md",
+)
+# ... and the numbered names: weight shards, and the ONNX graphs of `jina-clip onnx` with their external data
+# chunks (`_data`, `_data_1`, ...). tests/test_hub_push.py checks that a real export matches and nothing is left out.
+PUSHABLE_PATTERNS = (
+    r"model-\d{5}-of-\d{5}\.safetensors",
+    r"onnx/(text|vision)_model(_fp16|_quantized)?\.onnx(_data(_\d+)?)?",
 )
 
 
@@ -94,7 +96,26 @@ class PushPlan:
 
 
 def _is_pushable(name: str, include: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in (*PUSHABLE_FILES, *include))
+    """On the allow-list (exact names and numbered patterns), or matching one of the user's `--include` globs."""
+    return (
+        name in PUSHABLE_FILES
+        or any(re.fullmatch(pattern, name) for pattern in PUSHABLE_PATTERNS)
+        or any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
+    )
+
+
+def _completeness_problems(folder: Path) -> list[str]:
+    """Why `folder` is not a complete export: JSON files that do not read, weights missing or truncated."""
+    from ._util import read_json_object, weights_problems
+
+    problems = []
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        if (folder / name).is_file() and not (folder / name).is_symlink():
+            try:
+                read_json_object(folder / name)
+            except (OSError, ValueError) as err:
+                problems.append(str(err))
+    return problems + weights_problems(folder)
 
 
 def _scan(folder: Path, include: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -159,6 +180,9 @@ def plan_push(
     if missing:
         raise PushError(f"{folder} is not an exported model folder (missing {', '.join(missing)}); run hub.export first")
     names, skipped = _scan(folder, tuple(include))
+    problems = _completeness_problems(folder)
+    if problems:
+        raise PushError(f"{folder} is not a complete export, nothing is uploaded: {'; '.join(problems)}")
     files = [(name, (folder / name).stat().st_size) for name in names]
     return PushPlan(folder=folder, repo_id=repo_id, revision=revision or "main", private=private, files=files, skipped=skipped)
 
@@ -257,4 +281,4 @@ if __name__ == "__main__":
     sys.exit(run(main, name="jina-clip push"))
 
 
-__all__ = ["PUSHABLE_FILES", "PushError", "PushPlan", "main", "plan_push", "push_folder"]
+__all__ = ["PUSHABLE_FILES", "PUSHABLE_PATTERNS", "PushError", "PushPlan", "main", "plan_push", "push_folder"]

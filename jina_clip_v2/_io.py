@@ -7,6 +7,12 @@ existing folder is moved aside before the new one takes its name and deleted onl
 any moment leaves either the old or the new version. Temporary names end in ``.tmp`` (callers may sweep
 them up after a crash, as ``training.checkpoint.clean_incomplete`` does).
 
+Exclusive: the final rename of ``atomic_folder`` happens under an exclusive lock on the parent folder
+(``flock``, released by the kernel if the process dies), after checking the target again. Of two writers to
+one name without ``overwrite``, the first to finish wins and the other fails with ``FileExistsError``
+(nothing of it is left); with ``overwrite`` the last to finish wins, and neither ever sees the other's
+half-moved folder.
+
 It lives at the package root so that ``training``, ``hub`` and ``evaluation`` can all import it;
 ``modeling`` (the Hub remote code, which imports nothing of ours) does not.
 """
@@ -23,7 +29,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_folder", "atomic_write", "fsync_dir", "remove_folder", "remove_stale_staging", "replace_folder"]
+__all__ = [
+    "atomic_folder",
+    "atomic_write",
+    "fsync_dir",
+    "locked_folder",
+    "remove_folder",
+    "remove_stale_staging",
+    "replace_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +58,19 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 @contextmanager
 def atomic_write(
-    path: str | os.PathLike, mode: str = "w", *, encoding: str | None = "utf-8", keep_identical: bool = False
+    path: str | os.PathLike,
+    mode: str = "w",
+    *,
+    encoding: str | None = "utf-8",
+    keep_identical: bool = False,
+    permissions: int | None = None,
 ) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path`` for writing (``mode`` "w" or "wb"); when the body succeeds it
     is flushed, fsynced and renamed onto ``path``. If the body fails, ``path`` is untouched.
 
     ``keep_identical``: leave an existing ``path`` with the same bytes in place (no rename), so that several
-    processes may write the same deterministic file while others already read it."""
+    processes may write the same deterministic file while others already read it. ``permissions``: the new
+    file's mode (default: the temporary file's, 0600)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
@@ -60,6 +80,8 @@ def atomic_write(
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if permissions is not None:
+            os.chmod(tmp, permissions)
         if keep_identical and path.is_file() and filecmp.cmp(tmp, path, shallow=False):
             return
         os.replace(tmp, path)
@@ -90,6 +112,27 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Non
     else:
         os.replace(staging, target)
     fsync_dir(target.parent)
+
+
+@contextmanager
+def locked_folder(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``path`` (``flock`` on the folder itself: no lock file to leave
+    behind, released when the process ends however it ends). Where ``flock`` is missing (Windows) or the file
+    system refuses it, nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # pragma: no cover - a file system without locks
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _process_alive(pid: int) -> bool:
@@ -128,7 +171,9 @@ def atomic_folder(
     """Yield an empty temporary folder next to ``target``; when the body succeeds it replaces ``target``.
 
     Nothing is left at ``target`` if the body fails. An existing ``target`` is an error unless ``overwrite``;
-    then it is replaced only once the new folder is complete. The temporary folder is named ``prefix``
+    then it is replaced only once the new folder is complete. The check is made again, under the parent folder's
+    lock, at the rename: a writer that finds ``target`` taken by another one meanwhile fails with
+    ``FileExistsError`` and leaves nothing (see the module docstring). The temporary folder is named ``prefix``
     (default ``.<name>.``) + the process id + ``_`` + random letters + ``suffix``, so that the staging
     folders an interrupted run left behind (their process is gone) are removed here, at the next start.
     """
@@ -143,7 +188,13 @@ def atomic_folder(
     staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_", suffix=suffix, dir=target.parent))
     try:
         yield staging
-        replace_folder(staging, target)
+        with locked_folder(target.parent):
+            if target.exists() and not overwrite:
+                raise FileExistsError(
+                    f"{target} was created by another writer while this one ran: this output is discarded and theirs "
+                    "kept (pass overwrite=True / --overwrite to replace it)"
+                )
+            replace_folder(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

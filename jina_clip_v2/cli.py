@@ -7,6 +7,7 @@ line on stderr and exit code 1, unless ``--debug``).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import os
@@ -68,6 +69,23 @@ def missing_extra_message(err: BaseException, command: str) -> str | None:
         if top in EXTRA_MODULES[extra]:
             return _install_hint(extra, top)
     return None
+
+
+def positive_arg(kind: type = int, *, minimum: float = 0, inclusive: bool = False) -> Callable[[str], Any]:
+    """An argparse `type` for a number above `minimum` (or at least it, `inclusive`): `--steps-scale -1` is then
+    argparse's one-line usage error instead of a failure after minutes of work."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum) or value != value:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def _usage() -> str:

@@ -11,6 +11,12 @@ Whatever a config does not give takes the defaults of its version, so `JinaCLIPC
 jina-clip-v2 (865M parameters: text 561M, vision 304M) and `JinaCLIPConfig(text_config={"model_type":
 "jina_bert"})` the released jina-clip-v1 (223M: text 137M, vision 86M).
 
+Values are checked when the config is made, before any model is built: every size is an int inside a sane range
+(`JinaCLIPVisionConfig.value_ranges`, `JinaCLIPConfig.text_value_ranges`: far above both releases, far below what a
+hostile config.json would need to allocate terabytes or build for hours), and the model the config describes has at
+most `JinaCLIPConfig.max_parameters` parameters (10 billion). A deliberate larger model sets those class attributes
+(e.g. `JinaCLIPConfig.max_parameters = 4 * 10**10`) before loading.
+
 This file is Hub remote code: it imports only torch/transformers and nothing of this repository.
 """
 
@@ -70,6 +76,22 @@ CONVERTER_HINT = (
 )
 
 
+def check_value_ranges(config, ranges: dict[str, tuple[int, int]], where: str, setting: str) -> None:
+    """Every `name` of `ranges` on `config` an int (not a bool or float) in [low, high]; a ValueError naming the
+    field, its value, the range and the `setting` that holds the range otherwise."""
+    for name, (low, high) in ranges.items():
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}.{name} must be an int, got {value!r} ({type(value).__name__})")
+        if not low <= value <= high:
+            raise ValueError(
+                f"{where}.{name}={value} is outside [{low}, {high}], the range this model accepts ({setting} "
+                "holds it: widen it to load a deliberately larger model)"
+            )
+
+
 class JinaCLIPVisionConfig(PreTrainedConfig):
     r"""EVA02 vision tower. Defaults are EVA02-L/14 at 512 px as in jina-clip-v2 (jina-clip-v1's B/16 at
     224 px: `V1_VISION_DEFAULTS`).
@@ -95,6 +117,17 @@ class JinaCLIPVisionConfig(PreTrainedConfig):
 
     model_type = "jina_clip_vision"
     base_config_key = "vision_config"
+    # Sane ranges (checked before anything is allocated; EVA02-L/14 at 512 px is 1024 / 24 / 16 / 2730 / 512 / 14).
+    value_ranges = {
+        "hidden_size": (1, 16384),
+        "num_hidden_layers": (1, 512),
+        "num_attention_heads": (1, 1024),
+        "intermediate_size": (1, 131072),
+        "image_size": (1, 4096),
+        "patch_size": (1, 1024),
+        "num_channels": (1, 16),
+        "rope_grid_size": (1, 4096),
+    }
 
     def __init__(
         self,
@@ -145,6 +178,7 @@ class JinaCLIPVisionConfig(PreTrainedConfig):
         return self.grid_size**2 + 1  # patches + CLS (1297 at 512 px)
 
     def validate_shapes(self) -> None:
+        check_value_ranges(self, self.value_ranges, "vision_config", "JinaCLIPVisionConfig.value_ranges")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"vision hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -157,6 +191,15 @@ class JinaCLIPVisionConfig(PreTrainedConfig):
             raise ValueError(f"vision image_size ({self.image_size}) is smaller than patch_size ({self.patch_size})")
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ValueError(f"vision patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"vision drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    def num_parameters_estimate(self) -> int:
+        """The tower's parameter count from the config alone (blocks, patch embedding, position table)."""
+        width, inner = self.hidden_size, self.intermediate_size
+        block = 4 * width * width + 3 * width * inner + 8 * width + 2 * inner
+        patch = self.num_channels * self.patch_size**2 * width + width
+        return self.num_hidden_layers * block + patch + (self.num_positions + 3) * width
 
 
 class JinaCLIPConfig(PreTrainedConfig):
@@ -180,6 +223,19 @@ class JinaCLIPConfig(PreTrainedConfig):
     """
 
     model_type = "jina_clip"
+    # Sane ranges of the text tower's sizes (either version; jina-embeddings-v3 is 250002 / 1024 / 24 / 16 / 4096 /
+    # 8194 / 1), of `max_text_length`, and of the whole model's parameter count (see the module docstring).
+    text_value_ranges = {
+        "vocab_size": (1, 2**22),
+        "hidden_size": (1, 16384),
+        "num_hidden_layers": (1, 512),
+        "num_attention_heads": (1, 1024),
+        "intermediate_size": (1, 131072),
+        "max_position_embeddings": (1, 2**20),
+        "type_vocab_size": (1, 1024),
+    }
+    max_text_length_range = (1, 2**20)
+    max_parameters = 10**10
     # transformers reads only the keys (to pass attn_implementation on); the text class depends on the version.
     sub_configs = {"text_config": JinaEmbeddingsV3Config, "vision_config": JinaCLIPVisionConfig}
 
@@ -236,7 +292,43 @@ class JinaCLIPConfig(PreTrainedConfig):
         """"v1" (JinaBERT text tower) or "v2" (jina-embeddings-v3 text tower)."""
         return "v1" if self.text_config.model_type == JinaBertConfig.model_type else "v2"
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # transformers would fail on `cls(**config_dict)` with "argument after ** must be a mapping".
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"a jina-clip config.json must hold a JSON object of settings, got a JSON {type(config_dict).__name__}"
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+    def validate_ranges(self) -> None:
+        """Sizes, lengths, instructions and the parameter count (see the module docstring); before any allocation."""
+        check_value_ranges(self.text_config, self.text_value_ranges, "text_config", "JinaCLIPConfig.text_value_ranges")
+        self.vision_config.validate_shapes()  # its own ranges (a config object given as is was not checked yet)
+        check_value_ranges(self, {"max_text_length": self.max_text_length_range}, "config", "JinaCLIPConfig.max_text_length_range")
+        widths = {"projection_dim": self.text_value_ranges["hidden_size"], "truncate_dim": self.text_value_ranges["hidden_size"]}
+        check_value_ranges(self, widths, "config", "JinaCLIPConfig.text_value_ranges['hidden_size']")
+        dims = self.matryoshka_dimensions
+        if not isinstance(dims, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
+            raise ValueError(f"matryoshka_dimensions must be a list of ints, got {dims!r}")
+        instructions = self.task_instructions
+        if not isinstance(instructions, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in instructions.items()):
+            bad = instructions if not isinstance(instructions, dict) else {k: v for k, v in instructions.items() if not (isinstance(k, str) and isinstance(v, str))}
+            raise ValueError(f"task_instructions must map task names to instruction strings, got {bad!r}")
+        text = self.text_config
+        width, inner = text.hidden_size, text.intermediate_size
+        ffn = 3 * width * inner if self.version == "v1" else 2 * width * inner  # v1's gated unit: two input halves
+        text_params = (text.vocab_size + text.type_vocab_size) * width + text.num_hidden_layers * (4 * width * width + ffn)
+        total = text_params + self.vision_config.num_parameters_estimate()
+        if total > self.max_parameters:
+            raise ValueError(
+                f"this config describes a model of about {total / 1e9:.1f} billion parameters (text {text_params / 1e9:.2f}B, "
+                f"vision {(total - text_params) / 1e9:.2f}B), more than max_parameters={self.max_parameters:.3g}; "
+                "jina-clip-v2 has 0.87 billion (set JinaCLIPConfig.max_parameters to build a deliberately larger model)"
+            )
+
     def validate_shapes(self) -> None:
+        self.validate_ranges()
         text_width, vision_width = self.text_config.hidden_size, self.vision_config.hidden_size
         if not text_width == vision_width == self.projection_dim:
             raise ValueError(
@@ -344,6 +436,7 @@ def release_config_to_kwargs(release: dict) -> dict:
 
 __all__ = [
     "JinaBertConfig",
+    "check_value_ranges",
     "JinaCLIPConfig",
     "JinaCLIPVisionConfig",
     "RETRIEVAL_QUERY_INSTRUCTION",

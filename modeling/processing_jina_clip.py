@@ -19,6 +19,15 @@ so `encode_image`, the processor, Sentence-Transformers, training and evaluation
 Remote images are fetched with a total deadline and a byte cap (`fetch_timeout`, `fetch_max_bytes`), from
 http(s) only, following at most a few redirects and only to http(s).
 
+Bounded cost: every input's cost is decided before the work. An encoded image (file, URL, data URI, bytes) whose
+header declares more than `max_image_pixels` pixels is refused before it is decoded (a 34-byte WebP can declare
+12000 x 12000). The resize is bounded by `max_resize_pixels`: a processor whose target (size or crop) alone holds
+more pixels is refused, and an image so elongated that its shortest-edge resize would exceed the budget (a 1 x
+10000 PNG at 512 px would be 512 x 5,120,000) is cut to the band the centre crop keeps and only that band is
+resampled (PIL's `resize(box=...)`, the filter positions of the full resize). Its pixels equal the full resize's,
+or differ by a few 8-bit levels in rare pixels where PIL orders its two passes differently for the band. Every
+image within the budget (at 512 px: aspect ratios up to 32:1) takes the release's path unchanged, bit for bit.
+
 Tokenizer (`load_tokenizer`, `exact_tokenizer`): the release tokenizes with its `tokenizer.json` as written
 (transformers 4's fast tokenizer ran that pipeline unchanged). transformers 5's `XLMRobertaTokenizer` class
 rebuilds the pipeline from the vocabulary instead (whitespace split, then Metaspace), which drops the
@@ -37,6 +46,7 @@ import binascii
 import copy
 import io
 import json
+import math
 import os
 import re
 import threading
@@ -65,6 +75,12 @@ DEFAULT_FETCH_TIMEOUT_S = 20.0
 # ...and never reads more than this many bytes.
 DEFAULT_FETCH_MAX_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
+# An encoded image may declare at most this many pixels (PIL's own warning threshold, `Image.MAX_IMAGE_PIXELS`:
+# 0.25 GiB as RGB); PIL itself refuses twice as many whatever this is set to.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# The resize may produce at most this many pixels (32 x 512 x 512: aspect ratios up to 32:1 at 512 px keep the
+# release's path); a target larger than this is refused, a more elongated image cut before it is resampled.
+DEFAULT_MAX_RESIZE_PIXELS = 2**23
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # Content types a server may send for an image body; anything else (text/html error pages, JSON) is refused.
 _BINARY_TYPES = ("application/octet-stream", "binary/octet-stream", "application/binary")
@@ -87,6 +103,7 @@ def load_image(
     alpha_background: Sequence[int] | None = None,
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S,
     fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ):
     """Any supported image input as an RGB PIL image, as the release decodes it (see the module docstring).
 
@@ -98,24 +115,33 @@ def load_image(
         alpha_background: an (R, G, B) colour to composite transparent pixels on (the release keeps the
             colour stored under transparent pixels).
         fetch_timeout / fetch_max_bytes: total deadline (seconds) and size cap (bytes) of a URL fetch.
+        max_image_pixels: an encoded image that declares more pixels is refused before it is decoded (None: no
+            limit of ours; PIL still refuses more than twice its `Image.MAX_IMAGE_PIXELS`).
     """
     return to_rgb(
-        open_image(image, fetch_timeout=fetch_timeout, fetch_max_bytes=fetch_max_bytes),
+        open_image(image, fetch_timeout=fetch_timeout, fetch_max_bytes=fetch_max_bytes, max_image_pixels=max_image_pixels),
         exif_transpose=exif_transpose,
         alpha_background=alpha_background,
     )
 
 
-def open_image(image: Any, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S, fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES):
-    """The input as a PIL image in its stored mode (first frame of an animation), nothing converted yet."""
+def open_image(
+    image: Any,
+    *,
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S,
+    fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+):
+    """The input as a PIL image in its stored mode (first frame of an animation), nothing converted yet.
+    Encoded inputs declaring more than `max_image_pixels` pixels are refused before decoding."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, (bytes, bytearray, memoryview)):
-        img = _decode(bytes(image), "raw bytes")
+        img = _decode(bytes(image), "raw bytes", max_image_pixels)
     elif callable(getattr(image, "read", None)):  # an open file or io.BytesIO: its (remaining) bytes
-        img = _decode(image.read(), repr(getattr(image, "name", type(image).__name__)))
+        img = _decode(image.read(), repr(getattr(image, "name", type(image).__name__)), max_image_pixels)
     elif isinstance(image, np.ndarray) or _is_tensor(image):
         img = _from_array(np.asarray(image.detach().cpu().numpy() if _is_tensor(image) else image))
     elif isinstance(image, (str, os.PathLike)):
@@ -126,16 +152,16 @@ def open_image(image: Any, *, fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S, fe
             scheme = source.split(":", 1)[0].lower()
             if scheme not in ("http", "https"):
                 raise ImageLoadError(f"unsupported URL scheme {scheme!r} in {source!r}: only http(s) image URLs are fetched")
-            img = _decode(fetch_url(source, timeout=fetch_timeout, max_bytes=fetch_max_bytes), source)
+            img = _decode(fetch_url(source, timeout=fetch_timeout, max_bytes=fetch_max_bytes), source, max_image_pixels)
         elif source[:5].lower() == "data:":
-            img = _decode(_data_uri_bytes(source), "data URI")
+            img = _decode(_data_uri_bytes(source), "data URI", max_image_pixels)
         else:
             if os.path.isdir(source):
                 raise IsADirectoryError(f"image path is a folder, not a file: {source!r}")
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"image file not found: {source!r}")
             with open(source, "rb") as handle:
-                img = _decode(handle.read(), repr(source))
+                img = _decode(handle.read(), repr(source), max_image_pixels)
     else:
         raise TypeError(
             f"unsupported image input of type {type(image).__name__}; expected a PIL image, a path, an http(s) "
@@ -160,19 +186,26 @@ def to_rgb(img, *, exif_transpose: bool = False, alpha_background: Sequence[int]
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _decode(data: bytes, origin: str):
+def _decode(data: bytes, origin: str, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageLoadError(f"cannot decode image from {origin}: empty (no bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        if max_image_pixels is not None and img.width * img.height > max_image_pixels:
+            raise ImageLoadError(
+                f"image from {origin} is {img.width}x{img.height} pixels ({len(data)} bytes), more than "
+                f"max_image_pixels={max_image_pixels}: refused before decoding (raise max_image_pixels to decode it)"
+            )
         img.load()  # decode now (first frame), so a truncated file fails here and not in the processor
     except UnidentifiedImageError as err:
         head = data[:8]
         raise ImageLoadError(
             f"cannot decode image from {origin}: not a format PIL recognizes ({len(data)} bytes starting {head!r})"
         ) from err
+    except ImageLoadError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageLoadError(f"cannot decode image from {origin}: {err}") from err
     return img
@@ -335,9 +368,64 @@ class JinaCLIPImageProcessorKwargs(ImagesKwargs, total=False):
     alpha_background: list[int] | None
     fetch_timeout: float
     fetch_max_bytes: int
+    max_image_pixels: int | None
+    max_resize_pixels: int
 
 
-_DECODE_OPTIONS = ("exif_transpose", "alpha_background", "fetch_timeout", "fetch_max_bytes")
+_DECODE_OPTIONS = ("exif_transpose", "alpha_background", "fetch_timeout", "fetch_max_bytes", "max_image_pixels")
+_OPEN_OPTIONS = ("fetch_timeout", "fetch_max_bytes", "max_image_pixels")
+
+# The saved layout is the release's preprocessor_config.json (reference section 3.1), the only one transformers.js
+# and fastembed read (their own JinaCLIPImageProcessor): integer `size` + `resize_mode` "shortest", `interpolation`,
+# `fill_color`, `mean` / `std`, `processor_class` "JinaCLIPProcessor" (transformers.js's AutoProcessor pairs it
+# with the tokenizer). `to_dict` writes those keys (also nested in processor_config.json) plus our decoding options,
+# which the clients ignore; transformers' keys are read too, and written only for what the release's cannot say.
+RELEASE_PROCESSOR_CLASS = "JinaCLIPProcessor"
+RELEASE_KEYS = ("fill_color", "interpolation", "mean", "resize_mode", "size", "std")
+# The release (torchvision) names its two interpolations; PIL's resampling codes of the same filters.
+_INTERPOLATIONS = {"bicubic": 3, "bilinear": 2}
+# Steps the release always runs (and the clients with it): saved only when switched off or changed.
+_RELEASE_STEPS = {
+    "do_resize": True,
+    "do_center_crop": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+}
+
+
+def keys_outside_release_layout(settings: dict[str, Any]) -> list[str]:
+    """The keys of a saved image-processor dict (`to_dict`) that are neither the release's nor this processor's
+    own options: transformers' keys, written for settings the release's keys cannot express, which
+    transformers.js and fastembed do not read."""
+    known = {*RELEASE_KEYS, *_DECODE_OPTIONS, "image_processor_type", "auto_map", "processor_class"}
+    return sorted(set(settings) - known)
+
+
+def _from_release_keys(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings in the release's keys (see RELEASE_KEYS) as transformers' image-processor keys; other keys as
+    given (transformers' own win where a file holds both)."""
+    settings = dict(settings)
+    resize_mode = settings.pop("resize_mode", "shortest")
+    if resize_mode != "shortest":
+        raise ValueError(
+            f"resize_mode {resize_mode!r} is not supported: jina-clip resizes the shorter side (resize_mode 'shortest')"
+        )
+    interpolation = settings.pop("interpolation", None)
+    if interpolation is not None:
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
+        settings.setdefault("resample", _INTERPOLATIONS[interpolation])
+    size = settings.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        settings["size"] = {"shortest_edge": size}
+        settings.setdefault("crop_size", {"height": size, "width": size})
+    for release_key, key in (("mean", "image_mean"), ("std", "image_std")):
+        value = settings.pop(release_key, None)
+        if value is not None:  # null is the release class's default: the OpenAI CLIP values (also ours)
+            settings.setdefault(key, list(value))
+    return settings
 
 
 class JinaCLIPImageProcessor(CLIPImageProcessorPil):
@@ -345,7 +433,8 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
 
     Inputs: one image or a list of images, each anything `load_image` accepts (PIL images, paths, URLs, data
     URIs, bytes, numpy arrays). Options (saved with the processor, overridable per call): `exif_transpose`,
-    `alpha_background`, `fetch_timeout`, `fetch_max_bytes` (see `load_image`)."""
+    `alpha_background`, `fetch_timeout`, `fetch_max_bytes`, `max_image_pixels` (see `load_image`) and
+    `max_resize_pixels` (the resize budget: see the module docstring)."""
 
     valid_kwargs = JinaCLIPImageProcessorKwargs
     size = {"shortest_edge": 512}
@@ -354,6 +443,8 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
     alpha_background = None
     fetch_timeout = DEFAULT_FETCH_TIMEOUT_S
     fetch_max_bytes = DEFAULT_FETCH_MAX_BYTES
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+    max_resize_pixels = DEFAULT_MAX_RESIZE_PIXELS
 
     def load_image(self, image: Any, **options):
         """One input as the RGB PIL image this processor resizes (its saved options, overridable here)."""
@@ -367,24 +458,53 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item) for item in image_url_or_urls]
         if isinstance(image_url_or_urls, (str, os.PathLike, bytes, bytearray, memoryview)):
-            return open_image(image_url_or_urls, fetch_timeout=self.fetch_timeout, fetch_max_bytes=self.fetch_max_bytes)
+            return open_image(image_url_or_urls, **{name: getattr(self, name) for name in _OPEN_OPTIONS})
         return image_url_or_urls
 
     def preprocess(self, images, *args, **kwargs):
         options = {name: kwargs.pop(name) for name in _DECODE_OPTIONS if name in kwargs}
+        budget = kwargs.pop("max_resize_pixels", self.max_resize_pixels)
+        plan = self._resize_plan(kwargs, budget)  # a target too large for the budget fails before any decoding
         if isinstance(images, np.ndarray) and images.ndim == 4 or isinstance(images, (list, tuple)):
             items = list(images)  # a batch (a 4-D array is a stack of images)
         else:
             items = [images]
         if kwargs.get("do_convert_rgb", self.do_convert_rgb) is False:
-            settings = {name: options.get(name, getattr(self, name)) for name in ("fetch_timeout", "fetch_max_bytes")}
+            settings = {name: options.get(name, getattr(self, name)) for name in _OPEN_OPTIONS}
             decoded = [open_image(item, **settings) for item in items]
         else:
             decoded = [self.load_image(item, **options) for item in items]
+        if plan is not None:
+            decoded = [_bounded_resize_input(image, item, index, budget, **plan) for index, (item, image) in enumerate(zip(items, decoded))]
         # Converted here already: transformers' own convert_to_rgb would composite transparency on white
         # (PIL keeps a palette image's transparent colour in `info` after convert("RGB")).
         kwargs["do_convert_rgb"] = False
         return super().preprocess(decoded, *args, **kwargs)
+
+    def _resize_plan(self, kwargs: dict, budget: int) -> dict | None:
+        """Check that the call's target sizes fit `budget` (pixels); the shortest-edge resize that
+        `_bounded_resize_input` bounds per image, or None when there is none to bound."""
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+            raise ValueError(f"max_resize_pixels must be an int >= 1, got {budget!r}")
+        do_resize, do_crop = kwargs.get("do_resize", self.do_resize), kwargs.get("do_center_crop", self.do_center_crop)
+        size, crop = _size_dict(kwargs.get("size", self.size)), _size_dict(kwargs.get("crop_size", self.crop_size))
+        edge = size.get("shortest_edge")
+        targets = []
+        if do_resize:
+            targets.append(("size", size, (edge, edge) if edge is not None else (size.get("height"), size.get("width"))))
+        if do_crop:
+            targets.append(("crop_size", crop, (crop.get("height"), crop.get("width"))))
+        for name, value, (height, width) in targets:
+            if height is not None and width is not None and not (height >= 1 and width >= 1 and height * width <= budget):
+                raise ValueError(
+                    f"image processor {name} {value} is out of range: its images would hold {height * width} pixels, "
+                    f"more than max_resize_pixels={budget} (such a preprocessor_config.json allocates gigabytes per "
+                    "image; raise max_resize_pixels if it is meant)"
+                )
+        if not do_resize or not edge or size.get("longest_edge"):
+            return None
+        crop_hw = (crop["height"], crop["width"]) if do_crop and "height" in crop and "width" in crop else None
+        return {"shortest_edge": int(edge), "crop": crop_hw, "resample": kwargs.get("resample", self.resample)}
 
     def center_crop(self, image, size, **kwargs):
         height, width = image.shape[-2:]
@@ -393,6 +513,96 @@ class JinaCLIPImageProcessor(CLIPImageProcessorPil):
         top = int(round((height - size.height) / 2.0))
         left = int(round((width - size.width) / 2.0))
         return image[..., top : top + size.height, left : left + size.width]
+
+    # Saving and loading: the release's preprocessor_config.json layout (see RELEASE_KEYS above).
+
+    def __init__(self, **kwargs):
+        kwargs = _from_release_keys(kwargs)
+        # Only read by resize_mode "longest" (pad to a square); the shortest side resized to the crop size never
+        # needs padding. Kept so that the saved file says what the release's says.
+        fill_color = kwargs.pop("fill_color", 0)
+        super().__init__(**kwargs)
+        self.fill_color = fill_color
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings in the release's keys (plus this processor's decoding options, and transformers' keys
+        for what the release's cannot express): the content of preprocessor_config.json."""
+        output = super().to_dict()
+        size, crop_size = output.pop("size", None), output.pop("crop_size", None)
+        size = dict(size) if size is not None else None
+        crop_size = dict(crop_size) if crop_size is not None else None
+        edge = (size or {}).get("shortest_edge")
+        if size == {"shortest_edge": edge} and crop_size == {"height": edge, "width": edge}:
+            output.update(size=edge, resize_mode="shortest")
+        else:
+            output.update(size=size, crop_size=crop_size)
+        resample = output.pop("resample", None)
+        names = {code: name for name, code in _INTERPOLATIONS.items()}
+        if resample is not None and int(resample) in names:
+            output["interpolation"] = names[int(resample)]
+        else:
+            output["resample"] = resample
+        for key, release_key in (("image_mean", "mean"), ("image_std", "std")):
+            if output.get(key) is not None:
+                output[release_key] = [float(v) for v in output.pop(key)]
+        output["fill_color"] = self.fill_color
+        for name, value in _RELEASE_STEPS.items():
+            if name in output and output[name] == value:
+                del output[name]
+        return output
+
+    def to_json_string(self) -> str:
+        """preprocessor_config.json: `to_dict` with the release's `processor_class`, which transformers.js's
+        AutoProcessor reads to pair this image processor with the folder's tokenizer (transformers reads the
+        processor class from processor_config.json)."""
+        return json.dumps({**self.to_dict(), "processor_class": RELEASE_PROCESSOR_CLASS}, indent=2, sort_keys=True) + "\n"
+
+
+def _size_dict(value) -> dict:
+    """A size as a dict of its set fields (transformers keeps them as dicts or as `SizeDict`s)."""
+    if not isinstance(value, dict):
+        value = {key: getattr(value, key, None) for key in ("shortest_edge", "longest_edge", "height", "width")}
+    return {key: item for key, item in value.items() if item is not None}
+
+
+def _bounded_resize_input(image, item: Any, index: int, budget: int, *, shortest_edge: int, crop, resample):
+    """`image` unchanged when its shortest-edge resize holds at most `budget` pixels (the release's path). A more
+    elongated image is cut to the band the centre crop keeps, resampled with PIL's `resize(box=...)` at the
+    positions of the full resize: the processor's own resize of that band is then the identity and its crop
+    takes the same pixels. Without a crop such an image is refused (naming it and its size)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        return image  # arrays and tensors are the caller's memory already; transformers resizes them as given
+    width, height = image.size
+    portrait = width <= height  # transformers' rule: the width is the short side of a square image
+    short, long = (width, height) if portrait else (height, width)
+    new_long = int(shortest_edge * long / short)  # transformers' get_resize_output_image_size
+    if shortest_edge * new_long <= budget:
+        return image
+    name = item if isinstance(item, (str, os.PathLike)) and len(str(item)) <= 200 else f"image {index} of the batch"
+    # The band is resampled by PIL as transformers resamples these modes (its numpy round trip keeps them).
+    if crop is None or image.mode not in ("RGB", "L", "RGBA"):
+        raise ImageLoadError(
+            f"{name} is {width}x{height} pixels: resized to a shortest edge of {shortest_edge} it would hold "
+            f"{shortest_edge * new_long} pixels, more than max_resize_pixels={budget} (crop it first"
+            + (", or enable the centre crop)" if crop is None else f", or convert its {image.mode} pixels to RGB)")
+        )
+    crop_long = crop[0] if portrait else crop[1]
+    band = max(crop_long, shortest_edge)  # the band's short side stays `shortest_edge`: resizing it is the identity
+    # The band starts where the full resize's centre crop starts, less the band's own crop offset.
+    start = int(round((new_long - crop_long) / 2.0)) - int(round((band - crop_long) / 2.0))
+    scale = long / new_long  # source pixels per resized pixel along the long side
+    # Only the source rows (portrait) or columns (landscape) the band's filter reaches, plus a margin so that no
+    # filter is clamped at a cut the full resize does not have; cut at whole pixels, so that the box PIL gets
+    # (single-precision floats) has small, precise offsets.
+    margin = 4 * max(scale, 1.0) + 2
+    low = max(0, int(start * scale - margin))
+    high = min(long, int(math.ceil((start + band) * scale + margin)))
+    first, last = start * scale - low, (start + band) * scale - low
+    if portrait:
+        return image.crop((0, low, width, high)).resize((shortest_edge, band), resample, box=(0, first, width, last))
+    return image.crop((low, 0, high, height)).resize((band, shortest_edge), resample, box=(first, 0, last, height))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,6 +641,8 @@ def load_tokenizer(source: str | os.PathLike, *, model_max_length: int | None = 
     if os.path.isfile(config_file):
         with open(config_file, encoding="utf-8") as handle:
             settings = json.load(handle)
+        if not isinstance(settings, dict):
+            raise ValueError(f"{config_file} must hold a JSON object of settings, got a JSON {type(settings).__name__}")
     kwargs: dict[str, Any] = {}
     vocabulary = Tokenizer.from_file(file).get_vocab(with_added_tokens=True)
     for name, default in SPECIAL_TOKENS.items():
@@ -491,12 +703,17 @@ def exact_tokenizer(tokenizer):
 __all__ = [
     "DEFAULT_FETCH_MAX_BYTES",
     "DEFAULT_FETCH_TIMEOUT_S",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_RESIZE_PIXELS",
     "ImageLoadError",
     "JinaCLIPImageProcessor",
     "GENERIC_TOKENIZER_CLASS",
+    "RELEASE_KEYS",
+    "RELEASE_PROCESSOR_CLASS",
     "SPECIAL_TOKENS",
     "exact_tokenizer",
     "fetch_url",
+    "keys_outside_release_layout",
     "load_image",
     "load_tokenizer",
     "name_generic_tokenizer_class",

@@ -25,6 +25,7 @@ PNG = _png()
 
 class _Handler(BaseHTTPRequestHandler):
     stop = threading.Event()
+    extra: dict[str, tuple[str, bytes]] = {}  # more paths a test module serves: path -> (content type, body)
 
     def log_message(self, *args):  # quiet
         pass
@@ -41,7 +42,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         path = self.path
-        if path == "/ok.png":
+        if path in self.extra:
+            kind, body = self.extra[path]
+            self._head(kind=kind, length=len(body))
+            self.wfile.write(body)
+        elif path == "/ok.png":
             self._head(length=len(PNG))
             self.wfile.write(PNG)
         elif path == "/octet":

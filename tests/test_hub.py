@@ -217,9 +217,14 @@ def test_export_writes_a_complete_hub_folder(exported):
     processor = json.loads((exported / "processor_config.json").read_text())
     assert processor["processor_class"] == "CLIPProcessor"
     assert processor["image_processor"]["auto_map"] == {"AutoImageProcessor": "processing_jina_clip.JinaCLIPImageProcessor"}
-    assert processor["image_processor"]["crop_size"] == {"height": 56, "width": 56}
-    # The release's file, which transformers.js reads (its own JinaCLIPImageProcessor): the same settings.
-    assert json.loads((exported / "preprocessor_config.json").read_text()) == processor["image_processor"]
+    # The release's file and layout, which transformers.js and fastembed read (tests/test_clients.py runs them):
+    # the image processor's settings, also nested in processor_config.json, with the release's processor class.
+    preprocessor = json.loads((exported / "preprocessor_config.json").read_text())
+    assert preprocessor == {**processor["image_processor"], "processor_class": "JinaCLIPProcessor"}
+    assert {k: preprocessor[k] for k in ("size", "resize_mode", "interpolation", "fill_color", "image_processor_type")} == {
+        "size": 56, "resize_mode": "shortest", "interpolation": "bicubic", "fill_color": 0,
+        "image_processor_type": "JinaCLIPImageProcessor",
+    }  # fmt: skip
 
     modules = json.loads((exported / "modules.json").read_text())
     assert [(m["idx"], m["path"], m["type"]) for m in modules] == [

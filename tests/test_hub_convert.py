@@ -105,8 +105,15 @@ def test_converted_folder_is_a_complete_hub_folder(converted):
     config = json.loads((out / "config.json").read_text())
     assert "hf_model_config_kwargs" not in json.dumps(config)  # our config, not the release's
     assert config["auto_map"]["AutoModel"] == "modeling_jina_clip.JinaCLIPModel"
-    processor = json.loads((out / "processor_config.json").read_text())["image_processor"]
-    assert processor["resample"] == 3 and processor["image_mean"] == RELEASE_PREPROCESSOR["mean"]
+    # The release's preprocessor_config.json comes out as it went in (our code in auto_map, our decoding
+    # options added: keys transformers.js and fastembed ignore).
+    preprocessor = json.loads((out / "preprocessor_config.json").read_text())
+    ours = {"auto_map": {"AutoImageProcessor": "processing_jina_clip.JinaCLIPImageProcessor"},
+            "exif_transpose": False, "fetch_timeout": 20.0, "fetch_max_bytes": 64 * 1024 * 1024}  # fmt: skip
+    assert preprocessor == {**RELEASE_PREPROCESSOR, **ours}
+    assert json.loads((out / "processor_config.json").read_text())["image_processor"] == {
+        k: v for k, v in preprocessor.items() if k != "processor_class"
+    }
     data = validate_model_card(out / "README.md")
     assert data.base_model == "jinaai/jina-clip-v2"
     assert "converted" in (out / "README.md").read_text()

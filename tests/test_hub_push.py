@@ -15,12 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture()
 def folder(tmp_path) -> Path:
-    """A folder shaped like an export (the push only reads files; hub.export is tested elsewhere)."""
+    """A folder shaped like an export (the push only reads files; hub.export is tested elsewhere): whole JSON
+    files and a whole safetensors file, as the push checks."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
     out = tmp_path / "tiny-jina-clip"
     (out / "1_Normalize").mkdir(parents=True)
     (out / "config.json").write_text('{"model_type": "jina_clip"}\n')
     (out / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# tiny\n")
-    (out / "model.safetensors").write_bytes(b"\0" * 2048)
+    (out / "tokenizer.json").write_text('{"version": "1.0"}\n')
+    save_file({"logit_scale": np.zeros(500, np.float32)}, str(out / "model.safetensors"))
     (out / "1_Normalize" / "config.json").write_text("{}\n")
     (out / ".cache").mkdir()
     (out / ".cache" / "junk").write_text("not uploaded")
@@ -40,10 +45,10 @@ def test_dry_run_lists_files_and_destination(folder, tmp_path):
     proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--private", "--revision", "v1", "--dry-run"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert f"would upload 4 files (2.1 KB) from {folder}" in out
+    assert f"would upload 5 files (2.2 KB) from {folder}" in out
     assert "to https://huggingface.co/someone/tiny-jina-clip/tree/v1 (model repository someone/tiny-jina-clip, revision v1, private if created)" in out
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
-    assert listed == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors"]
+    assert listed == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors", "tokenizer.json"]
     assert "dry run: nothing uploaded" in out
     assert ".cache" not in out
 
@@ -114,6 +119,7 @@ def test_files_outside_the_allow_list_stop_the_push_by_name(folder, tmp_path, na
 
 
 def test_symbolic_links_are_refused(folder, tmp_path):
+    (folder / "tokenizer.json").unlink()
     (folder / "tokenizer.json").symlink_to("/etc/passwd")
     (folder / "onnx").symlink_to(tmp_path, target_is_directory=True)
     proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--dry-run", "--include", "*"], tmp_path)
@@ -128,7 +134,7 @@ def test_caches_and_hidden_entries_are_never_uploaded(folder, tmp_path):
     proc = run_push(["--folder", str(folder), "--repo", "someone/tiny-jina-clip", "--dry-run"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
-    assert listed == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors"]
+    assert listed == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors", "tokenizer.json"]
     assert "hf_secret" not in proc.stdout and ".env" not in proc.stdout and "__pycache__" not in proc.stdout
     from jina_clip_v2.hub.push import plan_push
 
@@ -163,7 +169,7 @@ def test_the_upload_commits_exactly_the_planned_files(folder, monkeypatch):
     (folder / "__pycache__" / "x.pyc").write_bytes(b"\0")
     url = push_folder(folder, "someone/tiny-jina-clip", token="hf_test")
     assert url.endswith("/commit/0") and calls["token"] == "hf_test"
-    assert calls["files"] == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors"]
+    assert calls["files"] == ["1_Normalize/config.json", "README.md", "config.json", "model.safetensors", "tokenizer.json"]
 
 
 def test_an_onnx_export_is_on_the_allow_list(tmp_path):

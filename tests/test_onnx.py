@@ -7,10 +7,12 @@ external data in chunks, the transformers.js layout, the parity table and the CL
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +235,13 @@ def test_parity_table_next_to_the_files_and_in_the_card(exported):
     for row in rows.values():
         assert f"`onnx/{row['file']}`" in table and f"`onnx/{row['file']}`" in card
         assert f"{row['max_abs_diff']:.2e}" in card
+    # The clients the package's tests run on such a folder (tests/test_clients.py), with their floors.
+    for text in (table, card):
+        for name, client in hub_onnx.CLIENT_PARITY.items():
+            assert f"| {name} {client['version']} |" in text
+        q8 = hub_onnx.CLIENT_PARITY["transformers.js"]["rows"]["q8"]
+        assert f"| `q8` | {q8['text']:.4f} | {q8['image']:.4f} |" in text
+        assert hub_onnx.transformers_js_resize_note() in text
     # Re-running replaces the section instead of adding a second one.
     from jina_clip_v2.hub.model_card import set_onnx_section
 
@@ -295,3 +304,21 @@ def test_cli_and_errors(exported, tmp_path, capsys):
         JinaCLIPOnnx(exported, onnx_folder=tmp_path).encode_text("x")
     # the folder's own weights, loaded strictly (what the export compares against)
     assert load_model(exported).config.projection_dim == 32
+
+
+def test_the_export_prints_no_toolchain_notices(exported, tmp_path, capfd, caplog):
+    """`jina-clip onnx` (and `jina-clip export --onnx`) print their progress lines and none of the notices of the
+    toolchain: torch's exporter on torchvision operators and its own deprecations, ONNX Runtime's quantizer
+    advice (`hub.onnx.quiet_toolchain`). Warnings are recorded each time here, as in a fresh process."""
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hub_onnx.main(["--model", str(exported), "--out", str(tmp_path / "onnx"), "--precisions", "int8", "--no-parity"]) == 0
+    out, err = capfd.readouterr()
+    assert "[hub.onnx] exporting the text tower" in out
+    noise = ("torchvision", "pre-processing before quantization", "LeafSpec", "axis name")
+    assert not [str(w.message) for w in caught if any(n in str(w.message) for n in noise)]
+    assert not [n for n in noise if n in out + err], err[-2000:]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # the filters are gone afterwards: other code's warnings and logs are untouched
+    assert logging.getLogger("torch.onnx").level == logging.NOTSET and not logging.getLogger().filters

@@ -128,3 +128,74 @@ def test_processor_keeps_hidden_colours_unless_asked_to_composite():
     pixels = lambda image, **kw: processor(image, return_tensors="pt", **kw)["pixel_values"]  # noqa: E731
     assert torch.equal(pixels(transparent), pixels(red))
     assert torch.equal(pixels(transparent, alpha_background=[255, 255, 255]), pixels(white))
+
+
+# The release's preprocessor_config.json (reference section 3.1, at the tiny size), as transformers.js and
+# fastembed read it.
+RELEASE_LAYOUT = {
+    "auto_map": {
+        "AutoImageProcessor": "jinaai/jina-clip-implementation--processing_clip.JinaCLIPImageProcessor",
+        "AutoProcessor": "jinaai/jina-clip-implementation--processing_clip.JinaCLIPProcessor",
+    },
+    "fill_color": 0,
+    "image_processor_type": "JinaCLIPImageProcessor",
+    "interpolation": "bicubic",
+    "mean": list(OPENAI_CLIP_MEAN),
+    "processor_class": "JinaCLIPProcessor",
+    "resize_mode": "shortest",
+    "size": 56,
+    "std": list(OPENAI_CLIP_STD),
+}
+
+
+def test_saved_layout_is_the_releases_and_loads_back_with_the_same_pixels(tmp_path):
+    """preprocessor_config.json holds the release's keys (and our decoding options, which the clients ignore);
+    the processor reads it back, reads the release's own file, and reads the transformers-style layout that
+    folders exported before were written in: the same pixels every time."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    images = [_image(w, h, seed) for seed, (w, h) in enumerate(CASES_56.values())]
+    processor = JinaCLIPImageProcessor(size=56, exif_transpose=True)
+    expected = processor(images, return_tensors="np")["pixel_values"]
+    processor.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "preprocessor_config.json").read_text())
+    assert saved == {
+        **RELEASE_LAYOUT, "auto_map": {"AutoImageProcessor": "processing_jina_clip.JinaCLIPImageProcessor"},  # our code
+        "exif_transpose": True, "fetch_timeout": 20.0, "fetch_max_bytes": 64 * 1024 * 1024,
+    }  # fmt: skip
+    (tmp_path / "release").mkdir()
+    (tmp_path / "release" / "preprocessor_config.json").write_text(json.dumps(RELEASE_LAYOUT))
+    (tmp_path / "before").mkdir()
+    (tmp_path / "before" / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "JinaCLIPImageProcessor", "size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56},
+        "resample": 3, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD), "do_resize": True,
+        "do_center_crop": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+    }))  # fmt: skip
+    loaded = [
+        AutoImageProcessor.from_pretrained(tmp_path / "saved", trust_remote_code=True),  # the copied remote code
+        JinaCLIPImageProcessor.from_pretrained(tmp_path / "release"),
+        JinaCLIPImageProcessor.from_pretrained(tmp_path / "before"),
+    ]
+    assert type(loaded[0]).__name__ == "JinaCLIPImageProcessor" and loaded[0].exif_transpose is True
+    for reloaded in loaded:
+        assert np.array_equal(reloaded(images, return_tensors="np")["pixel_values"], expected)
+        assert reloaded.to_dict()["size"] == 56 and reloaded.to_dict()["interpolation"] == "bicubic"
+    # Settings the release's keys cannot say are kept in transformers' keys (and refused by exports).
+    lanczos = JinaCLIPImageProcessor(size=56, resample=1).to_dict()
+    assert lanczos["resample"] == 1 and "interpolation" not in lanczos
+    with pytest.raises(ValueError, match="resize_mode 'longest' is not supported"):
+        JinaCLIPImageProcessor(size=56, resize_mode="longest")
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        JinaCLIPImageProcessor(size=56, interpolation="lanczos")
+
+
+def test_export_refuses_preprocessing_the_clients_cannot_read():
+    from jina_clip_v2.hub.export import ExportError, canonical_processor
+    from _tiny import tiny_config
+
+    processor = build_processor(build_tokenizer())
+    processor.image_processor.resample = 1  # lanczos: no key of the release's layout says it
+    with pytest.raises(ExportError, match=r"\['resample'\] have no key in the release's preprocessor_config.json"):
+        canonical_processor(processor, tiny_config())

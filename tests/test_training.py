@@ -333,6 +333,9 @@ def test_short_run_loss_falls_and_resolution_switch(assets, tmp_path):
                 "lr/vision", "samples_per_s", "tokens_per_s", "tflops_per_s"):
         assert key in metrics[12], key
     assert summary["image_size"] == 70 and summary["samples_seen"] == {"text": 192, "image_text": 192}
+    # the run's summary says what the data cost (issue 20): the demo data has no damaged file
+    assert summary["data"]["text"]["rows_lost"] == 0 and summary["data"]["image_text"]["damaged_files"] == {}
+    assert set(summary["data"]["image_text"]) >= {"skipped", "rows_lost", "texts_cut", "url_fetches"}
 
 
 def test_unified_batch_runs_and_learns(assets, tmp_path):

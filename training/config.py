@@ -120,6 +120,14 @@ class DataSection:
     on_bad_row: str = checked("skip", check=one_of("skip", "error"))
     """A row that cannot be read (invalid JSON, a field of the wrong type or missing): skip it with a
     warning naming the file and row, or stop with that error."""
+    max_text_chars: int | None = checked(None, check=at_least(1))
+    """Texts are cut at this many characters before they are tokenized (None: 64 per token of the task's
+    ``max_length``, beyond what its tokens ever span): a huge text cannot take the tokenizer's memory."""
+    max_fetch_failure_seconds: float = checked(120.0, check=positive)
+    """Seconds that failed image URL fetches in a row may cost one source (``fetch_urls: true`` sources)
+    before the run stops with an error naming it: a source of stalling URLs fails in minutes, not hours."""
+    max_fetch_failure_rate: float = checked(0.9, check=between(0, 1))
+    """Largest failed share of a source's image URL fetches, once it has made 100."""
 
 
 @dataclass

@@ -17,10 +17,11 @@ dict/JSON column):
     ``max_length`` the stage gives them (77 in stage 1, 512 later): long captions keep up to
     ``max_length`` tokens.
     Webdataset shards: the image is the sample's ``jpg``/``jpeg``/``png``/``webp`` member, the caption
-    its ``txt`` member or the ``caption``/``text`` field of its ``json`` member. datasets' webdataset
-    builder takes the member names from the first samples of the first shard and reads later members
-    under other names as missing (counted as skipped), so all shards of one source must share a layout;
-    put differently laid out shards in separate sources.
+    its ``txt`` member or the ``caption``/``text`` field of its ``json`` member. Local shards are read
+    sample by sample (``training.sources``), each with its own members; a Hub dataset of shards goes
+    through datasets' webdataset builder, which takes the member names from the first samples of the
+    first shard and reads later members under other names as missing (counted as skipped), so all shards
+    of such a source must share a layout.
 
 Without an explicit mapping a column is looked up under its own name and a few common aliases
 (``_CANDIDATES``).
@@ -58,6 +59,20 @@ A source that yields ``max_consecutive_skips`` unusable examples in a row stops 
 ``DataError`` naming the source and the reasons counted: data that is all bad would otherwise be read
 forever, epoch after epoch, without a single batch.
 
+Nothing is lost silently: a damaged file or shard (a line that is no JSON, a gzip or parquet file that
+cannot be read on, a webdataset shard cut short) is logged with its name and the rows it lost, and
+``TaskStream.report()`` (the run's summary, ``training_summary.json``: ``data``) counts them per file, with
+the skipped examples by reason, the texts cut at ``max_text_chars`` and each source's URL fetches.
+
+Bounded cost per example: a text is cut at ``max_text_chars`` characters before it is tokenized (default
+64 per token of ``max_length``: a text's first ``max_length`` tokens practically never span more, so the
+tokens are those of the whole text; a 1 GiB text would otherwise take the tokenizer's memory with it).
+Images are decoded with the processor's bounds (``max_image_pixels``, ``fetch_timeout``,
+``fetch_max_bytes``). URL fetches (only from sources with ``fetch_urls: true``, ``training.sources``) have
+a budget per source: failed fetches in a row may cost at most ``max_fetch_failure_seconds`` (a source whose
+URLs all stall stops the run in minutes, not after ``max_consecutive_skips`` x 20 s = 5.6 hours), and once
+it has made ``MIN_FETCHES_FOR_RATE`` fetches, at most ``max_fetch_failure_rate`` of them may fail.
+
 Resume. ``IterableDataset.state_dict()`` is exact for a stream without a shuffle buffer, but not with
 one: datasets saves the position of the buffer's *input* and drops the buffer content, so a resumed
 stream refills the buffer with new data and yields different examples (datasets documents this, and
@@ -79,6 +94,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,6 +115,9 @@ logger = logging.getLogger(__name__)
 
 _END = object()  # the end of an iterator, for next(iterator, _END)
 ON_BAD_ROW = ("skip", "error")
+TEXT_CHARS_PER_TOKEN = 64  # max_text_chars' default, per token of max_length
+MIN_FETCHES_FOR_RATE = 100  # URL fetches of a source before max_fetch_failure_rate applies
+MAX_LISTED_FILES = 100  # damaged files the report names (the counts cover all)
 SKIP_REASONS = {  # TaskStream.skipped's keys, as errors name them
     "bad_row": "bad row",
     "empty_text": "empty text",
@@ -122,6 +141,9 @@ class TaskDataConfig:
     on_bad_row: str = "skip"  # skip | error
     name: str = "data"  # how errors name the task (the config key: "data.text", "data.image_text")
     query_instruction: str = ""  # prepended to every query of a text task (recorded in the export's config)
+    max_text_chars: int | None = None  # texts are cut here before tokenizing (None: 64 per token of max_length)
+    max_fetch_failure_seconds: float = 120.0  # seconds failed URL fetches in a row may cost one source
+    max_fetch_failure_rate: float = 0.9  # failed share of a source's URL fetches (after MIN_FETCHES_FOR_RATE)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -135,6 +157,13 @@ class TaskDataConfig:
             raise ValueError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         if self.on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
+        if self.max_text_chars is not None and self.max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be >= 1, got {self.max_text_chars}")
+        if not self.max_fetch_failure_seconds > 0 or not 0 <= self.max_fetch_failure_rate <= 1:
+            raise ValueError(
+                "max_fetch_failure_seconds must be > 0 and max_fetch_failure_rate in [0, 1]; got "
+                f"{self.max_fetch_failure_seconds} and {self.max_fetch_failure_rate}"
+            )
 
     def source_label(self, index: int) -> str:
         return source_label(self.sources[index], f"{self.name}.sources.{index}")
@@ -210,6 +239,12 @@ class TaskStream:
         self.skipped: Counter = Counter()
         # Per source: the reasons of the unusable examples since its last usable one.
         self.consecutive: dict[int, Counter] = {}
+        # Damaged files and shards: {file: {"problem", "rows_lost", "at_least"}}, found while reading (counted in
+        # the first epoch: later ones read the same damage again).
+        self.damaged: dict[str, dict] = {}
+        self.texts_cut = 0  # texts longer than max_text_chars
+        # Per source: its URL fetches {"fetches", "failed", "seconds", "failed_in_a_row", "failed_seconds_in_a_row"}.
+        self.fetches: dict[int, dict] = {}
         self._iterator: Iterator | None = None
         self._native_state: dict | None = None
         self._finished = False
@@ -236,8 +271,13 @@ class TaskStream:
                 prepared = [self._prepare(raw) for raw in raws]
             for raw, item in zip(raws, prepared):
                 source = int(raw[2].get("_source") or 0)
+                fetch = item[2] if isinstance(item, tuple) else item.pop("_fetch", None)
+                if fetch is not None:
+                    self._count_fetch(source, *fetch)
                 if isinstance(item, tuple):
-                    self._skip(*item, source=source)
+                    if item[0] == "bad_row" and raw[2].get("_where") and raw[0] == 0:
+                        self._count_loss(raw[2]["_where"], int(raw[2].get("_lost") or 1), item[1])
+                    self._skip(item[0], item[1], source=source)
                 else:
                     self.consecutive.pop(source, None)
                     examples.append(item)
@@ -323,37 +363,85 @@ class TaskStream:
                 "column mapping (data.max_consecutive_skips sets how many in a row stop the run)"
             )
 
-    def _prepare(self, raw: tuple[int, int, dict]) -> dict | tuple[str, str]:
-        """Decode/augment/validate one raw example (thread-safe); (reason, detail) when it is skipped."""
+    def _count_loss(self, where: str, lost: int, problem: str) -> None:
+        """A damaged file's rows (first epoch only: later epochs read the same damage again)."""
+        entry = self.damaged.setdefault(where, {"problem": problem, "rows_lost": 0, "at_least": False})
+        if lost < 0:  # the rest of the file: how many is unknown
+            entry.update(problem=problem, at_least=True)
+            lost = 1
+        entry["rows_lost"] += lost
+        if entry["rows_lost"] == lost:
+            logger.warning("%s: damaged: %s", where, problem)
+
+    def _count_fetch(self, source: int, seconds: float, ok: bool, detail: str) -> None:
+        """One URL fetch of `source`, against its budget (see the module docstring)."""
+        stats = self.fetches.setdefault(
+            source, {"fetches": 0, "failed": 0, "seconds": 0.0, "failed_in_a_row": 0, "failed_seconds_in_a_row": 0.0}
+        )
+        stats["fetches"] += 1
+        stats["seconds"] += seconds
+        if ok:
+            stats.update(failed_in_a_row=0, failed_seconds_in_a_row=0.0)
+            return
+        stats["failed"] += 1
+        stats["failed_in_a_row"] += 1
+        stats["failed_seconds_in_a_row"] += seconds
+        label = self.cfg.source_label(source) if source < len(self.cfg.sources) else f"source {source}"
+        if stats["failed_seconds_in_a_row"] > self.cfg.max_fetch_failure_seconds:
+            raise DataError(
+                f"{label}: {stats['failed_in_a_row']} image URL fetches in a row failed, costing "
+                f"{stats['failed_seconds_in_a_row']:.0f} s (the last: {detail}); data.max_fetch_failure_seconds="
+                f"{self.cfg.max_fetch_failure_seconds:g} bounds the time a source may lose this way"
+            )
+        rate = stats["failed"] / stats["fetches"]
+        if stats["fetches"] >= MIN_FETCHES_FOR_RATE and rate > self.cfg.max_fetch_failure_rate:
+            raise DataError(
+                f"{label}: {stats['failed']} of its {stats['fetches']} image URL fetches failed ({rate:.0%}; the last: "
+                f"{detail}); data.max_fetch_failure_rate={self.cfg.max_fetch_failure_rate:g} bounds the failed share"
+            )
+
+    def _prepare(self, raw: tuple[int, int, dict]) -> dict | tuple:
+        """Decode/augment/validate one raw example (thread-safe); (reason, detail, fetch) when it is skipped.
+        `fetch` (also the kept example's "_fetch") is (seconds, ok, detail) for an image fetched from a URL."""
         epoch, index, example = raw
         kind = self.cfg.kind
         if example.get("_bad"):
-            return ("bad_row", example["_bad"])
+            return ("bad_row", example["_bad"], None)
         if kind in IMAGE_KINDS:
             caption = example.get("caption")
             if not caption:
-                return ("empty_text", "")
-            if example.get("image") is None:
-                return ("missing_image", "")
+                return ("empty_text", "", None)
+            record = example.get("image")
+            if record is None:
+                return ("missing_image", "", None)
+            path = record.get("path") if isinstance(record, dict) and record.get("bytes") is None else None
+            url = isinstance(path, str) and "://" in path
+            started = time.monotonic()
             try:
-                image = image_from_record(example.get("image"), image_processor=self.image_processor)
+                image = image_from_record(record, image_processor=self.image_processor)
                 if self.train:
                     rng = random.Random(f"{self.cfg.seed}:{self.rank}:{epoch}:{index}")
                     image = random_resized_crop(image, self.image_size, rng)
             except Exception as err:  # noqa: BLE001 - any undecodable image is data corruption
-                return ("corrupt_image", f"{type(err).__name__}: {err}")
-            return {"image": image, "caption": caption, "_source": example.get("_source")}
+                detail = f"{type(err).__name__}: {err}"
+                return ("corrupt_image", detail, (time.monotonic() - started, False, detail) if url else None)
+            fetch = (time.monotonic() - started, True, path) if url else None
+            return {"image": image, "caption": caption, "_source": example.get("_source"), "_fetch": fetch}
         texts = [example.get(c) for c in KIND_COLUMNS[kind] if c != "negatives"]
         if not all(texts):
-            return ("empty_text", "")
+            return ("empty_text", "", None)
         if kind == "text_triplets":
             negatives = [n for n in (example.get("negatives") or []) if n]
             if len(negatives) < self.cfg.num_negatives:
-                return ("too_few_negatives", f"{len(negatives)} < {self.cfg.num_negatives}")
+                return ("too_few_negatives", f"{len(negatives)} < {self.cfg.num_negatives}", None)
             example = dict(example, negatives=negatives[: self.cfg.num_negatives])
         return example
 
     def _tokenize(self, texts: list[str]):
+        limit = self.cfg.max_text_chars or TEXT_CHARS_PER_TOKEN * self.max_length
+        if any(len(text) > limit for text in texts):  # bounded before the tokenizer sees it (module docstring)
+            self.texts_cut += sum(len(text) > limit for text in texts)
+            texts = [text[:limit] for text in texts]
         encoding = self.tokenizer(
             texts,
             truncation=True,
@@ -409,6 +497,22 @@ class TaskStream:
             self._pool.shutdown(wait=True)
             self._pool = None
 
+    def report(self) -> dict:
+        """What the data cost, for the run's summary: skipped examples by reason, damaged files with the rows
+        each lost ("at_least": the rest of the file was unreadable), texts cut, URL fetches per source."""
+        return {
+            "skipped": dict(self.skipped),
+            "rows_lost": sum(entry["rows_lost"] for entry in self.damaged.values()),
+            "damaged_files": {path: dict(entry) for path, entry in sorted(self.damaged.items())},
+            "texts_cut": self.texts_cut,
+            "url_fetches": {
+                self.cfg.source_label(k) if k < len(self.cfg.sources) else str(k): {
+                    "fetches": v["fetches"], "failed": v["failed"], "seconds": round(v["seconds"], 3)
+                }
+                for k, v in sorted(self.fetches.items())
+            },
+        }
+
     # -- switches ---------------------------------------------------------------------------------------
     def set_image_size(self, size: int) -> None:
         """Resolution of the following batches (stage 1 ends at 384; stage 3 trains at 512)."""
@@ -433,6 +537,9 @@ class TaskStream:
             "max_length": self.max_length,
             "skipped": dict(self.skipped),
             "consecutive": {str(k): dict(v) for k, v in self.consecutive.items()},
+            "damaged": dict(self.damaged),
+            "texts_cut": self.texts_cut,
+            "fetches": {str(k): dict(v) for k, v in self.fetches.items()},
             "resume": "replay" if self.exact_resume else "datasets",
         }
         if self._iterator is not None:
@@ -460,10 +567,38 @@ class TaskStream:
             self.max_length = int(state["max_length"])
         self.skipped = Counter(state.get("skipped", {}))
         self.consecutive = {int(k): Counter(v) for k, v in state.get("consecutive", {}).items()}
+        self.damaged.update(state.get("damaged", {}))
+        self.texts_cut = int(state.get("texts_cut", 0))
+        self.fetches = {int(k): dict(v) for k, v in state.get("fetches", {}).items()}
         self._iterator = None
         self._native_state = None
         if not self.exact_resume and state.get("datasets_state") is not None:
             self._native_state = state["datasets_state"]
+
+
+def merge_data_reports(reports: list[dict]) -> dict:
+    """`TaskStream.report()`s of several processes as one: counts summed; a damaged file (every process checks
+    the shards of every source) counted once, with the most rows any process saw it lose."""
+    skipped: Counter = Counter()
+    files: dict[str, dict] = {}
+    fetches: dict[str, dict] = {}
+    for report in reports:
+        skipped.update(report["skipped"])
+        for path, entry in report["damaged_files"].items():
+            if path not in files or entry["rows_lost"] > files[path]["rows_lost"]:
+                files[path] = dict(entry)
+        for source, stats in report["url_fetches"].items():
+            total = fetches.setdefault(source, {"fetches": 0, "failed": 0, "seconds": 0.0})
+            for key in total:
+                total[key] += stats[key]
+    return {
+        "skipped": dict(skipped),
+        "rows_lost": sum(entry["rows_lost"] for entry in files.values()),
+        "damaged_files": dict(sorted(files.items())[:MAX_LISTED_FILES]),
+        "damaged_files_count": len(files),
+        "texts_cut": sum(report["texts_cut"] for report in reports),
+        "url_fetches": fetches,
+    }
 
 
 def build_task_stream(
@@ -485,4 +620,13 @@ def build_task_stream(
     return TaskStream(cfg, processor, dataset, rank=rank, world_size=world_size, train=train, **options)
 
 
-__all__ = ["KINDS", "DataError", "SourceConfig", "TaskDataConfig", "TaskStream", "build_dataset", "build_task_stream"]
+__all__ = [
+    "KINDS",
+    "DataError",
+    "SourceConfig",
+    "TaskDataConfig",
+    "TaskStream",
+    "build_dataset",
+    "build_task_stream",
+    "merge_data_reports",
+]

@@ -94,10 +94,13 @@ def run_stage(stage: int, overrides: list[str], processes: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="tiny three-stage jina-clip-v2 demo on CPU")
+    from jina_clip_v2.cli import positive_arg
+
+    # No abbreviations: `--steps -1` must not silently mean `--steps-scale -1`.
+    parser = argparse.ArgumentParser(description="tiny three-stage jina-clip-v2 demo on CPU", allow_abbrev=False)
     parser.add_argument("--out", type=Path, default=Path("outputs") / "demo")
-    parser.add_argument("--steps-scale", type=float, default=1.0)
-    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--steps-scale", type=positive_arg(float), default=1.0, help="multiply every stage's steps (> 0)")
+    parser.add_argument("--processes", type=positive_arg(int), default=1, help="CPU processes per stage (>= 1)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 

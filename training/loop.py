@@ -137,11 +137,33 @@ class Stage:
                     on_bad_row=cfg.data.on_bad_row,
                     name=f"data.{name}",
                     query_instruction=task.query_instruction or "",
+                    max_text_chars=cfg.data.max_text_chars,
+                    max_fetch_failure_seconds=cfg.data.max_fetch_failure_seconds,
+                    max_fetch_failure_rate=cfg.data.max_fetch_failure_rate,
                 )
                 self.streams[name] = build_task_stream(
                     data_cfg, self.processor, rank=acc.process_index, world_size=acc.num_processes, train=True,
                     exact_resume=task.exact_resume, num_threads=task.num_threads,
                 )
+
+    def data_report(self) -> dict:
+        """The streams' reports (`TaskStream.report`) of all processes, summed (a collective), with one warning
+        per task that lost rows or skipped examples: what the data cost is never silent."""
+        from accelerate.utils import gather_object
+
+        from jina_clip_v2.training.data import merge_data_reports
+
+        local = {name: stream.report() for name, stream in self.streams.items()}
+        reports = gather_object([local]) if self.accelerator.num_processes > 1 else [local]
+        merged = {name: merge_data_reports([r[name] for r in reports if name in r]) for name in local}
+        for name, report in merged.items():
+            if report["rows_lost"] or report["skipped"]:
+                logger.warning(
+                    "data.%s: %d rows lost in %d damaged files, %d examples skipped (%s); see training_summary.json",
+                    name, report["rows_lost"], report["damaged_files_count"], sum(report["skipped"].values()),
+                    ", ".join(f"{n} {reason}" for reason, n in sorted(report["skipped"].items())), main_process_only=True,
+                )
+        return merged
 
     def set_image_size(self, image_size: int) -> None:
         """The resolution switch: the model, the optimizer state and the wrappers (``training.resolution``),
@@ -185,6 +207,7 @@ class Stage:
         history = self._loop(start_step, metrics_path)
         acc.wait_for_everyone()
         summary = stage_summary(cfg, self.step, history, self.samples_seen, self.start_image_size, self.output_dir)
+        summary["data"] = self.data_report()
         if cfg.train.export:
             model = gathered_model(self.step, cfg, self.processor)  # a collective under FSDP / DeepSpeed
             if acc.is_main_process:

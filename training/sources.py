@@ -6,20 +6,40 @@ its kind (``training.data`` documents the kinds, the schemas and the pipeline).
 ``"json.caption"`` reads a field of a dict/JSON column. Without an explicit mapping a column is looked up
 under its own name and a few common aliases (``_CANDIDATES``).
 
-Bad rows. Local jsonl and parquet files are read row by row here (``_file_rows``), not by datasets'
+Bad rows. Local jsonl, parquet and webdataset files are read row by row here (``_file_rows``), not by datasets'
 builders, whose pyarrow readers fail a whole file (and with it the run) on one invalid JSON line or one
-row of another type. A row that cannot be used (invalid JSON, a field of the wrong type, a field that
-earlier rows of the file had) becomes an example whose ``_bad`` column says which file, which line / row
-and what is wrong; the stream skips it with a warning or stops (``data.on_bad_row``). A column that the
-first row of a file lacks is a mapping problem, not a bad row: a ``KeyError`` naming the file and the
-columns it has. A file that cannot be opened or read on is one bad row for what is left of it. Other
-sources (Hub datasets, Hub-layout folders, webdataset shards) come through datasets: their rows are
-checked the same way after reading, and what datasets itself cannot read is a ``DataError`` naming the
-source.
+row of another type. A row that cannot be used (invalid JSON, JSON nested too deeply, a line longer than
+``max_row_chars``, a field of the wrong type, a field that earlier rows of the file had) becomes an example
+whose ``_bad`` column says which file, which line / row and what is wrong (``_where``: the file; ``_lost``:
+the rows it stands for); the stream skips it with a warning or stops (``data.on_bad_row``), and counts the
+rows lost per file for the run's summary. A column that the first row of a file lacks is a mapping problem,
+not a bad row: a ``KeyError`` naming the file and the columns it has. A file that cannot be read on (a
+truncated gzip, a cut tar, an unreadable parquet footer) is one marker for what is left of it ("the rest",
+after the rows read); a parquet row group that cannot be read loses its own rows, and the next group is read
+on. Local webdataset shards are read sample by sample (``_tar_samples``), as webdataset groups members:
+datasets' tar reader stops without a word at a cut (4 of 6 samples of a shard cut at 60%) or fails the run
+while it guesses the columns; here a cut shard yields its complete samples, then a marker naming it and what
+was lost. Other sources (Hub datasets, Hub-layout folders) come through datasets: their rows are checked the
+same way after reading, and what datasets itself cannot read is a ``DataError`` naming the source.
+
+Images named by a path or a URL (not inline bytes), decided per source and checked per row (a refused one
+is a bad row naming the problem):
+
+* a relative path is resolved against ``image_root`` (default: the local source's folder). A local source
+  (files or a folder on this machine, which the user chose) reads its paths as written: absolute paths,
+  ``../`` and symbolic links as the file system resolves them. A Hub dataset's rows read no path of this
+  machine, unless the source sets ``image_root``, and then only inside it. ``image_paths_outside_root:
+  false`` confines a local source the same way (a downloaded dataset you do not trust): a path that leads
+  out of ``image_root`` (``../``, an absolute path, a symbolic link) is a bad row naming it.
+* an http(s) URL is fetched only with ``fetch_urls: true`` (off by default: a dataset from elsewhere does
+  not make the trainer send requests), each fetch within the processor's deadline and byte cap, and the
+  fetches of each source within a budget (``training.data``: ``max_fetch_failure_seconds``,
+  ``max_fetch_failure_rate``). Other URL schemes are refused; ``data:image/...;base64`` URIs are inline data.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,7 +48,7 @@ from functools import partial
 from glob import glob
 from typing import Any
 
-from jina_clip_v2._config import checked, non_negative
+from jina_clip_v2._config import at_least, checked, non_negative
 from jina_clip_v2.training.images import _as_image_record
 
 logger = logging.getLogger(__name__)
@@ -64,6 +84,14 @@ class _MissingColumn(KeyError):
         self.column = column
 
 
+class _LostRows(ValueError):
+    """A part of a file that cannot be read (a parquet row group): `lost` rows."""
+
+    def __init__(self, message: str, lost: int):
+        super().__init__(message)
+        self.lost = lost
+
+
 class DataError(ValueError):
     """Data that cannot be trained on: an empty source, a bad row (``data.on_bad_row=error``), a source
     whose examples are all unusable, a file datasets cannot read. The message names the source."""
@@ -88,6 +116,13 @@ class SourceConfig:
     """The dataset's config name."""
     image_root: str | None = None
     """Base of relative image paths (default: the local source's folder)."""
+    image_paths_outside_root: bool | None = None
+    """Read image paths that lead out of ``image_root`` (``../``, absolute paths, symlinks). None: yes for a
+    local source (its rows are the user's own), no for a Hub dataset."""
+    fetch_urls: bool = False
+    """Fetch http(s) image URLs of the image column (each within the processor's fetch deadline and byte cap)."""
+    max_row_chars: int = checked(64 * 2**20, check=at_least(1))
+    """A jsonl line longer than this (characters) is a bad row, skipped without being held in memory."""
 
 
 
@@ -104,6 +139,8 @@ def _features(kind: str):
         cols = {"image": HFImage(decode=False), "caption": Value("string")}
     cols["_source"] = Value("int32")
     cols["_bad"] = Value("string")  # why the row is unusable (file, row, problem); None for a good row
+    cols["_where"] = Value("string")  # the file (or source) of an unusable row
+    cols["_lost"] = Value("int32")  # the rows an unusable row stands for (-1: the rest of its file)
     return Features(cols)
 
 
@@ -153,15 +190,15 @@ def load_source(src: SourceConfig, kind: str, index: int = 0, *, label: str | No
     if files is not None:
         fmt = fmt or _infer_format(files)
         image_root = image_root or os.path.dirname(os.path.abspath(files[0]))
-        if fmt in ("json", "parquet"):
+        if fmt in ("json", "parquet", "webdataset"):
             _check_not_empty(files, fmt, label)
-            options = {"fmt": fmt, "kind": kind, "columns": dict(src.columns), "index": index, "image_root": image_root}
+            options = {"fmt": fmt, "kind": kind, "columns": dict(src.columns), "index": index,
+                       "images": _image_policy(src, image_root, local=True), "max_row_chars": src.max_row_chars}
             # One shard per file (datasets shards list-valued gen_kwargs): shuffling and split_dataset_by_node
             # see the files as datasets' own builders would.
             return IterableDataset.from_generator(
                 _file_rows, features=features, gen_kwargs={"files": list(files), "options": options}
             )
-        ds = _datasets_call(label, load_dataset, fmt, data_files={src.split: files}, split=src.split, streaming=True)
     elif os.path.isdir(src.path):
         image_root = image_root or os.path.abspath(src.path)
         if fmt is None:  # a folder laid out like a Hub dataset repo (README configs, data/ files), or plain
@@ -177,19 +214,22 @@ def load_source(src: SourceConfig, kind: str, index: int = 0, *, label: str | No
         ds = ds.decode(False)
     except Exception:  # pragma: no cover - features unknown and nothing decodable
         pass
-    fn = partial(_checked_example, kind=kind, columns=dict(src.columns), index=index, image_root=image_root, label=label)
+    images = _image_policy(src, image_root, local=os.path.isdir(src.path))
+    fn = partial(_checked_example, kind=kind, columns=dict(src.columns), index=index, images=images, label=label)
     return ds.map(fn, features=features).select_columns(list(features))
 
 
 def _datasets_call(label: str, fn, *args, **kwargs):
     """A datasets call, its failures on the data (no rows, pyarrow's errors) as a ``DataError`` naming the
     source."""
+    import tarfile
+
     try:
         return fn(*args, **kwargs)
     except StopIteration:  # datasets' json builder peeks at the first rows of an empty file
         raise DataError(f"{label}: no rows") from None
     except Exception as err:
-        if type(err).__module__.startswith("pyarrow") or type(err).__name__ == "DatasetGenerationError":
+        if type(err).__module__.startswith("pyarrow") or type(err).__name__ == "DatasetGenerationError" or isinstance(err, tarfile.TarError):
             raise DataError(f"{label}: cannot read it: {type(err).__name__}: {err}") from err
         raise
 
@@ -203,6 +243,12 @@ def _check_not_empty(files: list[str], fmt: str, label: str) -> None:
 
                 if pq.ParquetFile(path).metadata.num_rows > 0:
                     return
+            elif fmt == "webdataset":
+                import tarfile
+
+                with tarfile.open(path, "r:*") as archive:
+                    if archive.next() is not None:
+                        return
             else:
                 with _open_text(path) as handle:
                     if any(line.strip() for line in handle):
@@ -227,20 +273,34 @@ def _open_text(path: str):
     return open(path, encoding="utf-8", errors="replace")
 
 
-def _raw_rows(path: str, fmt: str):
+def _raw_rows(path: str, fmt: str, max_row_chars: int = 64 * 2**20):
     """(where, row or a JSON error) for every row of one file, where = "<file> line N" / "<file> row N"."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
         handle = pq.ParquetFile(path)
         row = 0
-        for batch in handle.iter_batches(batch_size=256):
-            for example in batch.to_pylist():
-                yield f"{path} row {row}", example
-                row += 1
+        for group in range(handle.num_row_groups):  # group by group: a damaged page loses its group, not the file
+            size, done = handle.metadata.row_group(group).num_rows, 0
+            try:
+                for batch in handle.iter_batches(batch_size=256, row_groups=[group]):
+                    for example in batch.to_pylist():
+                        yield f"{path} row {row}", example
+                        row, done = row + 1, done + 1
+            except Exception as err:  # noqa: BLE001 - pyarrow's errors of every kind
+                yield f"{path} row group {group}", _LostRows(
+                    f"cannot be read ({type(err).__name__}: {err}): {size - done} of its {size} rows lost", size - done
+                )
+                row += size - done
+        return
+    if fmt == "webdataset":
+        yield from _tar_samples(path)
         return
     with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_lines(handle, max_row_chars), start=1):
+            if line is None:
+                yield f"{path} line {number}", ValueError(f"longer than max_row_chars={max_row_chars} characters (not read)")
+                continue
             if not line.strip():
                 continue
             try:
@@ -248,30 +308,48 @@ def _raw_rows(path: str, fmt: str):
             except ValueError as err:
                 yield f"{path} line {number}", ValueError(f"invalid JSON ({err})")
                 continue
+            except RecursionError:  # json's parser recurses per level: one hostile line must not end the file
+                yield f"{path} line {number}", ValueError("invalid JSON (nested too deeply to parse)")
+                continue
             if not isinstance(example, dict):
                 example = ValueError(f"a JSON {type(example).__name__}, not an object")
             yield f"{path} line {number}", example
+
+
+def _lines(handle, limit: int):
+    """The lines of a text file, each None instead when it is longer than `limit` characters (read through in
+    chunks, never held whole)."""
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit:
+            while line and not line.endswith("\n"):  # the rest of the long line
+                line = handle.readline(1 << 20)
+            yield None
+            continue
+        yield line
 
 
 def _file_rows(files: list[str], options: dict):
     """The generator behind a local jsonl / parquet source: normalized rows, bad ones marked in ``_bad``."""
     kind, index = options["kind"], options["index"]
     for path in files:
-        first, where = True, None
+        first, where, rows = True, None, 0
         try:
-            for where, example in _raw_rows(path, options["fmt"]):
+            for where, example in _raw_rows(path, options["fmt"], options["max_row_chars"]):
+                rows += 1
                 if isinstance(example, Exception):
-                    yield _bad_row(kind, index, f"{where}: {example}")
+                    yield _bad_row(kind, index, f"{where}: {example}", path, lost=getattr(example, "lost", 1))
                     continue
                 try:
-                    out = _normalize_example(example, kind=kind, columns=options["columns"], index=index,
-                                             image_root=options["image_root"])
+                    out = _normalize_example(example, kind=kind, columns=options["columns"], index=index, images=options["images"])
                 except _MissingColumn as err:
                     if first:  # the file's first row decides its columns: a mapping problem
                         raise KeyError(f"{path}: {err.args[0]}") from None
-                    yield _bad_row(kind, index, f"{where}: field {err.column!r} is missing (earlier rows have it)")
+                    yield _bad_row(kind, index, f"{where}: field {err.column!r} is missing (earlier rows have it)", path)
                 except (TypeError, ValueError) as err:
-                    yield _bad_row(kind, index, f"{where}: {err}")
+                    yield _bad_row(kind, index, f"{where}: {err}", path)
                 else:
                     yield out
                 first = False
@@ -279,22 +357,75 @@ def _file_rows(files: list[str], options: dict):
             raise
         except Exception as err:  # noqa: BLE001 - an unreadable file (corrupt parquet, bad gzip)
             position = f"cannot read on after {where}" if where else "cannot read it"
-            yield _bad_row(kind, index, f"{path}: {position} ({type(err).__name__}: {err})")
+            yield _bad_row(kind, index, f"{path}: {position} ({type(err).__name__}: {err}); the rest of it lost "
+                           f"({rows} rows read)", path, lost=-1)
 
 
-def _bad_row(kind: str, index: int, problem: str) -> dict:
+def _bad_row(kind: str, index: int, problem: str, where: str | None = None, *, lost: int = 1) -> dict:
     row = {column: None for column in KIND_COLUMNS[kind]}
-    row.update(_source=index, _bad=problem)
+    row.update(_source=index, _bad=problem, _where=where, _lost=lost)
     return row
 
 
-def _checked_example(example: dict, *, kind: str, columns: dict, index: int, image_root: str | None, label: str) -> dict:
+def _tar_samples(path: str):
+    """(where, sample) for every sample of a webdataset shard, as webdataset groups members: consecutive members
+    sharing a key (the path without the file name's extensions), each under its extension: text members
+    (txt, text, caption) as strings, json members parsed, others (images) as bytes. A shard cut short raises
+    at the cut (tarfile: "unexpected end of data"); one whose end-of-archive blocks are missing (cut between
+    two samples) too, after its last sample."""
+    import tarfile
+
+    size = os.path.getsize(path)
+    with tarfile.open(path, "r:*") as archive:  # random access (gzip etc. by seeking): members one by one
+        key, sample, count = None, {}, 0
+        for member in archive:
+            if not member.isfile():
+                continue
+            member_key = _sample_key(member.name)
+            if key is not None and member_key != key:
+                yield f"{path} sample {count} ({key})", sample
+                count += 1
+                sample = {}
+            key = member_key
+            extension = member.name[len(member_key) + 1 :].lower()
+            data = archive.extractfile(member).read()
+            if len(data) != member.size:
+                raise tarfile.ReadError("unexpected end of data")
+            sample[extension] = _tar_value(extension, data)
+            sample.update(__key__=key, __url__=path)
+        if key is not None:
+            yield f"{path} sample {count} ({key})", sample
+        end = archive.offset
+        plain = isinstance(archive.fileobj, io.BufferedReader)  # offsets are file offsets (not in a gzip stream)
+    if plain and size < end + 2 * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"the archive ends at byte {size} without its end-of-archive blocks (cut between samples)")
+
+
+def _tar_value(extension: str, data: bytes) -> Any:
+    if extension in ("txt", "text", "caption"):
+        return data.decode("utf-8", errors="replace")
+    if extension == "json":
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            return data.decode("utf-8", errors="replace")  # a bad row when a column is read from it
+    return data
+
+
+def _sample_key(name: str) -> str:
+    """webdataset's sample key of a member: its path without the extension(s) of its file name."""
+    folder, _, base = name.rpartition("/")
+    return f"{folder}/{base.split('.', 1)[0]}" if folder else base.split(".", 1)[0]
+
+
+def _checked_example(example: dict, *, kind: str, columns: dict, index: int, images: dict, label: str) -> dict:
     """``_normalize_example`` for rows datasets read: a missing column is its schema's (a ``KeyError``),
     a value of the wrong type a bad row."""
     try:
-        return _normalize_example(example, kind=kind, columns=columns, index=index, image_root=image_root)
+        return _normalize_example(example, kind=kind, columns=columns, index=index, images=images)
     except (TypeError, ValueError) as err:
-        return _bad_row(kind, index, f"{label}: {err}")
+        where = example.get("__url__") or example.get("__key__") or label
+        return _bad_row(kind, index, f"{label}: {err}", str(where))
 
 
 def _lookup(example: dict, name: str) -> Any:
@@ -343,10 +474,45 @@ def _as_text(value: Any, column: str) -> str | None:
     raise TypeError(f"{column!r} has type {type(value).__name__}, not a string")
 
 
-def _normalize_example(example: dict, *, kind: str, columns: dict, index: int, image_root: str | None) -> dict:
-    out: dict[str, Any] = {"_source": index, "_bad": None}
+def _image_policy(src: SourceConfig, image_root: str | None, *, local: bool) -> dict:
+    """Where a source's images may come from (see the module docstring); `local`: files or a folder here."""
+    outside = src.image_paths_outside_root if src.image_paths_outside_root is not None else local
+    return {"root": image_root, "outside_root": outside, "fetch_urls": src.fetch_urls}
+
+
+def _check_image_location(record: dict | None, policy: dict) -> dict | None:
+    """`record` ({"bytes", "path"}) when its image may be read under `policy`; a ValueError naming the path or
+    URL and the setting that would allow it otherwise. Inline bytes are always fine."""
+    if record is None or record["bytes"] is not None or not record["path"]:
+        return record
+    path = str(record["path"])
+    scheme = path.partition("://")[0].lower() if "://" in path else None
+    if scheme is not None:
+        if scheme not in ("http", "https"):
+            raise ValueError(f"image URL {path!r} has the scheme {scheme!r}; only http(s) URLs are fetched")
+        if not policy["fetch_urls"]:
+            raise ValueError(f"image is the URL {path!r}, and this source does not fetch URLs (set fetch_urls: true on it)")
+        return record
+    if path[:5].lower() == "data:":
+        return record
+    root = policy["root"]
+    if root is None:
+        raise ValueError(f"image path {path!r} but the source has no image_root: a Hub dataset's paths are not read "
+                         "from this machine (set image_root on the source)")
+    if not policy["outside_root"]:
+        resolved, base = os.path.realpath(path), os.path.realpath(root)
+        if os.path.commonpath([resolved, base]) != base:
+            raise ValueError(f"image path {path!r} leads out of image_root {root} (to {resolved}: '../', an absolute "
+                             "path or a symbolic link), and this source is confined to it (image_paths_outside_root)")
+    return record
+
+
+def _normalize_example(example: dict, *, kind: str, columns: dict, index: int, images: dict | None = None) -> dict:
+    out: dict[str, Any] = {"_source": index, "_bad": None, "_where": None, "_lost": 0}
     if kind in IMAGE_KINDS:
-        out["image"] = _as_image_record(_column(example, "image", columns), image_root)
+        images = images or {"root": None, "outside_root": False, "fetch_urls": False}
+        record = _as_image_record(_column(example, "image", columns), images["root"])
+        out["image"] = _check_image_location(record, images)
         out["caption"] = _as_text(_column(example, "caption", columns), "caption")
         return out
     for column in KIND_COLUMNS[kind]:
@@ -365,4 +531,13 @@ def _normalize_example(example: dict, *, kind: str, columns: dict, index: int, i
     return out
 
 
-__all__ = ["FORMATS", "IMAGE_KINDS", "KINDS", "KIND_COLUMNS", "DataError", "SourceConfig", "load_source", "source_label"]
+__all__ = [
+    "FORMATS",
+    "IMAGE_KINDS",
+    "KINDS",
+    "KIND_COLUMNS",
+    "DataError",
+    "SourceConfig",
+    "load_source",
+    "source_label",
+]

@@ -48,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` (``--config``, ``--resume``, overrides), run the stage, return its summary."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.resume not in (None, "", "none", "no", "auto") and not os.path.isdir(args.resume):
+        # Before any work; `--resume train.steps=3` is argparse taking an override as the checkpoint folder.
+        hint = "; give --resume its value first (--resume auto) and put key=value overrides after it" if "=" in args.resume else ""
+        parser.error(f"--resume takes 'auto' or a checkpoint folder; no such folder: {args.resume!r}{hint}")
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
