@@ -33,6 +33,7 @@ from transformers.utils import logging
 
 from .policy_jina_clip import (
     BUCKET_PADDING,
+    TEXTS_PER_CHUNK,
     add_task_instruction,
     as_list,
     check_texts,
@@ -326,10 +327,6 @@ def batched_text_features(model, input_ids, attention_mask, max_tokens_per_batch
     return out
 
 
-# Texts tokenized per call of the tokenizer in `encode_text`: its output costs ~5-6 KB per short text, so tokenizing
-# 100k texts up front held ~0.5 GB; per chunk, memory stays flat as the input grows (benchmarks/entry_points.py,
-# "memory"), and each chunk still sorts thousands of texts by length to fill its token-budget batches.
-TEXTS_PER_CHUNK = 4096
 
 
 @torch.inference_mode()

@@ -30,6 +30,21 @@ from .processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: x86 AVX512-BF16 or AMX-BF16, Arm's BF16 extension (the flags
+    Linux lists in /proc/cpuinfo; False elsewhere or where they cannot be read). Without them, oneDNN emulates
+    bf16 matmuls by converting to fp32, which is slower than fp32 itself."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            flags = set()
+            for line in file:
+                if line.lower().startswith(("flags", "features")):
+                    flags.update(line.split(":", 1)[-1].split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
@@ -137,6 +152,7 @@ def load_folder_processor(source, config=None, strict: bool = True, kwargs: dict
 
 
 __all__ = [
+    "native_bf16",
     "check_loading_report",
     "check_processor",
     "default_dtype",

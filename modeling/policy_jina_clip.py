@@ -233,6 +233,11 @@ def bound_characters(texts: list[str], limit: int) -> tuple[list[str], list[int]
 # bucket adds at most this fraction of their real tokens (0: only equal lengths share a call). Padding is masked,
 # so it changes no output; it only trades a little work for fewer, larger kernel calls.
 BUCKET_PADDING = 0.125
+# Texts tokenized per call of the tokenizer in `encode_text` (and the ONNX Runtime helper): the tokenizer's output
+# costs ~5-6 KB per short text, so tokenizing 100k texts up front held ~0.5 GB; per chunk, memory stays flat as the
+# input grows (benchmarks/entry_points.py, "memory"), and each chunk still sorts thousands of texts by length to
+# fill its token-budget batches.
+TEXTS_PER_CHUNK = 4096
 
 
 def text_batches(lengths: Sequence[int], batch_size: int, max_tokens: int, unpadded: bool) -> list[list[int]]:
@@ -321,6 +326,7 @@ def tokenize(tokenizer, texts: list[str], settings: dict, max_chars: int | None 
 
 __all__ = [
     "BUCKET_PADDING",
+    "TEXTS_PER_CHUNK",
     "TEXT_CHARS_PER_TOKEN",
     "add_task_instruction",
     "as_list",
