@@ -181,6 +181,26 @@ def pool_packed(hidden, segment, lengths):
 # ----------------------------------------------------------------------------------------------------
 
 
+# Image tokens (patches + CLS, `vision_config.num_positions`) of one encode_image batch when `batch_size` is not
+# given, per device type. CPU: the vision tower's per-image cost grows with the batch once a batch's activations
+# spill out of the cache (element-wise ops 2-4x slower; at 512 px batches of 8-32 cost 1.18-1.20x batch 1 per
+# image), so the default batch is the measured best (benchmarks/entry_points.py "image", benchmarks/README.md):
+# BUDGET // num_positions images, e.g. IMAGE_BATCH_AT_512 at 512 px (1025 tokens), more at 224 px (257). Other
+# devices: 32 images (large batches fill a GPU).
+DEFAULT_IMAGE_TOKENS_PER_BATCH = {"cpu": 4100}
+DEFAULT_IMAGE_BATCH = 32
+
+
+def default_image_batch_size(model, device=None) -> int:
+    """encode_image's batch when none is given: from `DEFAULT_IMAGE_TOKENS_PER_BATCH` for the device, at most
+    `DEFAULT_IMAGE_BATCH` images."""
+    device = torch.device(device) if device is not None else model.device
+    budget = DEFAULT_IMAGE_TOKENS_PER_BATCH.get(device.type)
+    if budget is None:
+        return DEFAULT_IMAGE_BATCH
+    return max(1, min(DEFAULT_IMAGE_BATCH, budget // model.config.vision_config.num_positions))
+
+
 def default_image_workers() -> int:
     """Threads decoding images for encode_image: one per available CPU core, at most 8."""
     try:
@@ -426,7 +446,7 @@ def encode_text(
 def encode_image(
     model,
     images,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     show_progress_bar: bool | None = None,
     convert_to_numpy: bool = True,
     convert_to_tensor: bool = False,
@@ -441,6 +461,8 @@ def encode_image(
     float32 array by default (a vector for a single image).
 
     Args:
+        batch_size: images per forward pass (default `default_image_batch_size`: 32 on GPUs; on CPU the measured
+            best, e.g. 4 at 512 px). Every batch size gives the same embeddings.
         num_workers: threads that decode and preprocess images while the model embeds the previous batch
             (default `min(8, CPU cores)`; 0: everything in the calling thread). At most 2 x `batch_size` images
             are read ahead of the model, so an iterator of any length streams in bounded memory. The pixels are
@@ -448,7 +470,7 @@ def encode_image(
     """
     config = model.config
     truncate_dim = check_truncate_dim(truncate_dim, config.matryoshka_dimensions, config.projection_dim, config.truncate_dim)
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = default_image_batch_size(model, device) if batch_size is None else positive_int(batch_size, "batch_size")
     if num_workers is None:
         num_workers = default_image_workers()
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -470,6 +492,7 @@ __all__ = [
     "DEFAULT_TEXT_TOKENS_PER_BATCH",
     "as_list",
     "check_truncate_dim",
+    "default_image_batch_size",
     "default_image_workers",
     "encode_image",
     "encode_text",
