@@ -1,0 +1,1 @@
+"""Corpus embedding and search: `jina-clip embed` / `index` / `search` (corpus/README.md)."""
