@@ -73,9 +73,15 @@ def process_context(device: str | None) -> ProcessContext:
     """This process's place in an ``accelerate launch`` (torchrun) run, or a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return ProcessContext(device=device)
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # As training/launch.py decides: the CPU without CUDA or when ACCELERATE_USE_CPU says so (PartialState() alone
+    # would then set up no process group at all and every process would embed every shard).
+    cpu = (device or "").startswith("cpu") or not torch.cuda.is_available() or (
+        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    )
+    state = PartialState(cpu=cpu)
     return ProcessContext(state.process_index, state.num_processes, device or str(state.device), state.wait_for_everyone)
 
 
