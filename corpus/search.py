@@ -102,23 +102,25 @@ class SearchIndex:
         hits = [self.search_vectors(vector, k=k, exact=exact, where=where) for vector in vectors]
         return hits if many else hits[0]
 
-    def search_vectors(self, vector: np.ndarray, *, k: int = 10, exact: bool = False, where: str | None = None) -> list[dict[str, Any]]:
-        """The top ``k`` rows for one query vector (unit length, the index's width)."""
+    def query(self, vector: np.ndarray, *, k: int = 10, exact: bool = False, where: str | None = None):
+        """The LanceDB query behind ``search_vectors`` (``.explain_plan()`` shows whether the ANN index answers)."""
         vector = np.asarray(vector, dtype=np.float32)
         if vector.shape != (self.dims,):
             raise ValueError(f"a query vector of shape ({self.dims},) is needed, got {vector.shape}")
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         query = self.table.search(vector, vector_column_name=self.vector_column).distance_type("cosine").limit(k)
-        query = query.select([name for name in self.table.schema.names if name not in self.embedding_columns])
+        query = query.select([name for name in self.table.schema.names if name not in self.embedding_columns] + ["_distance"])
         if where:
             query = query.where(where, prefilter=True)
         if exact or not self.info.get("ann"):
-            query = query.bypass_vector_index()
-        else:
-            query = query.ef(max(DEFAULT_EF, 2 * k)).refine_factor(DEFAULT_REFINE_FACTOR)
+            return query.bypass_vector_index()
+        return query.ef(max(DEFAULT_EF, 2 * k)).refine_factor(DEFAULT_REFINE_FACTOR)
+
+    def search_vectors(self, vector: np.ndarray, *, k: int = 10, exact: bool = False, where: str | None = None) -> list[dict[str, Any]]:
+        """The top ``k`` rows for one query vector (unit length, the index's width)."""
         hits = []
-        for row in query.to_list():
+        for row in self.query(vector, k=k, exact=exact, where=where).to_list():
             distance = row.pop("_distance")
             hits.append({"id": row.pop("id"), "score": 1.0 - float(distance), **row})
         return hits

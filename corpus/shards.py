@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .sources import Source
 
-__all__ = ["Columns", "ShardInput", "ShardReader", "choose_columns", "column_value"]
+__all__ = ["Columns", "ShardInput", "ShardReader", "choose_columns", "column_value", "output_name"]
 
 ID = "id"
 # A path that must not be joined to the input's folder: a URL, a data URI or an absolute path.
@@ -29,6 +29,12 @@ WEBDATASET_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 _MISSING = object()
+
+
+def output_name(column: str) -> str:
+    """A kept column's name in the shards: dots become underscores (``captions.en`` -> ``captions_en``), as vector
+    databases read a dot as a path into a struct."""
+    return column.replace(".", "_")
 
 
 def column_value(row: dict[str, Any], name: str, default: Any = None) -> Any:
@@ -60,9 +66,16 @@ class Columns:
             raise ValueError("nothing to embed: choose a text column and/or an image column")
         if self.text is not None and self.text == self.image:
             raise ValueError(f"column {self.text!r} cannot be both the text and the image column")
-        for name in self.keep:
-            if name == ID and self.id != ID:
-                raise ValueError(f"the input column {ID!r} would clash with the output's row id: pass --id-column {ID}")
+        names = [output_name(name) for name in self.keep]
+        for name, original in zip(names, self.keep):
+            if name == ID and self.id != original:
+                raise ValueError(f"the input column {original!r} would clash with the output's row id: pass --id-column {original}")
+        taken = [name for name in names if name in ("embedding", "text_embedding", "image_embedding")]
+        if taken:
+            raise ValueError(f"a kept column may not be named {taken[0]!r}: that is an embedding column of the output")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"kept columns would share the output name(s) {duplicates} (dots become underscores)")
 
     def to_json(self) -> dict[str, Any]:
         return {"text": self.text, "image": self.image, "id": self.id, "keep": list(self.keep)}
@@ -173,7 +186,7 @@ class ShardReader:
         for offset, row in enumerate(rows):
             record = {ID: first_row + offset if columns.id is None else column_value(row, columns.id)}
             for name in self.keep:
-                record[name] = column_value(row, name)
+                record[output_name(name)] = column_value(row, name)
             keys.append(record)
         return keys
 
