@@ -17,6 +17,7 @@ storage, or a Hub id each node downloads at the recorded commit) from every work
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,7 @@ def run_ray(
                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
             )
             stats = {"shards_written": 0, "rows_embedded": 0, "rows_failed": 0, "ray_workers": workers}
+            started = time.perf_counter()
             counts = None
             total = None if expected_rows is None else max(0, expected_rows - len(done) * job.shard_size)
             with _progress(total, progress) as bar:
@@ -124,6 +126,7 @@ def run_ray(
                     stats["rows_embedded"] += payload.table.num_rows
                     stats["rows_failed"] += len(payload.errors)
                     bar.update(payload.num_rows)
+            stats["embed_seconds"] = time.perf_counter() - started
         finally:
             context.target_max_block_size, context.enable_progress_bars = saved
     finally:

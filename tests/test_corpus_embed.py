@@ -314,3 +314,25 @@ def test_two_process_accelerate_launch_writes_the_same_files(model_dir, demo_row
     np.testing.assert_allclose(
         vectors(read_shards(tmp_path / "threads"), "image_embedding"), vectors(read_shards(single), "image_embedding"), atol=1e-6, rtol=0
     )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["embed", "/nonexistent/photos", "--model", "{model}", "--out", "{tmp}/o"], "no such file or folder: '/nonexistent/photos'"),
+        (["embed", "{tmp}/rows.jsonl", "--model", "{model}", "--out", "{tmp}/o"], "choose the column(s) to embed"),
+        (["embed", "{tmp}/rows.jsonl", "--model", "{model}", "--out", "{tmp}/o", "--text-column", "txt"], "no column 'txt'"),
+        (["embed", "{tmp}/rows.jsonl", "--model", "{model}", "--out", "{tmp}/o", "--text-column", "caption",
+          "--truncate-dim", "12"], "truncate_dim=12 is not supported; valid values: [8, 16, 32]"),
+        (["embed", "{tmp}/rows.jsonl", "--model", "{model}", "--out", "{tmp}/rows.jsonl", "--text-column", "caption"], "is not a folder"),
+        (["index", "{tmp}", "--out", "{tmp}/index"], "is not the output of `jina-clip embed`"),
+        (["search", "{tmp}", "a query"], "is not an index of `jina-clip index`"),
+    ],
+)
+def test_command_errors_are_one_line(args, message, model_dir, tmp_path, capsys):
+    from jina_clip_v2.cli import main as cli_main
+
+    write_jsonl(tmp_path / "rows.jsonl", [{"caption": "a frog", "label": 1}])
+    assert cli_main([arg.format(tmp=tmp_path, model=model_dir) for arg in args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len([line for line in err.splitlines() if "error:" in line]) == 1, err
