@@ -84,7 +84,7 @@ def run_ray(
     import ray
     import ray.data
 
-    from .run import _progress
+    from .run import _progress, count_shard
 
     started_here = _start(address)
     try:
@@ -122,9 +122,7 @@ def run_ray(
                         counts = payload
                         continue
                     store.write(payload)
-                    stats["shards_written"] += 1
-                    stats["rows_embedded"] += payload.table.num_rows
-                    stats["rows_failed"] += len(payload.errors)
+                    count_shard(stats, payload, started)
                     bar.update(payload.num_rows)
             stats["embed_seconds"] = time.perf_counter() - started
         finally:

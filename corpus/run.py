@@ -112,11 +112,20 @@ def _run_local(job: EmbedJob, source: Source, store: EmbeddingStore, done: set[i
                 continue
             output = embedder(shard)
             store.write(output)
-            stats["shards_written"] += 1
-            stats["rows_embedded"] += output.table.num_rows
-            stats["rows_failed"] += len(output.errors)
+            count_shard(stats, output, started)
     stats["embed_seconds"] = time.perf_counter() - started
     return reader.num_rows, reader.num_shards, stats
+
+
+def count_shard(stats: dict[str, Any], output, started: float) -> None:
+    """A written shard in the run's counts; the first one's time and rows too (the steady rate is measured after it:
+    a pipeline's start-up, Ray's actors above all, is not throughput)."""
+    stats["shards_written"] += 1
+    stats["rows_embedded"] += output.table.num_rows
+    stats["rows_failed"] += len(output.errors)
+    if stats["shards_written"] == 1:
+        stats["first_shard_seconds"] = time.perf_counter() - started
+        stats["first_shard_rows"] = output.num_rows
 
 
 def embed_corpus(
@@ -219,6 +228,7 @@ def embed_corpus(
     manifest = store.finish(settings, num_rows, num_shards, extra)
     seconds = time.perf_counter() - started
     rows_done = stats["rows_embedded"] + stats["rows_failed"]
+    after_first = stats["embed_seconds"] - stats.get("first_shard_seconds", stats["embed_seconds"])
     summary = {
         "out": str(store.folder),
         "engine": engine,
@@ -232,6 +242,7 @@ def embed_corpus(
         # the embedding loop's rate (the model loaded; Ray: its actors' start-up included)
         "embed_seconds": round(stats["embed_seconds"], 2),
         "items_per_s": round(rows_done / stats["embed_seconds"], 2) if rows_done and stats["embed_seconds"] > 0 else None,
+        "steady_items_per_s": round((rows_done - stats["first_shard_rows"]) / after_first, 2) if after_first > 0 else None,
         "totals": manifest["counts"] if manifest else None,
     }
     return summary

@@ -143,8 +143,8 @@ def _image_files(folder: Path, demo_rows: list[dict], n: int) -> list[Path]:
 
 
 def test_every_input_kind_reads_the_same_rows(model_dir, model, demo_rows, tmp_path):
-    """An image folder, a glob, CSV, Parquet, a webdataset tar, a saved `datasets` dataset: each equals encode_* on
-    its rows, in its order."""
+    """An image folder, a glob, CSV, Parquet, a webdataset tar, a Hub dataset repository (its layout, offline), a saved
+    `datasets` dataset: each equals encode_* on its rows, in its order."""
     import datasets
     import pandas as pd
 
@@ -191,6 +191,13 @@ def test_every_input_kind_reads_the_same_rows(model_dir, model, demo_rows, tmp_p
     assert "jpg" not in table.column_names  # image bytes are not copied by default
     np.testing.assert_allclose(vectors(table, "image_embedding"), expected_demo, atol=1e-6, rtol=0)
     np.testing.assert_allclose(vectors(table, "text_embedding"), texts, atol=1e-6, rtol=0)
+
+    # A dataset repository's layout (data/<split>-*.parquet), through the Hub code path (load_dataset(id, streaming)).
+    (tmp_path / "hub-repo" / "data").mkdir(parents=True)
+    frame.to_parquet(tmp_path / "hub-repo" / "data" / "train-00000-of-00001.parquet")
+    table = run(str(tmp_path / "hub-repo"), "hub", input_kind="hub", id_column="key")
+    np.testing.assert_allclose(vectors(table, "text_embedding"), texts, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(vectors(table, "image_embedding"), expected_demo, atol=1e-6, rtol=0)
 
     saved = datasets.Dataset.from_dict({"caption": [row["captions"]["fr"] for row in rows],
                                         "picture": [str(DEMO / row["image"]) for row in rows]})

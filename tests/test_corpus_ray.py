@@ -4,7 +4,6 @@ the same files as the default engine, and a rerun resumes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -18,10 +17,14 @@ from jina_clip_v2.corpus.run import embed_corpus  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    """One local cluster for the module: 2 CPUs, no dashboard, bound to 127.0.0.1, no usage report."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def test_ray_engine_writes_the_default_engines_files(cluster, model_dir, tmp_path):  # noqa: F811
