@@ -168,16 +168,18 @@ def embed_corpus(
     started = time.perf_counter()
     source_args = {"location": os.fspath(input), "kind": input_kind, "split": split, "subset": subset, "revision": dataset_revision}
     source = open_source(**source_args)
-    source_args["kind"] = source.kind
+    source_args.update(kind=source.kind, location=source.location)  # absolute: workers elsewhere read the same
     columns = choose_columns(source, text_column, image_column, id_column, keep)
     options = EmbedOptions(task=task, truncate_dim=truncate_dim, dtype=dtype)
     model_folder, model_revision = resolve_model(model, revision)
+    local_model = Path(os.fspath(model)).is_dir()
+    model = os.path.abspath(model) if local_model else os.fspath(model)  # recorded as given for Hub ids
     from jina_clip_v2.modeling import JinaCLIPConfig
 
     dims = truncate_dim or JinaCLIPConfig.from_pretrained(model_folder).projection_dim
     root = os.path.abspath(image_root) if image_root is not None else None
     settings = {
-        "model": os.fspath(model),
+        "model": model,
         "revision": model_revision,
         "input": {**source.describe(), **({"image_root": root} if root else {})},
         "columns": columns.to_json(),
@@ -189,8 +191,8 @@ def embed_corpus(
         "shard_size": shard_size,
     }
     job = EmbedJob(
-        source_args, columns, options, os.fspath(model), model_folder, model_revision,
-        None if Path(os.fspath(model)).is_dir() else model_revision, model_dtype, shard_size, root, batch_size,
+        source_args, columns, options, model, model_folder, model_revision,
+        None if local_model else model_revision, model_dtype, shard_size, root, batch_size,
         num_workers, dims, settings,
     )
     context = process_context(device)

@@ -67,7 +67,7 @@ def _suffix(path: str | Path) -> str:
 def _glob_root(pattern: str) -> Path:
     """The folder a glob starts in: its leading components without a wildcard (``data/**/*.jpg`` -> ``data``)."""
     parts = Path(pattern).parts
-    plain = [part for part in parts[: next(i for i, part in enumerate(parts) if _is_glob(part))]]
+    plain = parts[: next(i for i, part in enumerate(parts) if _is_glob(part))]
     return Path(os.path.abspath(Path(*plain))) if plain else Path(os.getcwd())
 
 
@@ -197,6 +197,9 @@ def open_source(
     path = Path(location)
     if kind == "hub":
         return _hub_source(location, split, subset, revision)
+    if _is_glob(location) or path.exists():
+        location = os.path.abspath(location)  # the manifest's record: the same input from any working directory
+        path = Path(location)
     if _is_glob(location):
         files = [f for f in glob.glob(location, recursive=True) if os.path.isfile(f)]
         if not files:
