@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from queue import Full, Queue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,43 @@ def _progress(total: int | None, enabled: bool):
     return tqdm(total=total, unit="item", desc="Embedding", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
 
 
+def _read_ahead(shards: Iterator) -> Iterator:
+    """``shards`` read one ahead in a thread, so that reading and parsing the next shard overlaps embedding this one
+    (as Ray's read task does). Errors of the reader are raised here; the thread ends when the consumer stops."""
+    queue: Queue = Queue(maxsize=1)
+    done = object()
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in shards:
+                if not offer(item):
+                    return
+            offer(done)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            offer(err)
+
+    thread = threading.Thread(target=read, name="jina-clip-embed-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _run_local(job: EmbedJob, source: Source, store: EmbeddingStore, done: set[int], context: ProcessContext, progress: bool):
     model = load_model(job.model_folder, dtype=job.model_dtype, device=context.device)
     _check_model_options(model, job.options)
@@ -107,7 +146,7 @@ def _run_local(job: EmbedJob, source: Source, store: EmbeddingStore, done: set[i
     with _progress(total, progress and context.rank == 0) as bar:
         embedder = job.embedder(model, on_items=bar.update)
         mine = lambda index: index % context.world_size == context.rank and index not in done  # noqa: E731
-        for _, shard in reader.read(mine):
+        for _, shard in _read_ahead(reader.read(mine)):
             if shard is None:
                 continue
             output = embedder(shard)
