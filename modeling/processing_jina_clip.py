@@ -399,7 +399,7 @@ def keys_outside_release_layout(settings: dict[str, Any]) -> list[str]:
     """The keys of a saved image-processor dict (`to_dict`) that are neither the release's nor this processor's
     own options: transformers' keys, written for settings the release's keys cannot express, which
     transformers.js and fastembed do not read."""
-    known = {*RELEASE_KEYS, *_DECODE_OPTIONS, "image_processor_type", "auto_map", "processor_class"}
+    known = {*RELEASE_KEYS, *_DECODE_OPTIONS, "max_resize_pixels", "image_processor_type", "auto_map", "processor_class"}
     return sorted(set(settings) - known)
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from _tiny import ROOT
@@ -161,3 +162,31 @@ def test_eval_extra_runs_an_evaluation(inputs, tmp_path):
              "--out", tmp_path / "out", "--quiet"))
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["results"] and all(r["truncate_dim"] == 32 for r in results["results"])
+
+
+def test_embed_and_search_extras_each_run_their_commands(inputs, tmp_path):
+    """[embed] alone embeds a folder of images (and `index` names [search]); [search] alone indexes those shards
+    and answers a query with the numbers of the model's encode_* (`embed` there names [embed])."""
+    from jina_clip_v2.modeling import JinaCLIPModel
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(3):
+        pixels = np.random.default_rng(seed).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"photo{seed}.png")
+    embed = _venv(inputs, "embed", tmp_path / "embed-venv")
+    assert not _installed(embed, "lancedb") and not _installed(embed, "ray")
+    _ok(_run(embed, embed["cli"], "embed", photos, "--model", inputs["exported"], "--out", tmp_path / "emb", "--no-progress"))
+    refused = _run(embed, embed["cli"], "index", tmp_path / "emb", "--out", tmp_path / "index")
+    assert refused.returncode == 1 and "needs the [search] extra" in refused.stderr, refused.stderr
+
+    search = _venv(inputs, "search", tmp_path / "search-venv")
+    assert not _installed(search, "datasets")
+    _ok(_run(search, search["cli"], "index", tmp_path / "emb", "--out", tmp_path / "index"))
+    hits = json.loads(_ok(_run(search, search["cli"], "search", tmp_path / "index", "--image", photos / "photo1.png", "--json")))
+    model = JinaCLIPModel.from_pretrained(inputs["exported"])
+    images = model.encode_image([str(photos / f"photo{i}.png") for i in range(3)])
+    expected = sorted(range(3), key=lambda i: -float(images[1] @ images[i]))
+    assert [hit["path"] for hit in hits["hits"]] == [f"photo{i}.png" for i in expected]
+    refused = _run(search, search["cli"], "embed", photos, "--model", inputs["exported"], "--out", tmp_path / "emb2")
+    assert refused.returncode == 1 and "needs the [embed] extra" in refused.stderr, refused.stderr

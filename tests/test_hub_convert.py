@@ -109,7 +109,8 @@ def test_converted_folder_is_a_complete_hub_folder(converted):
     # options added: keys transformers.js and fastembed ignore).
     preprocessor = json.loads((out / "preprocessor_config.json").read_text())
     ours = {"auto_map": {"AutoImageProcessor": "processing_jina_clip.JinaCLIPImageProcessor"},
-            "exif_transpose": False, "fetch_timeout": 20.0, "fetch_max_bytes": 64 * 1024 * 1024}  # fmt: skip
+            "exif_transpose": False, "fetch_timeout": 20.0, "fetch_max_bytes": 64 * 1024 * 1024,
+            "max_image_pixels": 89_478_485, "max_resize_pixels": 2**23}  # fmt: skip
     assert preprocessor == {**RELEASE_PREPROCESSOR, **ours}
     assert json.loads((out / "processor_config.json").read_text())["image_processor"] == {
         k: v for k, v in preprocessor.items() if k != "processor_class"

@@ -164,6 +164,7 @@ def test_saved_layout_is_the_releases_and_loads_back_with_the_same_pixels(tmp_pa
     assert saved == {
         **RELEASE_LAYOUT, "auto_map": {"AutoImageProcessor": "processing_jina_clip.JinaCLIPImageProcessor"},  # our code
         "exif_transpose": True, "fetch_timeout": 20.0, "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_image_pixels": 89_478_485, "max_resize_pixels": 2**23,  # the input bounds (issue 20)
     }  # fmt: skip
     (tmp_path / "release").mkdir()
     (tmp_path / "release" / "preprocessor_config.json").write_text(json.dumps(RELEASE_LAYOUT))
