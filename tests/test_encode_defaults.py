@@ -302,6 +302,20 @@ def test_encode_image_workers_equal_serial_bit_for_bit(model, tmp_path):
         model.encode_image(items, num_workers=-1)
 
 
+def test_encode_image_default_batch_follows_the_device_token_budget(model, monkeypatch):
+    """Issue 25: without batch_size, encode_image's batch is the device's image token budget over the tokens of one
+    image (CPU: the measured best); an explicit batch_size wins; the embeddings are the same either way."""
+    positions = model.config.vision_config.num_positions
+    assert E.default_image_batch_size(model) == max(1, min(32, E.DEFAULT_IMAGE_TOKENS_PER_BATCH["cpu"] // positions))
+    assert E.default_image_batch_size(model, "cuda") == 32
+    monkeypatch.setitem(E.DEFAULT_IMAGE_TOKENS_PER_BATCH, "cpu", 2 * positions)
+    calls = record(model, "get_image_features")
+    got = model.encode_image([str(p) for p in IMAGES[:5]])
+    del model.get_image_features
+    assert [len(args[0]) for args, _ in calls] == [2, 2, 1]
+    np.testing.assert_allclose(got, model.encode_image([str(p) for p in IMAGES[:5]], batch_size=32), atol=1e-6, rtol=0)
+
+
 def test_worker_errors_reach_the_caller(model):
     with pytest.raises(FileNotFoundError, match="image file not found"):
         model.encode_image([str(IMAGES[0]), "/no/such/image.png", str(IMAGES[1])], num_workers=2)
