@@ -45,9 +45,11 @@ TRANSFORMERS_JS_DTYPES = {"fp32": "fp32", "fp16": "fp16", "int8": "q8"}
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUTS = ("text_embeddings", "l2norm_text_embeddings")
 VISION_INPUTS = ("pixel_values",)
-# Token budget of one text batch (texts x longest text; padded, sorted by length), as encode_text's on CPU: measured
-# in benchmarks/entry_points.py ("text"; ONNX Runtime fp32 and int8, one thread).
-DEFAULT_TEXT_TOKENS_PER_BATCH = 4096
+# Token budget of one text batch (texts x longest text; padded, sorted by length). Small batches keep ONNX Runtime's
+# activations in the cache: on a 2-layer real-width text graph, one thread, 256 long-tailed texts, budgets of
+# 64 / 128 / 256 / 512 / 1024 / 4096 tokens took 9.5 / 9.4 / 9.2 / 9.5 / 10.3 / 13.3 s in fp32 and 3.3 / 3.2 / 3.1 /
+# 3.2 / 3.4 / 5.0 s in int8 (CPU time; benchmarks/README.md, "Every entry point"). A longer text runs alone.
+DEFAULT_TEXT_TOKENS_PER_BATCH = 256
 VISION_OUTPUTS = ("image_embeddings", "l2norm_image_embeddings")
 
 
