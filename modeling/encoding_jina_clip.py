@@ -183,11 +183,11 @@ def pool_packed(hidden, segment, lengths):
 
 # Image tokens (patches + CLS, `vision_config.num_positions`) of one encode_image batch when `batch_size` is not
 # given, per device type. CPU: the vision tower's per-image cost grows with the batch once a batch's activations
-# spill out of the cache (element-wise ops 2-4x slower; at 512 px batches of 8-32 cost 1.18-1.20x batch 1 per
-# image), so the default batch is the measured best (benchmarks/entry_points.py "image", benchmarks/README.md):
-# BUDGET // num_positions images, e.g. IMAGE_BATCH_AT_512 at 512 px (1025 tokens), more at 224 px (257). Other
-# devices: 32 images (large batches fill a GPU).
-DEFAULT_IMAGE_TOKENS_PER_BATCH = {"cpu": 4100}
+# spill out of the cache (issue 25: element-wise ops 2-4x slower). Measured at 512 px (1025 tokens per image; one
+# thread, 8 images, real-width tower; benchmarks/README.md "Every entry point"): batches of 1 / 2 / 4 / 8 took
+# 0.96 / 0.98 / 1.03 / 1.13x the time of a per-image user loop. So about one 512-px image's tokens: 1 image at 384 and
+# 512 px, 4 at 224 px (257 tokens each). Other devices: 32 images (large batches fill a GPU).
+DEFAULT_IMAGE_TOKENS_PER_BATCH = {"cpu": 1100}
 DEFAULT_IMAGE_BATCH = 32
 
 
@@ -462,7 +462,7 @@ def encode_image(
 
     Args:
         batch_size: images per forward pass (default `default_image_batch_size`: 32 on GPUs; on CPU the measured
-            best, e.g. 4 at 512 px). Every batch size gives the same embeddings.
+            best, 1 image at 512 px). Every batch size gives the same embeddings.
         num_workers: threads that decode and preprocess images while the model embeds the previous batch
             (default `min(8, CPU cores)`; 0: everything in the calling thread). At most 2 x `batch_size` images
             are read ahead of the model, so an iterator of any length streams in bounded memory. The pixels are
