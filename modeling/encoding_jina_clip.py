@@ -185,7 +185,7 @@ def pool_packed(hidden, segment, lengths):
 # given, per device type. CPU: the vision tower's per-image cost grows with the batch once a batch's activations
 # spill out of the cache (issue 25: element-wise ops 2-4x slower). Measured at 512 px (1025 tokens per image; one
 # thread, 8 images, real-width tower; benchmarks/README.md "Every entry point"): batches of 1 / 2 / 4 / 8 took
-# 0.96 / 0.98 / 1.03 / 1.13x the time of a per-image user loop. So about one 512-px image's tokens: 1 image at 384 and
+# 0.96 / 0.98 / 1.01 / 1.13x the time of a per-image user loop. So about one 512-px image's tokens: 1 image at 384 and
 # 512 px, 4 at 224 px (257 tokens each). Other devices: 32 images (large batches fill a GPU).
 DEFAULT_IMAGE_TOKENS_PER_BATCH = {"cpu": 1100}
 DEFAULT_IMAGE_BATCH = 32
