@@ -537,8 +537,8 @@ def _shard_size(value: str) -> str | int:
 
 def add_card_arguments(parser: argparse.ArgumentParser) -> None:
     card = parser.add_argument_group("model card")
-    card.add_argument("--eval-results", type=Path, help="evaluation results JSON (schema: hub/model_card.py)")
-    card.add_argument("--training-summary", type=Path, help="training summary JSON (schema: hub/model_card.py)")
+    card.add_argument("--eval-results", type=Path, help="evaluation results JSON (schema: hub/card_inputs.py)")
+    card.add_argument("--training-summary", type=Path, help="training summary JSON (schema: hub/card_inputs.py)")
     card.add_argument("--repo-id", help="Hub repository the folder is meant for (usage snippets)")
     card.add_argument(
         "--title", "--model-name", dest="model_name", help="the card's title and model name (default: from --repo-id, else --out)"
