@@ -250,7 +250,7 @@ CONFIG = [
          r"task_instructions must map task names to instruction strings, got \{'retrieval\.query': 5\}"),
     Case("config-json-is-a-list", lambda c: _load(_list_file(c, "config.json")), ValueError,
          r"config\.json must hold a JSON object of settings, got a JSON list"),
-    Case("tokenizer-config-is-a-list", lambda c: __import__("jina_clip_v2.modeling.processing_jina_clip", fromlist=["x"]).load_tokenizer(
+    Case("tokenizer-config-is-a-list", lambda c: __import__("jina_clip_v2.modeling.tokenization_jina_clip", fromlist=["x"]).load_tokenizer(
         _list_file(c, "tokenizer_config.json")), ValueError, r"tokenizer_config\.json must hold a JSON object of settings, got a JSON list"),
     Case("export-tokenizer-config-is-a-list", lambda c: __import__("jina_clip_v2.hub.export", fromlist=["x"]).load_processor(
         _list_file(c, "tokenizer_config.json")), ValueError, r"tokenizer_config\.json must hold a JSON object"),
