@@ -436,7 +436,7 @@ def _data_error():
 
 
 def _report_merge(c):
-    from jina_clip_v2.training.data import merge_data_reports
+    from jina_clip_v2.training.data_report import merge_data_reports
 
     a = {"skipped": {"bad_row": 2}, "rows_lost": 2, "damaged_files": {"a.tar": {"rows_lost": 1, "at_least": True, "problem": "cut"}},
          "texts_cut": 1, "url_fetches": {"s": {"fetches": 3, "failed": 1, "seconds": 1.5}}}
