@@ -295,7 +295,8 @@ def build_model_card(
         + matryoshka
         + "- **Files**: remote code (`configuration_jina_clip.py`, `modeling_jina_clip.py`, `encoding_jina_clip.py`, "
         "`policy_jina_clip.py`, `loading_jina_clip.py`, `configuration_jina_bert.py`, `modeling_jina_bert.py`, "
-        "`processing_jina_clip.py`, `custom_st.py`, `pipeline_jina_clip.py`), safetensors weights, tokenizer and "
+        "`processing_jina_clip.py`, `fetching_jina_clip.py`, `tokenization_jina_clip.py`, `custom_st.py`, "
+        "`pipeline_jina_clip.py`), safetensors weights, tokenizer and "
         "processor, Sentence-Transformers configuration.",
     ]
     if source:

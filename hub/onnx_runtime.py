@@ -33,7 +33,8 @@ import numpy as np
 
 from jina_clip_v2.modeling import policy_jina_clip as policy
 from jina_clip_v2.modeling.policy_jina_clip import truncate_and_normalize
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
 # File names as transformers.js loads jina_clip towers: `JinaCLIPTextModel` / `JinaCLIPVisionModel` default
 # to `onnx/text_model*.onnx` / `onnx/vision_model*.onnx`, and its `dtype` option picks the suffix

@@ -44,7 +44,8 @@ from jina_clip_v2.modeling.convert_pretrained_towers import (
     timm_rope_grid,
     vision_geometry,
 )
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
 from ._util import configure_logging, hub_logger
 from .export import ExportError, check_export, export_model
