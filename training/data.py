@@ -96,6 +96,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
+# max_text_chars' default, per token of max_length: encode_text's character bound
+from jina_clip_v2.modeling.policy_jina_clip import TEXT_CHARS_PER_TOKEN
 from jina_clip_v2.training.data_report import DataReport
 from jina_clip_v2.training.images import default_image_size, image_from_record, normalize_images, random_resized_crop
 from jina_clip_v2.training.sources import (
@@ -112,7 +114,6 @@ logger = logging.getLogger(__name__)
 
 _END = object()  # the end of an iterator, for next(iterator, _END)
 ON_BAD_ROW = ("skip", "error")
-TEXT_CHARS_PER_TOKEN = 64  # max_text_chars' default, per token of max_length
 
 
 @dataclass
