@@ -101,7 +101,7 @@ def _training_text(tmp: Path, chars: int):
     """The work of reading two batches of text pairs from a jsonl whose second row holds a `chars`-character text
     (the file is written here, before the measurement)."""
     from jina_clip_v2.assets import default_tokenizer_dir
-    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
+    from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
     from jina_clip_v2.training.data import SourceConfig, TaskDataConfig, build_task_stream
 
     tokenizer = load_tokenizer(default_tokenizer_dir())

@@ -1,7 +1,7 @@
 """``evaluate(model, suite, truncate_dims, out, cache_dir)``: run a suite, write ``results.json``,
 ``report.md`` and ``matryoshka.png``.
 
-``results.json`` (read by ``hub/model_card.py``)::
+``results.json`` (read by ``hub/card_inputs.py``)::
 
     {
       "model": "jinaai/jina-clip-v2",

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, convert_release_snapshot, read_weights_file
-from jina_clip_v2.modeling.processing_jina_clip import RELEASE_KEYS, JinaCLIPImageProcessor, load_tokenizer
+from jina_clip_v2.modeling.processing_jina_clip import RELEASE_KEYS, JinaCLIPImageProcessor
+from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
 from ._util import configure_logging, hub_logger
 from .export import (

@@ -11,7 +11,7 @@ The folder holds everything `AutoModel` / `AutoProcessor` / `SentenceTransformer
 - safetensors weights, in the model's own key layout (`model.state_dict()`), sharded with
   `model.safetensors.index.json` above `max_shard_size`;
 - `processor_config.json` (transformers' `CLIPProcessor` with our `JinaCLIPImageProcessor`, whose code
-  `processing_jina_clip.py` is copied in) and the same image-processor settings in `preprocessor_config.json`
+  `processing_jina_clip.py` and the `fetching_jina_clip.py` it imports are copied in) and the same image-processor settings in `preprocessor_config.json`
   (the release's file and layout: integer `size`, `resize_mode`, `interpolation`, `fill_color`, `mean` / `std`,
   `processor_class` "JinaCLIPProcessor"; what transformers.js and fastembed read), `tokenizer.json` (the given tokenizer's own pipeline, unchanged:
   the ids equal `tokenizers.Tokenizer.from_file` on its source file), `tokenizer_config.json` (transformers'
@@ -55,12 +55,8 @@ from transformers.utils import HF_MODULES_CACHE
 from jina_clip_v2.modeling import JinaCLIPConfig, JinaCLIPModel, pipeline_jina_clip
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, read_weights_file
 from jina_clip_v2.modeling.loading_jina_clip import load_folder_processor
-from jina_clip_v2.modeling.processing_jina_clip import (
-    JinaCLIPImageProcessor,
-    exact_tokenizer,
-    keys_outside_release_layout,
-    name_generic_tokenizer_class,
-)
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, keys_outside_release_layout
+from jina_clip_v2.modeling.tokenization_jina_clip import exact_tokenizer, name_generic_tokenizer_class
 
 from ._util import (
     atomic_folder,
@@ -537,8 +533,8 @@ def _shard_size(value: str) -> str | int:
 
 def add_card_arguments(parser: argparse.ArgumentParser) -> None:
     card = parser.add_argument_group("model card")
-    card.add_argument("--eval-results", type=Path, help="evaluation results JSON (schema: hub/model_card.py)")
-    card.add_argument("--training-summary", type=Path, help="training summary JSON (schema: hub/model_card.py)")
+    card.add_argument("--eval-results", type=Path, help="evaluation results JSON (schema: hub/card_inputs.py)")
+    card.add_argument("--training-summary", type=Path, help="training summary JSON (schema: hub/card_inputs.py)")
     card.add_argument("--repo-id", help="Hub repository the folder is meant for (usage snippets)")
     card.add_argument(
         "--title", "--model-name", dest="model_name", help="the card's title and model name (default: from --repo-id, else --out)"

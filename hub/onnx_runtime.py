@@ -11,7 +11,7 @@ The inputs are prepared exactly as `encode_text` / `encode_image` prepare them, 
 encode policy (`modeling/policy_jina_clip.py`: what is one input and what is a batch, the argument checks, the
 release's query instruction for `task="retrieval.query"`, the character bound and the tokenization with
 truncation at the config's `max_text_length`, 512 as in the release, the Matryoshka check), the folder's
-tokenizer.json as written (`processing_jina_clip.load_tokenizer`), and the package's one image decoder and
+tokenizer.json as written (`tokenization_jina_clip.load_tokenizer`), and the package's one image decoder and
 processor (`processing_jina_clip.load_image` / `JinaCLIPImageProcessor`, which read paths, URLs with a deadline
 and a byte cap, data URIs, bytes, open files, numpy arrays and PIL images). The graphs (written by
 `jina-clip onnx`) return the pooled embeddings before normalization (`text_embeddings`, `image_embeddings`) and
@@ -33,7 +33,8 @@ import numpy as np
 
 from jina_clip_v2.modeling import policy_jina_clip as policy
 from jina_clip_v2.modeling.policy_jina_clip import truncate_and_normalize
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
 # File names as transformers.js loads jina_clip towers: `JinaCLIPTextModel` / `JinaCLIPVisionModel` default
 # to `onnx/text_model*.onnx` / `onnx/vision_model*.onnx`, and its `dtype` option picks the suffix

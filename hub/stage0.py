@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 
 import torch
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from jina_clip_v2._io import atomic_write
 from jina_clip_v2.modeling.convert_jina_clip_release import ReleaseCheckpointError, _shard_paths, read_weights_file
@@ -43,10 +44,10 @@ from jina_clip_v2.modeling.convert_pretrained_towers import (
     timm_rope_grid,
     vision_geometry,
 )
-from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
+from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
 from ._util import configure_logging, hub_logger
-from .convert import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .export import ExportError, check_export, export_model
 
 logger = hub_logger("stage0")

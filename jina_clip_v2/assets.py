@@ -7,7 +7,7 @@ dependencies, nothing installed), pull the one file out of it and keep it byte f
 `$JINA_CLIP_ASSETS/xlm-roberta-tokenizer/` (default `~/.cache/jina-clip-v2/`; a checkout's `make setup`
 points it at `.assets/`), next to a tokenizer_config.json that names transformers' generic fast tokenizer
 class: `AutoTokenizer` then runs the file's pipeline unchanged (transformers 5's `XLMRobertaTokenizer`
-class would rebuild it and drop trailing "\u2581" pieces, see `modeling.processing_jina_clip`).
+class would rebuild it and drop trailing "\u2581" pieces, see `modeling.tokenization_jina_clip`).
 
 Usage: jina-clip fetch-assets [--out DIR]
 """
@@ -66,7 +66,7 @@ def is_current(folder: Path) -> bool:
 def fetch_tokenizer(out: Path | None = None) -> Path:
     from transformers import AutoTokenizer
 
-    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer, name_generic_tokenizer_class
+    from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer, name_generic_tokenizer_class
 
     out = Path(out) if out is not None else default_tokenizer_dir()
     if is_current(out):

@@ -29,7 +29,8 @@ import torch
 from transformers import CLIPProcessor
 from transformers.utils import cached_file
 
-from .processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
+from .processing_jina_clip import JinaCLIPImageProcessor
+from .tokenization_jina_clip import load_tokenizer
 
 # from_pretrained keywords that say where files come from (passed on to the processor's files).
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")

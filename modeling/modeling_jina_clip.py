@@ -61,9 +61,12 @@ from .loading_jina_clip import (
 from .modeling_jina_bert import JinaBertModel
 
 # transformers 5.4 copies only the direct relative imports of a remote-code module into its module cache, not the
-# files those import in turn: the two the runtime files import are named here, so a folder's copy loads there too.
+# files those import in turn: the ones the runtime and loading files import are named here, so a folder's copy
+# loads there too (tests/test_compat.py loads an exported folder with transformers 5.4).
+from .fetching_jina_clip import fetch_url  # noqa: F401
 from .policy_jina_clip import positive_int  # noqa: F401
-from .processing_jina_clip import load_tokenizer  # noqa: F401
+from .processing_jina_clip import JinaCLIPImageProcessor  # noqa: F401
+from .tokenization_jina_clip import load_tokenizer  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------------
 # Outputs

@@ -1,5 +1,5 @@
-"""Inputs of jina-clip-v2, read exactly as the release reads them: the one image decoder of the package, the
-image processor around it, and the one way the package loads a tokenizer.
+"""Images of jina-clip-v2, read exactly as the release reads them: the one image decoder of the package and the
+image processor around it. (The tokenizer is loaded by `tokenization_jina_clip.py`.)
 
 Decoding (`load_image`) is the release's `Image.open(...)` then PIL's own `.convert("RGB")`, for every mode:
 transparent pixels keep the colour stored under them (no compositing), palette, 16-bit, float, CMYK and
@@ -17,7 +17,7 @@ release, and decodes every input with `load_image` using the options saved in it
 so `encode_image`, the processor, Sentence-Transformers, training and evaluation all see the same pixels.
 
 Remote images are fetched with a total deadline and a byte cap (`fetch_timeout`, `fetch_max_bytes`), from
-http(s) only, following at most a few redirects and only to http(s).
+http(s) only, following at most a few redirects and only to http(s) (`fetching_jina_clip.fetch_url`).
 
 Bounded cost: every input's cost is decided before the work. An encoded image (file, URL, data URI, bytes) whose
 header declares more than `max_image_pixels` pixels is refused before it is decoded (a 34-byte WebP can declare
@@ -28,31 +28,19 @@ resampled (PIL's `resize(box=...)`, the filter positions of the full resize). It
 or differ by a few 8-bit levels in rare pixels where PIL orders its two passes differently for the band. Every
 image within the budget (at 512 px: aspect ratios up to 32:1) takes the release's path unchanged, bit for bit.
 
-Tokenizer (`load_tokenizer`, `exact_tokenizer`): the release tokenizes with its `tokenizer.json` as written
-(transformers 4's fast tokenizer ran that pipeline unchanged). transformers 5's `XLMRobertaTokenizer` class
-rebuilds the pipeline from the vocabulary instead (whitespace split, then Metaspace), which drops the
-trailing `\u2581` piece: "a " gives [0, 10, 2] where the release gives [0, 10, 6, 2]. The tokenizer of
-every folder this package writes is therefore transformers' generic `PreTrainedTokenizerFast` around the
-file's own pipeline, and its tokenizer_config.json names that class, so `AutoTokenizer` / `AutoProcessor`
-load it without rebuilding anything.
-
-This file is Hub remote code: it imports PIL, numpy and transformers (no torch), nothing of this repository.
+This file is Hub remote code: it imports PIL, numpy and transformers (no torch), nothing of this repository except
+relatively (`fetching_jina_clip.py`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import io
 import json
 import math
 import os
 import re
-import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,11 +58,8 @@ except ImportError as err:
         f"but transformers {transformers.__version__} is installed: pip install -U 'transformers>=5.4'"
     ) from err
 
-# Remote images: the whole fetch (connect, redirects, body) ends within this many seconds...
-DEFAULT_FETCH_TIMEOUT_S = 20.0
-# ...and never reads more than this many bytes.
-DEFAULT_FETCH_MAX_BYTES = 64 * 1024 * 1024
-MAX_REDIRECTS = 5
+from .fetching_jina_clip import DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT_S, ImageLoadError, fetch_url
+
 # An encoded image may declare at most this many pixels (PIL's own warning threshold, `Image.MAX_IMAGE_PIXELS`:
 # 0.25 GiB as RGB); PIL itself refuses twice as many whatever this is set to.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -82,13 +67,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 # release's path); a target larger than this is refused, a more elongated image cut before it is resampled.
 DEFAULT_MAX_RESIZE_PIXELS = 2**23
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-# Content types a server may send for an image body; anything else (text/html error pages, JSON) is refused.
-_BINARY_TYPES = ("application/octet-stream", "binary/octet-stream", "application/binary")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-
-
-class ImageLoadError(ValueError):
-    """An image input that cannot be read: undecodable bytes, a failed or refused fetch, a bad array."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,102 +237,6 @@ def _from_array(array: np.ndarray):
             )
         array = (array * 255.0).round().astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(array))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Bounded fetch
-# ----------------------------------------------------------------------------------------------------
-
-
-def fetch_url(url: str, *, timeout: float = DEFAULT_FETCH_TIMEOUT_S, max_bytes: int = DEFAULT_FETCH_MAX_BYTES) -> bytes:
-    """The body of an http(s) image URL, within `timeout` seconds in total and at most `max_bytes` bytes.
-
-    Redirects are followed (at most MAX_REDIRECTS) only to http(s); the response must be 200 with an image (or
-    generic binary) content type. Errors are `ImageLoadError`s that name the URL (and the HTTP status)."""
-    if not timeout > 0 or not max_bytes > 0:
-        raise ValueError(f"fetch_timeout and fetch_max_bytes must be positive; got {timeout} and {max_bytes}")
-    result: dict[str, Any] = {}
-    cancelled = threading.Event()
-    # The fetch runs in a worker thread so that the deadline holds whatever the network does (a stalled
-    # connect, a server that drips one byte a second): the caller gets its error on time, and the worker stops
-    # at its next read (every socket operation is bounded by the same deadline).
-    worker = threading.Thread(
-        target=_fetch_into, args=(url, timeout, max_bytes, cancelled, result), daemon=True, name="jina-clip-fetch"
-    )
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        cancelled.set()
-        raise ImageLoadError(f"cannot fetch image {url}: no complete response within {timeout:g} s")
-    if "error" in result:
-        raise result["error"]
-    return result["data"]
-
-
-def _fetch_into(url: str, timeout: float, max_bytes: int, cancelled: threading.Event, result: dict) -> None:
-    try:
-        result["data"] = _fetch(url, timeout, max_bytes, cancelled)
-    except ImageLoadError as err:
-        result["error"] = err
-    except TimeoutError:  # a socket operation hit the same deadline first
-        result["error"] = ImageLoadError(f"cannot fetch image {url}: no complete response within {timeout:g} s")
-    except Exception as err:  # noqa: BLE001 - network errors of every kind become one clear error
-        result["error"] = ImageLoadError(f"cannot fetch image {url}: {type(err).__name__}: {err}")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Hand redirects back to `_fetch` (as HTTPErrors), which follows them only to http(s) URLs."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-def _fetch(url: str, timeout: float, max_bytes: int, cancelled: threading.Event) -> bytes:
-    # The standard library, not requests/httpx: this file runs as Hub remote code, where transformers and its
-    # own dependencies may be all that is installed. urllib also honours the usual proxy variables.
-    import urllib.error
-
-    deadline = time.monotonic() + timeout
-    opener = urllib.request.build_opener(_NoRedirect)
-    headers = {"User-Agent": "jina-clip-v2 (transformers remote code)", "Accept": "image/*"}
-    current = url
-    for _ in range(MAX_REDIRECTS + 1):
-        try:
-            response = opener.open(urllib.request.Request(current, headers=headers), timeout=timeout)
-        except urllib.error.HTTPError as err:
-            err.close()
-            location = err.headers.get("Location") if err.code in (301, 302, 303, 307, 308) else None
-            if location is None:
-                raise ImageLoadError(f"cannot fetch image {url}: HTTP {err.code} {err.reason}") from None
-            target = urllib.parse.urljoin(current, location)
-            if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
-                raise ImageLoadError(f"cannot fetch image {url}: redirect to a non-http(s) URL refused ({target})") from None
-            current = target
-            continue
-        except (urllib.error.URLError, OSError, ValueError) as err:  # refused, DNS, TLS, timeouts, bad URLs
-            reason = getattr(err, "reason", err)
-            if isinstance(reason, TimeoutError):
-                raise TimeoutError from None
-            raise ImageLoadError(f"cannot fetch image {url}: {reason}") from None
-        with response:
-            kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if kind and not kind.startswith("image/") and kind not in _BINARY_TYPES:
-                raise ImageLoadError(f"cannot fetch image {url}: the server sent {kind!r}, not an image")
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
-                raise ImageLoadError(f"image at {url} is larger than {max_bytes} bytes ({declared.strip()} declared)")
-            chunks, size = [], 0
-            while True:
-                if cancelled.is_set() or time.monotonic() > deadline:
-                    raise ImageLoadError(f"cannot fetch image {url}: no complete response within {timeout:g} s")
-                chunk = response.read1(65536)  # returns what one read brings: a slow server cannot hold us
-                if not chunk:
-                    return b"".join(chunks)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ImageLoadError(f"image at {url} is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-    raise ImageLoadError(f"cannot fetch image {url}: more than {MAX_REDIRECTS} redirects")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -605,118 +488,15 @@ def _bounded_resize_input(image, item: Any, index: int, budget: int, *, shortest
     return image.crop((low, 0, high, height)).resize((band, shortest_edge), resample, box=(first, 0, last, height))
 
 
-# ----------------------------------------------------------------------------------------------------
-# The tokenizer
-# ----------------------------------------------------------------------------------------------------
-
-# XLM-RoBERTa's special tokens (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=last), used where a folder's
-# tokenizer_config.json does not name them.
-SPECIAL_TOKENS = {
-    "bos_token": "<s>",
-    "cls_token": "<s>",
-    "eos_token": "</s>",
-    "sep_token": "</s>",
-    "pad_token": "<pad>",
-    "unk_token": "<unk>",
-    "mask_token": "<mask>",
-}
-
-
-def load_tokenizer(source: str | os.PathLike, *, model_max_length: int | None = None):
-    """The tokenizer of `source` (a folder holding tokenizer.json, or the file) with the file's pipeline as
-    written: normalizer, pre-tokenizer, model, post-processor and added tokens exactly as the `tokenizers`
-    library reads them (`tokenizers.Tokenizer.from_file` gives the same ids for every string).
-
-    Special tokens and `model_max_length` come from the folder's tokenizer_config.json when it has one
-    (XLM-RoBERTa's for a bare file); nothing in that file changes how texts are split."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    path = os.fspath(source)
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no tokenizer.json at {path}")
-    config_file = os.path.join(os.path.dirname(file), "tokenizer_config.json")
-    settings: dict[str, Any] = {}
-    if os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as handle:
-            settings = json.load(handle)
-        if not isinstance(settings, dict):
-            raise ValueError(f"{config_file} must hold a JSON object of settings, got a JSON {type(settings).__name__}")
-    kwargs: dict[str, Any] = {}
-    vocabulary = Tokenizer.from_file(file).get_vocab(with_added_tokens=True)
-    for name, default in SPECIAL_TOKENS.items():
-        value = settings.get(name)
-        # XLM-RoBERTa's token where the config names none, only if the vocabulary has it (BERT, for
-        # jina-clip-v1, has no <s> / </s>: a default would add tokens the model has no embedding for).
-        if value is None and default in vocabulary:
-            value = default
-        if value is not None:
-            kwargs[name] = value["content"] if isinstance(value, dict) else value
-    for name in ("model_max_length", "padding_side", "truncation_side"):
-        if settings.get(name) is not None:
-            kwargs[name] = settings[name]
-    if model_max_length is not None:
-        kwargs["model_max_length"] = model_max_length
-    return PreTrainedTokenizerFast(tokenizer_file=file, **kwargs)
-
-
-# The name every transformers version (4.x: the fast base class; 5.x: an alias of `TokenizersBackend`) and
-# transformers.js resolve to the generic tokenizer that runs tokenizer.json as written. transformers 5 saves
-# "TokenizersBackend", which transformers 4 does not know.
-GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
-
-
-def name_generic_tokenizer_class(folder: str | os.PathLike) -> None:
-    """Make the tokenizer_config.json in `folder` name `GENERIC_TOKENIZER_CLASS` (after `save_pretrained`)."""
-    path = os.path.join(os.fspath(folder), "tokenizer_config.json")
-    with open(path, encoding="utf-8") as handle:
-        settings = json.load(handle)
-    settings["tokenizer_class"] = GENERIC_TOKENIZER_CLASS
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(settings, handle, indent=2, sort_keys=True, ensure_ascii=False)
-        handle.write("\n")
-
-
-def exact_tokenizer(tokenizer):
-    """`tokenizer`'s own `tokenizers` pipeline (its `backend_tokenizer`, copied as is, without the padding /
-    truncation state of its last call) in a `PreTrainedTokenizerFast`, with its special tokens and lengths:
-    saved, it loads back through `AutoTokenizer` with the same ids, whatever class `tokenizer` was."""
-    from transformers import PreTrainedTokenizerFast
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise TypeError(f"expected a fast (tokenizers-backed) tokenizer, got {type(tokenizer).__name__}")
-    backend = copy.deepcopy(backend)
-    backend.no_truncation()
-    backend.no_padding()
-    kwargs = {name: str(getattr(tokenizer, name)) for name in SPECIAL_TOKENS if getattr(tokenizer, name, None) is not None}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        model_max_length=tokenizer.model_max_length,
-        padding_side=tokenizer.padding_side,
-        truncation_side=tokenizer.truncation_side,
-        **kwargs,
-    )
-
-
 __all__ = [
-    "DEFAULT_FETCH_MAX_BYTES",
-    "DEFAULT_FETCH_TIMEOUT_S",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_MAX_RESIZE_PIXELS",
     "ImageLoadError",
     "JinaCLIPImageProcessor",
-    "GENERIC_TOKENIZER_CLASS",
     "RELEASE_KEYS",
     "RELEASE_PROCESSOR_CLASS",
-    "SPECIAL_TOKENS",
-    "exact_tokenizer",
-    "fetch_url",
     "keys_outside_release_layout",
     "load_image",
-    "load_tokenizer",
-    "name_generic_tokenizer_class",
     "open_image",
     "to_rgb",
 ]

@@ -80,7 +80,7 @@ def work(tmp_path_factory) -> Path:
     """A working folder holding the exported folder (under the README's name) and the input images."""
     _clients_installed()
     from jina_clip_v2.assets import default_tokenizer_dir
-    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
+    from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
     work = tmp_path_factory.mktemp("clients")
     (work / "node_modules").symlink_to(JS_DIR / "node_modules")  # what `npm install` gives the README's project

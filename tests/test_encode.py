@@ -19,7 +19,7 @@ from PIL import Image
 
 from _tiny import ROOT
 from jina_clip_v2.modeling import load_image
-from jina_clip_v2.modeling.processing_jina_clip import DEFAULT_FETCH_MAX_BYTES
+from jina_clip_v2.modeling.fetching_jina_clip import DEFAULT_FETCH_MAX_BYTES
 
 IMAGES = sorted((ROOT / "data" / "tuxpaint" / "images").iterdir())
 TEXTS = [

@@ -195,6 +195,7 @@ def test_export_writes_a_complete_hub_folder(exported):
         "README.md", "config.json", "configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py",
         "configuration_jina_bert.py", "modeling_jina_bert.py",  # jina-clip-v1's text tower: imported by both
         "encoding_jina_clip.py", "policy_jina_clip.py", "loading_jina_clip.py",  # the encode runtime and loading
+        "tokenization_jina_clip.py", "fetching_jina_clip.py",  # the tokenizer loader, the bounded URL fetch
         "model.safetensors", "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
         "custom_st.py", "pipeline_jina_clip.py", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
         "1_Normalize/config.json",
@@ -211,7 +212,8 @@ def test_export_writes_a_complete_hub_folder(exported):
     assert set(config["custom_pipelines"]) == {"zero-shot-image-classification", "image-feature-extraction"}
     for name in ("configuration_jina_clip.py", "modeling_jina_clip.py", "processing_jina_clip.py",
                  "configuration_jina_bert.py", "modeling_jina_bert.py", "pipeline_jina_clip.py",
-                 "encoding_jina_clip.py", "policy_jina_clip.py", "loading_jina_clip.py"):
+                 "encoding_jina_clip.py", "policy_jina_clip.py", "loading_jina_clip.py",
+                 "tokenization_jina_clip.py", "fetching_jina_clip.py"):
         assert (exported / name).read_bytes() == (ROOT / "modeling" / name).read_bytes()
     assert (exported / "custom_st.py").read_bytes() == (ROOT / "hub" / "custom_st.py").read_bytes()
     processor = json.loads((exported / "processor_config.json").read_text())

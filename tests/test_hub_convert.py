@@ -49,7 +49,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer(tokenizer_dir):
-    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
+    from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)  # the snapshot's tokenizer.json as written, as the release read it
 

@@ -158,7 +158,7 @@ def test_fetched_assets_are_the_original_file_and_load_unchanged():
     from transformers import AutoTokenizer
 
     from jina_clip_v2.assets import EXPECTED, is_current
-    from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
+    from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
     from jina_clip_v2.training.builders import build_processor as training_processor
 
     folder = _real_tokenizer_dir()

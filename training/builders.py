@@ -60,7 +60,8 @@ def build_processor(source: str | os.PathLike, image_size: int):
     and this repository's image processor at ``image_size`` (CLIP mean/std, release crop rounding)."""
     from transformers import CLIPProcessor
 
-    from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor, load_tokenizer
+    from jina_clip_v2.modeling.processing_jina_clip import JinaCLIPImageProcessor
+    from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
 
     if not Path(source).exists():
         hint = " (fetch the XLM-R tokenizer with `jina-clip fetch-assets`)" if "xlm-roberta-tokenizer" in str(source) else ""

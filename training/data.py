@@ -56,22 +56,19 @@ that fails to decode is skipped (the batch is filled with the next example) and 
 ``TaskStream.skipped``, with a logged warning; so are empty texts, triplets with too few negatives and bad
 rows (``training.sources``: invalid JSON, wrong types; ``on_bad_row="error"`` stops at the first instead).
 A source that yields ``max_consecutive_skips`` unusable examples in a row stops the stream with a
-``DataError`` naming the source and the reasons counted: data that is all bad would otherwise be read
-forever, epoch after epoch, without a single batch.
+``DataError`` naming the source and the reasons counted.
 
-Nothing is lost silently: a damaged file or shard (a line that is no JSON, a gzip or parquet file that
-cannot be read on, a webdataset shard cut short) is logged with its name and the rows it lost, and
-``TaskStream.report()`` (the run's summary, ``training_summary.json``: ``data``) counts them per file, with
-the skipped examples by reason, the texts cut at ``max_text_chars`` and each source's URL fetches.
+Nothing is lost silently: skipped examples, damaged files and the rows they lost, texts cut and URL fetches are
+counted and logged by ``training.data_report`` (the counting and the stop rules), and ``TaskStream.report()``
+is the run's summary (``training_summary.json``: ``data``).
 
 Bounded cost per example: a text is cut at ``max_text_chars`` characters before it is tokenized (default
 64 per token of ``max_length``: a text's first ``max_length`` tokens practically never span more, so the
 tokens are those of the whole text; a 1 GiB text would otherwise take the tokenizer's memory with it).
 Images are decoded with the processor's bounds (``max_image_pixels``, ``fetch_timeout``,
 ``fetch_max_bytes``). URL fetches (only from sources with ``fetch_urls: true``, ``training.sources``) have
-a budget per source: failed fetches in a row may cost at most ``max_fetch_failure_seconds`` (a source whose
-URLs all stall stops the run in minutes, not after ``max_consecutive_skips`` x 20 s = 5.6 hours), and once
-it has made ``MIN_FETCHES_FOR_RATE`` fetches, at most ``max_fetch_failure_rate`` of them may fail.
+a budget per source: ``max_fetch_failure_seconds`` of failed fetches in a row, and ``max_fetch_failure_rate`` of
+all (``training.data_report``).
 
 Resume. ``IterableDataset.state_dict()`` is exact for a stream without a shuffle buffer, but not with
 one: datasets saves the position of the buffer's *input* and drops the buffer content, so a resumed
@@ -95,11 +92,13 @@ import json
 import logging
 import random
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
+# max_text_chars' default, per token of max_length: encode_text's character bound
+from jina_clip_v2.modeling.policy_jina_clip import TEXT_CHARS_PER_TOKEN
+from jina_clip_v2.training.data_report import DataReport
 from jina_clip_v2.training.images import default_image_size, image_from_record, normalize_images, random_resized_crop
 from jina_clip_v2.training.sources import (
     IMAGE_KINDS,
@@ -115,16 +114,6 @@ logger = logging.getLogger(__name__)
 
 _END = object()  # the end of an iterator, for next(iterator, _END)
 ON_BAD_ROW = ("skip", "error")
-TEXT_CHARS_PER_TOKEN = 64  # max_text_chars' default, per token of max_length
-MIN_FETCHES_FOR_RATE = 100  # URL fetches of a source before max_fetch_failure_rate applies
-MAX_LISTED_FILES = 100  # damaged files the report names (the counts cover all)
-SKIP_REASONS = {  # TaskStream.skipped's keys, as errors name them
-    "bad_row": "bad row",
-    "empty_text": "empty text",
-    "missing_image": "missing image",
-    "corrupt_image": "undecodable image",
-    "too_few_negatives": "too few negatives",
-}
 
 
 @dataclass
@@ -236,15 +225,8 @@ class TaskStream:
         self.epoch = 0
         self.consumed = 0  # raw examples this rank has read in the current epoch
         self.examples_seen = 0  # raw examples read in all epochs (bookkeeping)
-        self.skipped: Counter = Counter()
-        # Per source: the reasons of the unusable examples since its last usable one.
-        self.consecutive: dict[int, Counter] = {}
-        # Damaged files and shards: {file: {"problem", "rows_lost", "at_least"}}, found while reading (counted in
-        # the first epoch: later ones read the same damage again).
-        self.damaged: dict[str, dict] = {}
-        self.texts_cut = 0  # texts longer than max_text_chars
-        # Per source: its URL fetches {"fetches", "failed", "seconds", "failed_in_a_row", "failed_seconds_in_a_row"}.
-        self.fetches: dict[int, dict] = {}
+        # Skipped examples, damaged files, texts cut, URL fetches, and the rules that stop on bad data.
+        self.data_report = DataReport(cfg)
         self._iterator: Iterator | None = None
         self._native_state: dict | None = None
         self._finished = False
@@ -273,13 +255,13 @@ class TaskStream:
                 source = int(raw[2].get("_source") or 0)
                 fetch = item[2] if isinstance(item, tuple) else item.pop("_fetch", None)
                 if fetch is not None:
-                    self._count_fetch(source, *fetch)
+                    self.data_report.count_fetch(source, *fetch)
                 if isinstance(item, tuple):
                     if item[0] == "bad_row" and raw[2].get("_where") and raw[0] == 0:
-                        self._count_loss(raw[2]["_where"], int(raw[2].get("_lost") or 1), item[1])
-                    self._skip(item[0], item[1], source=source)
+                        self.data_report.count_loss(raw[2]["_where"], int(raw[2].get("_lost") or 1), item[1])
+                    self.data_report.skip(item[0], item[1], source=source)
                 else:
-                    self.consecutive.pop(source, None)
+                    self.data_report.usable(source)
                     examples.append(item)
         if not examples:
             raise StopIteration
@@ -340,66 +322,6 @@ class TaskStream:
                 f"{', '.join(s.path for s in self.cfg.sources)}): {type(err).__name__}: {err}"
             ) from err
 
-    def _skip(self, reason: str, detail: str = "", *, source: int = 0) -> None:
-        """Count (and log, sparingly) an example dropped for bad data; the batch is filled from the next.
-        A bad row stops the stream under ``on_bad_row="error"``, and so does the ``max_consecutive_skips``-th
-        unusable example in a row from one source."""
-        label = self.cfg.source_label(source) if source < len(self.cfg.sources) else f"source {source}"
-        if reason == "bad_row" and self.cfg.on_bad_row == "error":
-            raise DataError(f"{label}: bad row: {detail} (data.on_bad_row=error; 'skip' skips such rows)")
-        self.skipped[reason] += 1
-        count = self.skipped[reason]
-        if count <= 10 or count % 1000 == 0:
-            logger.warning("%s: skipping an example (%s, %d so far)%s", label, SKIP_REASONS.get(reason, reason), count,
-                           f": {detail}" if detail else "")
-        run = self.consecutive.setdefault(source, Counter())
-        run[reason] += 1
-        total = sum(run.values())
-        if total >= self.cfg.max_consecutive_skips:
-            reasons = ", ".join(f"{n} {SKIP_REASONS.get(r, r)}" for r, n in run.most_common())
-            raise DataError(
-                f"{label}: {total} consecutive unusable examples ({reasons}); the last: "
-                f"{SKIP_REASONS.get(reason, reason)}{f' ({detail})' if detail else ''}. Fix the data or its "
-                "column mapping (data.max_consecutive_skips sets how many in a row stop the run)"
-            )
-
-    def _count_loss(self, where: str, lost: int, problem: str) -> None:
-        """A damaged file's rows (first epoch only: later epochs read the same damage again)."""
-        entry = self.damaged.setdefault(where, {"problem": problem, "rows_lost": 0, "at_least": False})
-        if lost < 0:  # the rest of the file: how many is unknown
-            entry.update(problem=problem, at_least=True)
-            lost = 1
-        entry["rows_lost"] += lost
-        if entry["rows_lost"] == lost:
-            logger.warning("%s: damaged: %s", where, problem)
-
-    def _count_fetch(self, source: int, seconds: float, ok: bool, detail: str) -> None:
-        """One URL fetch of `source`, against its budget (see the module docstring)."""
-        stats = self.fetches.setdefault(
-            source, {"fetches": 0, "failed": 0, "seconds": 0.0, "failed_in_a_row": 0, "failed_seconds_in_a_row": 0.0}
-        )
-        stats["fetches"] += 1
-        stats["seconds"] += seconds
-        if ok:
-            stats.update(failed_in_a_row=0, failed_seconds_in_a_row=0.0)
-            return
-        stats["failed"] += 1
-        stats["failed_in_a_row"] += 1
-        stats["failed_seconds_in_a_row"] += seconds
-        label = self.cfg.source_label(source) if source < len(self.cfg.sources) else f"source {source}"
-        if stats["failed_seconds_in_a_row"] > self.cfg.max_fetch_failure_seconds:
-            raise DataError(
-                f"{label}: {stats['failed_in_a_row']} image URL fetches in a row failed, costing "
-                f"{stats['failed_seconds_in_a_row']:.0f} s (the last: {detail}); data.max_fetch_failure_seconds="
-                f"{self.cfg.max_fetch_failure_seconds:g} bounds the time a source may lose this way"
-            )
-        rate = stats["failed"] / stats["fetches"]
-        if stats["fetches"] >= MIN_FETCHES_FOR_RATE and rate > self.cfg.max_fetch_failure_rate:
-            raise DataError(
-                f"{label}: {stats['failed']} of its {stats['fetches']} image URL fetches failed ({rate:.0%}; the last: "
-                f"{detail}); data.max_fetch_failure_rate={self.cfg.max_fetch_failure_rate:g} bounds the failed share"
-            )
-
     def _prepare(self, raw: tuple[int, int, dict]) -> dict | tuple:
         """Decode/augment/validate one raw example (thread-safe); (reason, detail, fetch) when it is skipped.
         `fetch` (also the kept example's "_fetch") is (seconds, ok, detail) for an image fetched from a URL."""
@@ -440,7 +362,7 @@ class TaskStream:
     def _tokenize(self, texts: list[str]):
         limit = self.cfg.max_text_chars or TEXT_CHARS_PER_TOKEN * self.max_length
         if any(len(text) > limit for text in texts):  # bounded before the tokenizer sees it (module docstring)
-            self.texts_cut += sum(len(text) > limit for text in texts)
+            self.data_report.texts_cut += sum(len(text) > limit for text in texts)
             texts = [text[:limit] for text in texts]
         encoding = self.tokenizer(
             texts,
@@ -498,20 +420,13 @@ class TaskStream:
             self._pool = None
 
     def report(self) -> dict:
-        """What the data cost, for the run's summary: skipped examples by reason, damaged files with the rows
-        each lost ("at_least": the rest of the file was unreadable), texts cut, URL fetches per source."""
-        return {
-            "skipped": dict(self.skipped),
-            "rows_lost": sum(entry["rows_lost"] for entry in self.damaged.values()),
-            "damaged_files": {path: dict(entry) for path, entry in sorted(self.damaged.items())},
-            "texts_cut": self.texts_cut,
-            "url_fetches": {
-                self.cfg.source_label(k) if k < len(self.cfg.sources) else str(k): {
-                    "fetches": v["fetches"], "failed": v["failed"], "seconds": round(v["seconds"], 3)
-                }
-                for k, v in sorted(self.fetches.items())
-            },
-        }
+        """What the data cost, for the run's summary (`DataReport.to_dict`)."""
+        return self.data_report.to_dict()
+
+    @property
+    def skipped(self):
+        """The examples skipped so far, by reason (a Counter)."""
+        return self.data_report.skipped
 
     # -- switches ---------------------------------------------------------------------------------------
     def set_image_size(self, size: int) -> None:
@@ -535,11 +450,7 @@ class TaskStream:
             "finished": self._finished,
             "image_size": self.image_size,
             "max_length": self.max_length,
-            "skipped": dict(self.skipped),
-            "consecutive": {str(k): dict(v) for k, v in self.consecutive.items()},
-            "damaged": dict(self.damaged),
-            "texts_cut": self.texts_cut,
-            "fetches": {str(k): dict(v) for k, v in self.fetches.items()},
+            **self.data_report.state_dict(),
             "resume": "replay" if self.exact_resume else "datasets",
         }
         if self._iterator is not None:
@@ -565,40 +476,11 @@ class TaskStream:
             self.image_size = int(state["image_size"])
         if state.get("max_length") is not None:
             self.max_length = int(state["max_length"])
-        self.skipped = Counter(state.get("skipped", {}))
-        self.consecutive = {int(k): Counter(v) for k, v in state.get("consecutive", {}).items()}
-        self.damaged.update(state.get("damaged", {}))
-        self.texts_cut = int(state.get("texts_cut", 0))
-        self.fetches = {int(k): dict(v) for k, v in state.get("fetches", {}).items()}
+        self.data_report.load_state_dict(state)
         self._iterator = None
         self._native_state = None
         if not self.exact_resume and state.get("datasets_state") is not None:
             self._native_state = state["datasets_state"]
-
-
-def merge_data_reports(reports: list[dict]) -> dict:
-    """`TaskStream.report()`s of several processes as one: counts summed; a damaged file (every process checks
-    the shards of every source) counted once, with the most rows any process saw it lose."""
-    skipped: Counter = Counter()
-    files: dict[str, dict] = {}
-    fetches: dict[str, dict] = {}
-    for report in reports:
-        skipped.update(report["skipped"])
-        for path, entry in report["damaged_files"].items():
-            if path not in files or entry["rows_lost"] > files[path]["rows_lost"]:
-                files[path] = dict(entry)
-        for source, stats in report["url_fetches"].items():
-            total = fetches.setdefault(source, {"fetches": 0, "failed": 0, "seconds": 0.0})
-            for key in total:
-                total[key] += stats[key]
-    return {
-        "skipped": dict(skipped),
-        "rows_lost": sum(entry["rows_lost"] for entry in files.values()),
-        "damaged_files": dict(sorted(files.items())[:MAX_LISTED_FILES]),
-        "damaged_files_count": len(files),
-        "texts_cut": sum(report["texts_cut"] for report in reports),
-        "url_fetches": fetches,
-    }
 
 
 def build_task_stream(
@@ -628,5 +510,4 @@ __all__ = [
     "TaskStream",
     "build_dataset",
     "build_task_stream",
-    "merge_data_reports",
 ]

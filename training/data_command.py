@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--shard-size must be >= 1")
     columns = _columns(args.columns)
     if args.command == "captions":
-        from jina_clip_v2.modeling.processing_jina_clip import load_tokenizer
+        from jina_clip_v2.modeling.tokenization_jina_clip import load_tokenizer
         from jina_clip_v2.training.build_data import build_image_text
         from jina_clip_v2.training.config import resolve_path
 

@@ -151,7 +151,7 @@ class Stage:
         per task that lost rows or skipped examples: what the data cost is never silent."""
         from accelerate.utils import gather_object
 
-        from jina_clip_v2.training.data import merge_data_reports
+        from jina_clip_v2.training.data_report import merge_data_reports
 
         local = {name: stream.report() for name, stream in self.streams.items()}
         reports = gather_object([local]) if self.accelerator.num_processes > 1 else [local]
