@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--truncate-dim", type=int, help="Matryoshka width (one of the model's matryoshka_dimensions)")
     group.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of the stored vectors")
     group.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per output shard (the unit of resume)")
-    group.add_argument("--batch-size", type=int, default=32, help="encode_text / encode_image batch size")
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="encode_text / encode_image batch size (default: theirs: 32 texts in a token budget, images by device)")
     group.add_argument("--num-workers", type=int, help="image decoding threads (default: one per core, at most 8)")
     group.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                        help="dtype the model computes in (bfloat16 on GPUs is faster, and changes the numbers slightly)")

@@ -148,7 +148,8 @@ def _error_message(err: BaseException) -> str:
 
 class ShardEmbedder:
     """Embeds shards with ``model`` (a loaded ``JinaCLIPModel``). ``on_items(n)`` is called as rows are done (for a
-    progress bar). ``batch_size`` / ``num_workers`` are ``encode_*``'s; the decode pool has ``num_workers``
+    progress bar). ``batch_size`` / ``num_workers`` are ``encode_*``'s (None: their defaults, the device's
+    measured batch); the decode pool has ``num_workers``
     threads too (default: one per core, at most 8)."""
 
     def __init__(
@@ -157,7 +158,7 @@ class ShardEmbedder:
         columns: Columns,
         options: EmbedOptions,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
         on_items: Callable[[int], None] | None = None,
     ):
@@ -180,7 +181,7 @@ class ShardEmbedder:
     def _decoded(self, items: list[tuple[int, Any]], good: list[int], errors: dict[int, str]) -> Iterator[Any]:
         """The decodable images of ``items`` ((row, value) pairs), in order; their rows go to ``good``, the others'
         messages to ``errors``. At most ``2 * batch_size + workers`` images are decoded ahead."""
-        window = 2 * self.batch_size + self.num_workers
+        window = 2 * (self.batch_size or 32) + self.num_workers
         pending: deque = deque()
         source = iter(items)
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="jina-clip-embed-decode") as pool:
@@ -222,7 +223,7 @@ class ShardEmbedder:
         if not rows:
             return np.zeros((0, self.dim), np.float32)
         embeddings = self.model.encode_text(
-            [values[row] for row in rows], task=self.options.task, batch_size=self.batch_size,
+            [values[row] for row in rows], task=self.options.task, batch_size=self.batch_size or 32,
             truncate_dim=self.options.truncate_dim, show_progress_bar=False,
         )
         return embeddings

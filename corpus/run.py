@@ -48,7 +48,7 @@ class EmbedJob:
     model_dtype: str = "float32"
     shard_size: int = DEFAULT_SHARD_SIZE
     image_root: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     num_workers: int | None = None
     dims: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
@@ -185,7 +185,7 @@ def embed_corpus(
     truncate_dim: int | None = None,
     dtype: str = "float32",
     shard_size: int = DEFAULT_SHARD_SIZE,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     revision: str | None = None,
     model_dtype: str = "float32",

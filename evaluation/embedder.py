@@ -315,7 +315,8 @@ class Embedder:
             ``normalize_embeddings``, ``show_progress_bar``, ``convert_to_numpy``) are passed only
             when the method accepts them.
         cache: an :class:`EmbeddingCache`, or ``None`` to always encode.
-        batch_size: forwarded to ``encode_*``.
+        batch_size: forwarded to ``encode_*`` (None: their own defaults, e.g. encode_image's measured batch for the
+            device).
         fingerprint: the model identity used in cache keys (default: :func:`model_fingerprint`).
         show_progress: progress bars over the encode chunks.
     """
@@ -325,7 +326,7 @@ class Embedder:
         model: Any,
         cache: EmbeddingCache | None = None,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         fingerprint: str | None = None,
         show_progress: bool = True,
         image_chunk: int = DEFAULT_IMAGE_CHUNK,
@@ -352,7 +353,7 @@ class Embedder:
             "convert_to_numpy": True,
         }
         for name, value in wanted.items():
-            if _accepts(method, name):
+            if value is not None and _accepts(method, name):
                 kwargs[name] = value
         instructions = getattr(getattr(self.model, "config", None), "task_instructions", None)
         if task is not None and isinstance(instructions, Mapping) and task not in instructions:

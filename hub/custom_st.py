@@ -20,6 +20,10 @@ images and prompts go through that native path unchanged. This subclass adds:
 - **`task`.** `encode(..., task="retrieval.query")` prepends the release's query instruction, as
   `encode_text(task=...)` and jina-embeddings-v3's `task` argument do (the same as
   `prompt_name="retrieval.query"`); an unknown task is a `ValueError`.
+- **Texts through the model's encode runtime.** A text batch is embedded by `encode_text`'s own runtime
+  (`encoding_jina_clip.batched_text_features`: sorted by token count into token-budget batches, unpadded where
+  that is the fastest exact path, e.g. length buckets on CPU), not as one padded call of the text tower: the
+  same embeddings, at `encode_text`'s speed (benchmarks/entry_points.py). Images go through the native path.
 - **`truncate_dim`.** Only the trained Matryoshka widths (`config.matryoshka_dimensions`) are accepted,
   by `encode_text`'s own check (`policy_jina_clip.check_truncate_dim`, numpy integers included); another value
   is a `ValueError`. Sentence-Transformers truncates after the last
@@ -49,9 +53,11 @@ except ImportError as err:  # pragma: no cover - depends on the installed versio
         "multimodal processors): pip install -U 'sentence-transformers>=5.4'"
     ) from err
 
-try:  # in an exported folder: the copy next to this file (transformers copies relative imports along)
+try:  # in an exported folder: the copies next to this file (transformers copies relative imports along)
+    from .encoding_jina_clip import batched_text_features
     from .policy_jina_clip import check_truncate_dim
-except ImportError:  # in the package (jina_clip_v2.hub), where the policy lives in jina_clip_v2.modeling
+except ImportError:  # in the package (jina_clip_v2.hub), where the runtime lives in jina_clip_v2.modeling
+    from jina_clip_v2.modeling.encoding_jina_clip import batched_text_features
     from jina_clip_v2.modeling.policy_jina_clip import check_truncate_dim
 
 logger = logging.getLogger(__name__)
@@ -176,10 +182,19 @@ class JinaCLIPTransformer(Transformer):
         config = self.model.config
         check_truncate_dim(self._requested_truncate_dim(), config.matryoshka_dimensions, config.projection_dim)
 
+    def _forward_modality(self, kind: str, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        # Texts through encode_text's runtime unless the caller asks for more than the pooled embedding.
+        if kind == "text" and not kwargs and not getattr(self.model.config, "output_hidden_states", False):
+            features[self.module_output_name] = batched_text_features(
+                self.model, features["input_ids"], features.get("attention_mask")
+            )
+            return features
+        return super().forward(features, **kwargs)
+
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         self._check_truncate_dim()
         if features.get("modality") != MIXED:
-            return super().forward(features, **kwargs)
+            return self._forward_modality(features.get("modality", "text"), features, **kwargs)
         embeddings, positions = [], []
         for kind in self.modality_config:
             prefix = f"{kind}{_SEP}"
@@ -187,7 +202,7 @@ class JinaCLIPTransformer(Transformer):
             if not part:
                 continue
             positions.append(part.pop("positions"))
-            embeddings.append(super().forward(part, **kwargs)[self.module_output_name])
+            embeddings.append(self._forward_modality(kind, part, **kwargs)[self.module_output_name])
         dtype = embeddings[0].dtype
         for embedding in embeddings[1:]:
             dtype = torch.promote_types(dtype, embedding.dtype)

@@ -46,6 +46,11 @@ TRANSFORMERS_JS_DTYPES = {"fp32": "fp32", "fp16": "fp16", "int8": "q8"}
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUTS = ("text_embeddings", "l2norm_text_embeddings")
 VISION_INPUTS = ("pixel_values",)
+# Token budget of one text batch (texts x longest text; padded, sorted by length). Small batches keep ONNX Runtime's
+# activations in the cache: on a 2-layer real-width text graph, one thread, 256 long-tailed texts, budgets of
+# 64 / 128 / 256 / 512 / 1024 / 4096 tokens took 9.5 / 9.4 / 9.2 / 9.5 / 10.3 / 13.3 s in fp32 and 3.3 / 3.2 / 3.1 /
+# 3.2 / 3.4 / 5.0 s in int8 (CPU time; benchmarks/README.md, "Every entry point"). A longer text runs alone.
+DEFAULT_TEXT_TOKENS_PER_BATCH = 256
 VISION_OUTPUTS = ("image_embeddings", "l2norm_image_embeddings")
 
 
@@ -156,18 +161,37 @@ class JinaCLIPOnnx:
         normalize_embeddings: bool = True,
         max_length: int | None = None,
         max_chars: int | None = None,
+        max_tokens_per_batch: int | None = None,
     ) -> np.ndarray:
-        """(n, dim) float32 embeddings of texts (a vector for a single string), as `encode_text`."""
+        """(n, dim) float32 embeddings of texts (a vector for a single string), as `encode_text`: tokenized per chunk
+        of `TEXTS_PER_CHUNK`, sorted by token count into batches of at most `batch_size` texts and
+        `max_tokens_per_batch` (default `DEFAULT_TEXT_TOKENS_PER_BATCH`) texts x longest tokens, outputs in input
+        order."""
         texts, single = policy.as_list(sentences, "texts")
         policy.check_texts(texts)
         truncate_dim = policy.check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
         texts = policy.add_task_instruction(texts, task, self.task_instructions)
         batch_size = policy.positive_int(batch_size, "batch_size")
-        chunks = [
-            self.run_text(**self.tokenize(texts[start : start + batch_size], max_length, max_chars, start))["text_embeddings"]
-            for start in range(0, len(texts), batch_size)
-        ]
-        out = truncate_and_normalize(np.concatenate(chunks), truncate_dim, normalize_embeddings)
+        budget = policy.positive_int(max_tokens_per_batch or DEFAULT_TEXT_TOKENS_PER_BATCH, "max_tokens_per_batch")
+        settings = policy.text_settings({}, max_length, self.max_text_length)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 1
+        out = None
+        for start in range(0, len(texts), policy.TEXTS_PER_CHUNK):
+            ids = policy.tokenize(self.tokenizer, texts[start : start + policy.TEXTS_PER_CHUNK], settings, max_chars, start,
+                                  padding=False, return_attention_mask=False)["input_ids"]
+            lengths = [len(row) for row in ids]
+            # As encode_text: sorted by token count into token-budget batches (padded: ONNX graphs take a mask), each
+            # padded to its longest text only; rows written back at their input positions.
+            for indices in policy.text_batches(lengths, batch_size, budget, unpadded=False):
+                input_ids = np.full((len(indices), lengths[indices[0]]), pad_id, dtype=np.int64)
+                attention_mask = np.zeros_like(input_ids)
+                for row, index in enumerate(indices):
+                    input_ids[row, : lengths[index]] = ids[index]
+                    attention_mask[row, : lengths[index]] = 1
+                rows = truncate_and_normalize(self.run_text(input_ids, attention_mask)["text_embeddings"], truncate_dim, normalize_embeddings)
+                if out is None:
+                    out = np.empty((len(texts), rows.shape[1]), dtype=np.float32)
+                out[np.asarray(indices) + start] = rows
         return out[0] if single else out
 
     def encode_image(
@@ -219,6 +243,7 @@ def _checked_pixels(values: Any, size: int | None) -> np.ndarray:
 
 
 __all__ = [
+    "DEFAULT_TEXT_TOKENS_PER_BATCH",
     "JinaCLIPOnnx",
     "PRECISION_SUFFIXES",
     "TOWER_FILES",

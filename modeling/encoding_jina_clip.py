@@ -32,13 +32,17 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .policy_jina_clip import (
+    BUCKET_PADDING,
+    TEXTS_PER_CHUNK,
     add_task_instruction,
     as_list,
     check_texts,
     check_truncate_dim,
     image_stream,
+    length_buckets,
     positive_int,
     refuse_unknown_tokenizer_arguments,
+    text_batches,
     text_settings,
     tokenize,
     truncate_and_normalize,
@@ -129,48 +133,6 @@ def check_pixel_values(pixel_values, values: bool) -> None:
 # benchmarks/README.md); larger budgets only add memory there. CUDA: large enough that the default batch_size
 # (32 texts) binds first for texts up to 1024 tokens; a memory bound (activations of ~32k tokens), not tuned.
 DEFAULT_TEXT_TOKENS_PER_BATCH = {"cpu": 4096, "cuda": 32768}
-# Texts of an unpadded batch share one padded call of the text tower while padding them to the longest of their
-# bucket adds at most this fraction of their real tokens (0: only equal lengths share a call). Padding is masked,
-# so it changes no output; it only trades a little work for fewer, larger kernel calls.
-BUCKET_PADDING = 0.125
-
-
-def text_batches(lengths: Sequence[int], batch_size: int, max_tokens: int, unpadded: bool) -> list[list[int]]:
-    """Text indices in batches, longest first (ties in input order): at most `batch_size` texts and `max_tokens`
-    tokens per batch (the real tokens when `unpadded`, texts x longest text when padded). A text longer than
-    the budget gets a batch of its own. Short texts go in large batches, long ones in small: memory stays flat."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens}")
-    batches: list[list[int]] = []
-    tokens = 0
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        current = batches[-1] if batches else None
-        # Descending order: a padded batch's longest text is its first, so it holds len(batch) x that.
-        grown = tokens + lengths[index] if unpadded else (len(current) + 1) * lengths[current[0]] if current else 0
-        if current and len(current) < batch_size and grown <= max_tokens:
-            current.append(index)
-            tokens = grown
-        else:
-            batches.append([index])
-            tokens = lengths[index]
-    return batches
-
-
-def length_buckets(lengths: Sequence[int], padding: float = BUCKET_PADDING) -> list[list[int]]:
-    """Text indices in buckets, longest first, such that padding each bucket to its longest text costs at most
-    `padding` x the bucket's real tokens."""
-    buckets: list[list[int]] = []
-    real = 0
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if buckets and (len(buckets[-1]) + 1) * lengths[buckets[-1][0]] <= (1.0 + padding) * (real + lengths[index]):
-            buckets[-1].append(index)
-            real += lengths[index]
-        else:
-            buckets.append([index])
-            real = lengths[index]
-    return buckets
-
-
 def text_batch_plan(model, lengths: Sequence[int], batch_size: int = 32, max_tokens_per_batch: int | None = None,
                     device=None) -> tuple[list[list[int]], bool]:
     """How `encode_text` batches texts of these token counts: (batches of indices, unpadded).
@@ -217,6 +179,26 @@ def pool_packed(hidden, segment, lengths):
 # ----------------------------------------------------------------------------------------------------
 # The image pool
 # ----------------------------------------------------------------------------------------------------
+
+
+# Image tokens (patches + CLS, `vision_config.num_positions`) of one encode_image batch when `batch_size` is not
+# given, per device type. CPU: the vision tower's per-image cost grows with the batch once a batch's activations
+# spill out of the cache (issue 25: element-wise ops 2-4x slower). Measured at 512 px (1025 tokens per image; one
+# thread, 8 images, real-width tower; benchmarks/README.md "Every entry point"): batches of 1 / 2 / 4 / 8 took
+# 0.96 / 0.98 / 1.01 / 1.13x the time of a per-image user loop. So about one 512-px image's tokens: 1 image at 384 and
+# 512 px, 4 at 224 px (257 tokens each). Other devices: 32 images (large batches fill a GPU).
+DEFAULT_IMAGE_TOKENS_PER_BATCH = {"cpu": 1100}
+DEFAULT_IMAGE_BATCH = 32
+
+
+def default_image_batch_size(model, device=None) -> int:
+    """encode_image's batch when none is given: from `DEFAULT_IMAGE_TOKENS_PER_BATCH` for the device, at most
+    `DEFAULT_IMAGE_BATCH` images."""
+    device = torch.device(device) if device is not None else model.device
+    budget = DEFAULT_IMAGE_TOKENS_PER_BATCH.get(device.type)
+    if budget is None:
+        return DEFAULT_IMAGE_BATCH
+    return max(1, min(DEFAULT_IMAGE_BATCH, budget // model.config.vision_config.num_positions))
 
 
 def default_image_workers() -> int:
@@ -293,11 +275,14 @@ def _to_device(tensors: dict, device) -> dict:
     return {k: v.to(device) for k, v in tensors.items()}
 
 
-def run_batches(model, batches: Iterable, embed: Callable, total: int | None, device, show_progress_bar: bool | None,
-                description: str) -> tuple[list, list[int]]:
-    """`embed` over `batches` ((indices, CPU tensors, embed kwargs) triples): (pooled outputs, their indices). The
-    model is switched to eval mode (and back) only when it is training: sweeping every module costs milliseconds
-    per call at real size."""
+def run_batches(model, batches: Iterable, embed: Callable, count: int | None, device, show_progress_bar: bool | None,
+                description: str, truncate_dim: int | None, normalize: bool):
+    """`embed` over `batches` ((indices, CPU tensors, embed kwargs) triples): the (n, dim) embeddings, each batch's
+    rows truncated and normalised as it comes (`truncate_and_normalize` is row by row) and written at its indices,
+    i.e. in the caller's order, into one tensor allocated once (`count` rows; None: an iterable of unknown length,
+    whose batches come in order and are concatenated). So no second copy of all pooled outputs is ever held. The
+    model is switched to eval mode (and back) only when it is training: sweeping every module costs milliseconds per
+    call at real size."""
     if device is not None and not _same_device(torch.device(device), model.device):
         model.to(device)
     if show_progress_bar is None:
@@ -305,31 +290,63 @@ def run_batches(model, batches: Iterable, embed: Callable, total: int | None, de
     was_training = model.training
     if was_training:
         model.eval()
-    chunks, order = [], []
+    out, parts = None, []
     try:
-        for indices, batch, options in tqdm(batches, total=total, desc=description, disable=not show_progress_bar):
-            chunks.append(embed(_to_device(batch, model.device), **options).pooler_output)
-            order.extend(indices)
+        with tqdm(total=count, desc=description, disable=not show_progress_bar) as bar:
+            for indices, batch, options in batches:
+                rows = embed(_to_device(batch, model.device), **options).pooler_output
+                rows = truncate_and_normalize(rows, truncate_dim, normalize)
+                if count is None:
+                    parts.append(rows)
+                else:
+                    if out is None:
+                        out = rows.new_empty((count, rows.shape[-1]))
+                    out[torch.tensor(indices, device=rows.device)] = rows
+                bar.update(len(indices))
     finally:
         if was_training:
             model.train()
         close = getattr(batches, "close", None)
         if close is not None:
-            close()  # stops the image workers if the forward pass raised
-    return chunks, order
+            close()  # stops the image workers (or the text chunks) if the forward pass raised
+    return out if count is not None else torch.cat(parts)
 
 
-def finish(chunks: list, order: list[int], single: bool, truncate_dim: int | None, normalize_embeddings: bool,
-           convert_to_numpy: bool, convert_to_tensor: bool):
-    """Restore the caller's order, then truncate and normalise; a tensor, an array or a list of rows."""
-    stacked = truncate_and_normalize(torch.cat(chunks)[torch.tensor(order).argsort()], truncate_dim, normalize_embeddings)
+def finish(embeddings, single: bool, convert_to_numpy: bool, convert_to_tensor: bool):
+    """A tensor, an array or a list of rows (one row for a single input)."""
     if convert_to_tensor:
-        return stacked[0] if single else stacked
+        return embeddings[0] if single else embeddings
     if convert_to_numpy:
-        array = stacked.float().cpu().numpy()
+        array = embeddings.float().cpu().numpy()
         return array[0] if single else array
-    rows = list(stacked.unbind(0))
+    rows = list(embeddings.unbind(0))
     return rows[0] if single else rows
+
+
+def batched_text_features(model, input_ids, attention_mask, max_tokens_per_batch: int | None = None) -> torch.Tensor:
+    """The raw (un-normalised) embeddings (n, dim) of an already tokenized batch, in its order, computed as
+    `encode_text` computes them: texts sorted by token count into token-budget batches, unpadded where that is the
+    fastest exact path (`text_batch_plan`). The entry point of callers that tokenize themselves (the
+    Sentence-Transformers module); gradients flow through it as through `get_text_features`."""
+    input_ids, attention_mask = unpack_text_inputs(input_ids, attention_mask)
+    check_text_inputs(input_ids, attention_mask, model.config.text_config.vocab_size, values=True)
+    lengths = attention_mask.sum(1).tolist()
+    batches, unpadded = text_batch_plan(model, lengths, len(lengths), max_tokens_per_batch, input_ids.device)
+    # A right-padded batch (the tokenizers' default) is cut to each batch's longest text; other layouts stay whole.
+    right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
+    out = None
+    for indices in batches:
+        rows = torch.tensor(indices, device=input_ids.device)
+        width = max(lengths[i] for i in indices) if right_padded else input_ids.shape[1]
+        pooled = model.get_text_features(
+            input_ids[rows, :width], attention_mask=attention_mask[rows, :width], unpadded=unpadded, check_inputs=False
+        ).pooler_output
+        if out is None:
+            out = pooled.new_empty((len(lengths), pooled.shape[-1]))
+        out = out.index_copy(0, rows, pooled) if pooled.requires_grad else out.index_copy_(0, rows, pooled)
+    return out
+
+
 
 
 @torch.inference_mode()
@@ -351,11 +368,12 @@ def encode_text(
 ):
     """Embed texts. Returns a (n, dim) float32 array by default (a vector for a single string).
 
-    The texts are tokenized once, sorted by token count (longest first) and grouped into batches of at most
-    `batch_size` texts and `max_tokens_per_batch` tokens; where the backend makes it pay (FlashAttention, or
-    eager/SDPA on CPU) the batches are unpadded, so (almost) no pad token is computed (`text_batch_plan`). The
-    outputs come back in the input order and equal those of encoding each text alone (to float rounding). Safe to
-    call from several threads on one model (in eval mode, as loaded).
+    The texts are tokenized in chunks of `TEXTS_PER_CHUNK` (memory stays flat however many are given); each chunk's
+    texts are sorted by token count (longest first) and grouped into batches of at most `batch_size` texts and
+    `max_tokens_per_batch` tokens; where the backend makes it pay (FlashAttention, or eager/SDPA on CPU) the batches
+    are unpadded, so (almost) no pad token is computed (`text_batch_plan`). The outputs come back in the input order
+    and equal those of encoding each text alone (to float rounding). Safe to call from several threads on one model
+    (in eval mode, as loaded).
 
     Args:
         task: "retrieval.query" prepends the release's query instruction; None adds nothing. (jina-clip-v1 has no
@@ -385,45 +403,50 @@ def encode_text(
     padding = settings.pop("padding", True)
     pad_to_multiple_of = settings.pop("pad_to_multiple_of", None)
     settings.pop("return_tensors", None)
-    # The one tokenization: the batching's lengths and every batch's ids come from it.
-    encoded = tokenize(tokenizer, texts, settings, max_chars, padding=False, return_attention_mask=False)
-    ids = encoded["input_ids"]
-    lengths = [len(row) for row in ids]
-    empty = [index for index, length in enumerate(lengths) if length == 0]
-    if empty:  # e.g. "" with add_special_tokens=False: it would pool to a zero vector
-        raise ValueError(f"text(s) {empty[:10]} give no token at all (with these tokenizer settings): nothing to embed")
-    batches, unpadded = text_batch_plan(model, lengths, batch_size, max_tokens_per_batch, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.text_config.pad_token_id
-    flat = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long)
-    length_table = torch.tensor(lengths, dtype=torch.long)
-    starts = torch.cumsum(length_table, 0) - length_table
 
-    def prepare(indices: list[int]):
-        rows = torch.tensor(indices, dtype=torch.long)
-        width = max(lengths[i] for i in indices)
-        if not unpadded:
-            if padding == "max_length":
-                width = max(width, settings["max_length"])
-            if pad_to_multiple_of:
-                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-        offsets = torch.arange(width)
-        real = offsets[None] < length_table[rows][:, None]
-        input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-        input_ids[real] = flat[(starts[rows][:, None] + offsets[None])[real]]  # right padding, as the release
-        return indices, {"input_ids": input_ids, "attention_mask": real.long()}, {"unpadded": unpadded}
+    def chunk_batches(start: int):
+        # One tokenization per chunk: the batching's lengths and every batch's ids come from it.
+        encoded = tokenize(tokenizer, texts[start : start + TEXTS_PER_CHUNK], settings, max_chars, start, padding=False,
+                           return_attention_mask=False)
+        ids = encoded["input_ids"]
+        lengths = [len(row) for row in ids]
+        empty = [start + index for index, length in enumerate(lengths) if length == 0]
+        if empty:  # e.g. "" with add_special_tokens=False: it would pool to a zero vector
+            raise ValueError(f"text(s) {empty[:10]} give no token at all (with these tokenizer settings): nothing to embed")
+        batches, unpadded = text_batch_plan(model, lengths, batch_size, max_tokens_per_batch, device)
+        flat = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long)
+        del encoded, ids
+        length_table = torch.tensor(lengths, dtype=torch.long)
+        starts = torch.cumsum(length_table, 0) - length_table
+        for indices in batches:
+            rows = torch.tensor(indices, dtype=torch.long)
+            width = max(lengths[i] for i in indices)
+            if not unpadded:
+                if padding == "max_length":
+                    width = max(width, settings["max_length"])
+                if pad_to_multiple_of:
+                    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+            offsets = torch.arange(width)
+            real = offsets[None] < length_table[rows][:, None]
+            input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+            input_ids[real] = flat[(starts[rows][:, None] + offsets[None])[real]]  # right padding, as the release
+            yield [start + i for i in indices], {"input_ids": input_ids, "attention_mask": real.long()}, {"unpadded": unpadded}
 
     def embed(batch, unpadded):
         return model.get_text_features(batch["input_ids"], attention_mask=batch["attention_mask"], unpadded=unpadded, check_inputs=False)
 
-    chunks, order = run_batches(model, map(prepare, batches), embed, len(batches), device, show_progress_bar, "Encoding texts")
-    return finish(chunks, order, single, truncate_dim, normalize_embeddings, convert_to_numpy, convert_to_tensor)
+    batches = itertools.chain.from_iterable(map(chunk_batches, range(0, len(texts), TEXTS_PER_CHUNK)))
+    embeddings = run_batches(model, batches, embed, len(texts), device, show_progress_bar, "Encoding texts", truncate_dim,
+                             normalize_embeddings)
+    return finish(embeddings, single, convert_to_numpy, convert_to_tensor)
 
 
 @torch.inference_mode()
 def encode_image(
     model,
     images,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     show_progress_bar: bool | None = None,
     convert_to_numpy: bool = True,
     convert_to_tensor: bool = False,
@@ -438,6 +461,8 @@ def encode_image(
     float32 array by default (a vector for a single image).
 
     Args:
+        batch_size: images per forward pass (default `default_image_batch_size`: 32 on GPUs; on CPU the measured
+            best, 1 image at 512 px). Every batch size gives the same embeddings.
         num_workers: threads that decode and preprocess images while the model embeds the previous batch
             (default `min(8, CPU cores)`; 0: everything in the calling thread). At most 2 x `batch_size` images
             are read ahead of the model, so an iterator of any length streams in bounded memory. The pixels are
@@ -445,7 +470,7 @@ def encode_image(
     """
     config = model.config
     truncate_dim = check_truncate_dim(truncate_dim, config.matryoshka_dimensions, config.projection_dim, config.truncate_dim)
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = default_image_batch_size(model, device) if batch_size is None else positive_int(batch_size, "batch_size")
     if num_workers is None:
         num_workers = default_image_workers()
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -455,11 +480,11 @@ def encode_image(
     batches = image_batches(
         items, model.processor.image_processor, batch_size, 0 if count == 1 else num_workers, pin_memory=target.type == "cuda"
     )
-    chunks, order = run_batches(
-        model, batches, lambda batch: model.get_image_features(batch["pixel_values"], check_inputs=False),
-        None if count is None else -(-count // batch_size), device, show_progress_bar, "Encoding images",
+    embeddings = run_batches(
+        model, batches, lambda batch: model.get_image_features(batch["pixel_values"], check_inputs=False), count, device,
+        show_progress_bar, "Encoding images", truncate_dim, normalize_embeddings,
     )
-    return finish(chunks, order, single, truncate_dim, normalize_embeddings, convert_to_numpy, convert_to_tensor)
+    return finish(embeddings, single, convert_to_numpy, convert_to_tensor)
 
 
 __all__ = [
@@ -467,6 +492,7 @@ __all__ = [
     "DEFAULT_TEXT_TOKENS_PER_BATCH",
     "as_list",
     "check_truncate_dim",
+    "default_image_batch_size",
     "default_image_workers",
     "encode_image",
     "encode_text",

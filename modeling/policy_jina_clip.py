@@ -1,7 +1,8 @@
 """The encode policy of jina-clip-v2, torch-free: how inputs are listed (`as_list`, `image_stream`: what is one
 input and what is a batch), the argument checks, the character bound of texts (`TEXT_CHARS_PER_TOKEN`), the
 Matryoshka check (`check_truncate_dim`) and truncation + normalisation (`truncate_and_normalize`: slice first,
-then L2-normalise), and the thread-safe, character-bounded tokenization (`tokenize`). `encoding_jina_clip.py` (the model's `encode_*`), the ONNX Runtime helper
+then L2-normalise), the thread-safe, character-bounded tokenization (`tokenize`), and the order texts are run in
+(`text_batches`: sorted by token count into token-budget batches; `length_buckets`). `encoding_jina_clip.py` (the model's `encode_*`), the ONNX Runtime helper
 (`hub/onnx_runtime.py`), Sentence-Transformers (`hub/custom_st.py`) and the evaluation all use these, so each
 rule exists once.
 
@@ -228,6 +229,53 @@ def bound_characters(texts: list[str], limit: int) -> tuple[list[str], list[int]
 
 
 
+# Texts of an unpadded batch share one padded call of the text tower while padding them to the longest of their
+# bucket adds at most this fraction of their real tokens (0: only equal lengths share a call). Padding is masked,
+# so it changes no output; it only trades a little work for fewer, larger kernel calls.
+BUCKET_PADDING = 0.125
+# Texts tokenized per call of the tokenizer in `encode_text` (and the ONNX Runtime helper): the tokenizer's output
+# costs ~5-6 KB per short text, so tokenizing 100k texts up front held ~0.5 GB; per chunk, memory stays flat as the
+# input grows (benchmarks/entry_points.py, "memory"), and each chunk still sorts thousands of texts by length to
+# fill its token-budget batches.
+TEXTS_PER_CHUNK = 4096
+
+
+def text_batches(lengths: Sequence[int], batch_size: int, max_tokens: int, unpadded: bool) -> list[list[int]]:
+    """Text indices in batches, longest first (ties in input order): at most `batch_size` texts and `max_tokens`
+    tokens per batch (the real tokens when `unpadded`, texts x longest text when padded). A text longer than
+    the budget gets a batch of its own. Short texts go in large batches, long ones in small: memory stays flat."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens}")
+    batches: list[list[int]] = []
+    tokens = 0
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        current = batches[-1] if batches else None
+        # Descending order: a padded batch's longest text is its first, so it holds len(batch) x that.
+        grown = tokens + lengths[index] if unpadded else (len(current) + 1) * lengths[current[0]] if current else 0
+        if current and len(current) < batch_size and grown <= max_tokens:
+            current.append(index)
+            tokens = grown
+        else:
+            batches.append([index])
+            tokens = lengths[index]
+    return batches
+
+
+def length_buckets(lengths: Sequence[int], padding: float = BUCKET_PADDING) -> list[list[int]]:
+    """Text indices in buckets, longest first, such that padding each bucket to its longest text costs at most
+    `padding` x the bucket's real tokens."""
+    buckets: list[list[int]] = []
+    real = 0
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if buckets and (len(buckets[-1]) + 1) * lengths[buckets[-1][0]] <= (1.0 + padding) * (real + lengths[index]):
+            buckets[-1].append(index)
+            real += lengths[index]
+        else:
+            buckets.append([index])
+            real = lengths[index]
+    return buckets
+
+
 _TOKENIZER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TOKENIZER_LOCKS_GUARD = threading.Lock()
 
@@ -277,6 +325,8 @@ def tokenize(tokenizer, texts: list[str], settings: dict, max_chars: int | None 
     return encoded
 
 __all__ = [
+    "BUCKET_PADDING",
+    "TEXTS_PER_CHUNK",
     "TEXT_CHARS_PER_TOKEN",
     "add_task_instruction",
     "as_list",
@@ -284,8 +334,10 @@ __all__ = [
     "check_texts",
     "check_truncate_dim",
     "image_stream",
+    "length_buckets",
     "positive_int",
     "refuse_unknown_tokenizer_arguments",
+    "text_batches",
     "text_settings",
     "tokenize",
     "tokenizer_lock",

@@ -104,6 +104,49 @@ def test_default_encode_text_equals_each_text_alone(model, tokenizer, attn, monk
     assert first == lengths[: len(first)]
 
 
+def test_encode_text_tokenizes_per_chunk_in_bounded_memory(model, tokenizer, monkeypatch):
+    """Issue 25: texts are tokenized TEXTS_PER_CHUNK at a time (memory flat as the input grows), each chunk sorted
+    into its own batches; the outputs keep the input order and equal one chunk's."""
+    texts = long_tailed_texts(tokenizer)
+    whole = model.encode_text(texts)
+    monkeypatch.setattr(E, "TEXTS_PER_CHUNK", 7)
+    tokenizations = []
+    original_call = type(tokenizer).__call__
+
+    def counting_call(self, *args, **kwargs):
+        tokenizations.append(list(args[0] if args else kwargs.get("text")))
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", counting_call)
+    calls = record(model, "get_text_features")
+    chunked = model.encode_text(texts)
+    del model.get_text_features
+    assert [len(t) for t in tokenizations] == [7] * (len(texts) // 7) + ([len(texts) % 7] if len(texts) % 7 else [])
+    assert sum(tokenizations, []) == texts
+    assert all(len(args[0]) <= 7 for args, _ in calls)  # a batch never spans two chunks
+    np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="text 9 is not valid Unicode"):  # indices count from the first text
+        model.encode_text(texts[:9] + ["bad \ud800"])
+
+
+def test_batched_text_features_is_encode_texts_runtime(model, tokenizer):
+    """What the Sentence-Transformers module calls on a tokenized batch: encode_text's batching (unpadded on CPU),
+    the raw embeddings in the batch's order, differentiable."""
+    texts = long_tailed_texts(tokenizer, count=20)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    calls = record(model, "get_text_features")
+    got = E.batched_text_features(model, batch["input_ids"], batch["attention_mask"], max_tokens_per_batch=64)
+    del model.get_text_features
+    assert len(calls) > 1 and all(kwargs.get("unpadded") is True for _, kwargs in calls)
+    expected = torch.from_numpy(model.encode_text(texts, normalize_embeddings=False))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    model.text_model.embeddings.word_embeddings.weight.requires_grad_(True)
+    loss = E.batched_text_features(model, batch["input_ids"], batch["attention_mask"]).sum()
+    loss.backward()
+    assert model.text_model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
 def test_budget_and_batch_size_cap_the_batches(model, tokenizer):
     texts = long_tailed_texts(tokenizer, seed=1)
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
@@ -257,6 +300,20 @@ def test_encode_image_workers_equal_serial_bit_for_bit(model, tmp_path):
     assert E.default_image_workers() >= 1
     with pytest.raises(ValueError, match="num_workers"):
         model.encode_image(items, num_workers=-1)
+
+
+def test_encode_image_default_batch_follows_the_device_token_budget(model, monkeypatch):
+    """Issue 25: without batch_size, encode_image's batch is the device's image token budget over the tokens of one
+    image (CPU: the measured best); an explicit batch_size wins; the embeddings are the same either way."""
+    positions = model.config.vision_config.num_positions
+    assert E.default_image_batch_size(model) == max(1, min(32, E.DEFAULT_IMAGE_TOKENS_PER_BATCH["cpu"] // positions))
+    assert E.default_image_batch_size(model, "cuda") == 32
+    monkeypatch.setitem(E.DEFAULT_IMAGE_TOKENS_PER_BATCH, "cpu", 2 * positions)
+    calls = record(model, "get_image_features")
+    got = model.encode_image([str(p) for p in IMAGES[:5]])
+    del model.get_image_features
+    assert [len(args[0]) for args, _ in calls] == [2, 2, 1]
+    np.testing.assert_allclose(got, model.encode_image([str(p) for p in IMAGES[:5]], batch_size=32), atol=1e-6, rtol=0)
 
 
 def test_worker_errors_reach_the_caller(model):

@@ -157,6 +157,26 @@ def test_truncation_from_onnx_outputs_equals_encode_truncate_dim(exported, refer
         runtime.encode_text(texts, truncate_dim=12)
 
 
+def test_encode_text_sorts_into_token_budget_batches_in_input_order(exported, monkeypatch):
+    """The helper's text path (issue 25): texts sorted by token count into token-budget batches, each padded to its
+    own longest text, outputs back in the input order, equal to running each text alone."""
+    runtime = JinaCLIPOnnx(exported)
+    texts = _texts(7)
+    lengths = runtime.tokenize(texts)["attention_mask"].sum(1)
+    calls = []
+    run_text = runtime.run_text
+    monkeypatch.setattr(runtime, "run_text", lambda ids, mask: calls.append(mask.sum(1).tolist()) or run_text(ids, mask))
+    budget = int(2 * lengths.max())
+    got = runtime.encode_text(texts, max_tokens_per_batch=budget)
+    assert sorted(x for call in calls for x in call) == sorted(lengths.tolist())
+    assert all(len(call) * call[0] <= max(budget, call[0]) and call == sorted(call, reverse=True) for call in calls)
+    assert [x for call in calls for x in call] == sorted(lengths.tolist(), reverse=True)  # longest first
+    monkeypatch.setattr(runtime, "run_text", run_text)
+    alone = np.stack([runtime.encode_text(text) for text in texts])
+    assert np.abs(got - alone).max() <= ATOL
+    assert np.abs(runtime.encode_text(texts, batch_size=2) - alone).max() <= ATOL
+
+
 HIDE_TORCH = '''
 import sys
 class _HideTorch:
