@@ -3,6 +3,11 @@ training sources, and the command-line overrides that point a tiny stage config 
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import warnings
 from pathlib import Path
 
 from _tiny import ROOT, build_tokenizer
@@ -47,3 +52,26 @@ def tiny_overrides(assets: dict, output_dir: Path, *extra: str) -> list[str]:
         "train.export=false",
         *extra,
     ]
+
+
+def run_launch(command: list[str], *, cwd, env: dict, output_dir: Path, timeout: float = 300, attempts: int = 2) -> subprocess.CompletedProcess:
+    """An `accelerate launch` of several processes, in a session of its own so that a timeout kills the ranks
+    too (killing the launcher alone leaves them running). Once in CI (1 of ~10 full runs, 2026-12-07) a 2-rank
+    CPU run printed its summary and then never exited; until that hang is understood, a run that outlives
+    `timeout` is killed, reported as a warning with its stderr, and started again in an emptied `output_dir`, up to
+    `attempts` times."""
+    for attempt in range(1, attempts + 1):
+        shutil.rmtree(output_dir, ignore_errors=True)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            if attempt == attempts:
+                raise AssertionError(f"accelerate launch still running after {timeout} s, {attempts} times:\n{stderr[-4000:]}")
+            warnings.warn(f"accelerate launch still running after {timeout} s (attempt {attempt}), started again; "
+                          f"its stdout ended: {stdout[-300:]!r}; stderr: {stderr[-1500:]!r}")
+    raise AssertionError("unreachable")

@@ -24,6 +24,7 @@ from PIL import Image
 from _http import server  # noqa: F401 - the local image server fixture
 from _notebook_model import export_tiny_model
 from _tiny import ROOT
+from _training import run_launch
 
 from jina_clip_v2.corpus.embed import main as embed_main
 from jina_clip_v2.corpus.run import embed_corpus
@@ -310,7 +311,7 @@ def test_two_process_accelerate_launch_writes_the_same_files(model_dir, demo_row
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
         "-m", "jina_clip_v2.cli", "embed", str(source), "--out", str(tmp_path / "two"), *map(str, args), "--no-progress", "--json",
     ]
-    done = subprocess.run(launch, env=launch_env, capture_output=True, text=True, timeout=600)
+    done = run_launch(launch, cwd=None, env=launch_env, output_dir=tmp_path / "two")
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert sorted(s["process"] for s in summaries) == ["1/2", "2/2"]

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from _tiny import ROOT, tiny_model
-from _training import DEMO_LANGS, tiny_overrides, write_training_assets  # noqa: F401 - imported by other test files
+from _training import DEMO_LANGS, run_launch, tiny_overrides, write_training_assets  # noqa: F401 - imported by other test files
 from _training import TINY as TINY_CONFIGS
 
 from jina_clip_v2.training import checkpoint as ckpt
@@ -487,7 +487,7 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(assets, tmp_p
         str(ROOT / "training" / "stage.py"), "--config", str(TINY), *overrides,
     ]
     env = {**ENV, "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_launch(command, cwd=ROOT, env=env, output_dir=out)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = read_metrics(out)
     assert sorted(metrics) == [1, 2]
