@@ -243,8 +243,12 @@ def test_mined_triplets_are_the_hardest_documents_below_the_positive(built):
         query = model.encode_text([row["query"]], task="retrieval.query", normalize_embeddings=True)[0]
         scores = {text: float(vector @ query) for text, vector in zip(pool, docs)}
         ceiling = 0.995 * scores[row["positive"]]
-        expected = sorted((t for t in pool if t != row["positive"] and scores[t] < ceiling), key=scores.get, reverse=True)[:7]
-        assert row["negatives"] == expected
+        below = [t for t in pool if t != row["positive"] and scores[t] < ceiling]
+        expected = sorted(below, key=scores.get, reverse=True)[:7]
+        # The 7 hardest below the ceiling, in order. Texts whose scores tie within float rounding (the miner's
+        # batches are not this test's, ~1e-7 apart) may come in either order: compare by score, not by name.
+        assert set(row["negatives"]) <= set(below)
+        assert np.allclose([scores[t] for t in row["negatives"]], [scores[t] for t in expected], atol=1e-5)
         assert np.allclose(row["scores"], [scores[t] for t in expected], atol=1e-3)
 
 
