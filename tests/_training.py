@@ -68,10 +68,32 @@ def run_launch(command: list[str], *, cwd, env: dict, output_dir: Path, timeout:
             stdout, stderr = process.communicate(timeout=timeout)
             return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
+            for pid in [*_descendants(process.pid), process.pid]:  # torchrun puts each rank in a group of its own
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            stdout, stderr = process.communicate(timeout=60)
             if attempt == attempts:
                 raise AssertionError(f"accelerate launch still running after {timeout} s, {attempts} times:\n{stderr[-4000:]}")
             warnings.warn(f"accelerate launch still running after {timeout} s (attempt {attempt}), started again; "
                           f"its stdout ended: {stdout[-300:]!r}; stderr: {stderr[-1500:]!r}")
     raise AssertionError("unreachable")
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux /proc), children first found first."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
