@@ -8,7 +8,8 @@ Method (every section): one torch thread (``torch.set_num_threads(1)``, ONNX Run
 **process CPU time** (``time.process_time``: on a shared machine it moves far less with other processes' load than
 wall time; the image pool's worker threads are counted too), the variants of a section interleaved round by round
 (A B C A B C ...), every ratio taken pair by pair within a round (median and min-max over the rounds). Random
-weights (``common.randomize_weights``; the Hub is unreachable here): speed does not depend on them; the bf16 cosines
+weights (``common.randomize_weights``; the Hub is unreachable here). The image section also records wall time: the
+decode pool's threads overlap with the model there, which CPU time cannot show: speed does not depend on them; the bf16 cosines
 would be more meaningful on real ones.
 
 - ``text``: 256 long-tailed demo captions (``compare_modeling.long_tailed_texts``: 77 languages, 1-300 words) and the
@@ -18,7 +19,8 @@ would be more meaningful on real ones.
   and int8; the largest cosine distance of each row's embeddings to ``encode_text``'s.
 - ``image``: ````--images`` photo-like 1024x768 files (half PNG, half JPEG) at 512 px, a real-width vision tower
   ``--vision-layers`` deep: ``encode_image(paths)`` (default batch) and at explicit batch sizes, against a user loop
-  (PIL open + processor + ``get_image_features``, one image at a time).
+  (PIL open + processor + ``get_image_features``, one image at a time), and transformers' image-feature-extraction
+  pipeline (``JinaCLIPImageFeatureExtractionPipeline``, its default batch).
 - ``bf16``: the full-depth towers (24 text layers, 24 vision layers at 512 px, real width): ``encode_text`` /
   ``encode_image`` with bf16 weights against fp32, speed ratio and the smallest cosine between the two.
 - ``memory``: the resident peak (``VmHWM``) of a fresh process running ``encode_text`` on 10k and on 100k short
@@ -63,18 +65,22 @@ def wide_model(text_layers: int, vision_layers: int, image_size: int, processor)
     return model
 
 
-def interleaved_cpu(fns: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Process CPU seconds of each variant per round, A B C A B C ..., after ``warmup`` untimed rounds."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def interleaved(fns: dict, rounds: int, warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Process CPU seconds and wall seconds of each variant per round, A B C A B C ..., after ``warmup`` untimed
+    rounds."""
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
     for index in range(warmup + rounds):
         for name, fn in fns.items():
-            start = time.process_time()
+            start, start_wall = time.process_time(), time.perf_counter()
             fn()
-            seconds = time.process_time() - start
-            print(f"  round {index - warmup + 1 if index >= warmup else 'warmup'} {name}: {seconds:.2f} CPU s", file=sys.stderr, flush=True)
+            seconds, wall_seconds = time.process_time() - start, time.perf_counter() - start_wall
+            print(f"  round {index - warmup + 1 if index >= warmup else 'warmup'} {name}: {seconds:.2f} CPU s, {wall_seconds:.2f} s",
+                  file=sys.stderr, flush=True)
             if index >= warmup:
-                times[name].append(seconds)
-    return times
+                cpu[name].append(seconds)
+                wall[name].append(wall_seconds)
+    return cpu, wall
 
 
 def ratio(numerator: list[float], denominator: list[float]) -> dict:
@@ -88,12 +94,17 @@ def min_cosine(a, b) -> float:
     return float(cos.min())
 
 
-def rows(times: dict[str, list[float]], reference: str, extra: dict[str, dict] | None = None) -> list[dict]:
-    return [
-        {"name": name, "median_cpu_s": statistics.median(t), "times_cpu_s": t,
-         f"over_{reference}": ratio(t, times[reference]) if name != reference else None, **(extra or {}).get(name, {})}
-        for name, t in times.items()
-    ]
+def rows(times: dict[str, list[float]], reference: str, extra: dict[str, dict] | None = None,
+         wall: dict[str, list[float]] | None = None) -> list[dict]:
+    out = []
+    for name, t in times.items():
+        row = {"name": name, "median_cpu_s": statistics.median(t), "times_cpu_s": t,
+               f"over_{reference}": ratio(t, times[reference]) if name != reference else None}
+        if wall is not None:
+            row |= {"median_wall_s": statistics.median(wall[name]), "times_wall_s": wall[name],
+                    f"over_{reference}_wall": ratio(wall[name], wall[reference]) if name != reference else None}
+        out.append(row | (extra or {}).get(name, {}))
+    return out
 
 
 def text_section(args) -> dict:
@@ -126,7 +137,7 @@ def text_section(args) -> dict:
             "onnx_int8": lambda: onnx["int8"].encode_text(texts),
         }
         outputs = {name: fn() for name, fn in fns.items()}  # also the warm-up
-        times = interleaved_cpu(fns, args.rounds, 0)
+        times, _ = interleaved(fns, args.rounds, 0)
     reference = outputs["encode_text"]
     extra = {name: {"min_cosine_vs_encode_text": min_cosine(out, reference)} for name, out in outputs.items()}
     return {"texts": len(texts), "tokens": sum(lengths), "lengths": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)},
@@ -138,6 +149,8 @@ def image_section(args) -> dict:
     from PIL import Image
 
     from jina_clip_v2.benchmarks.encode_table import make_images
+    from jina_clip_v2.modeling.pipeline_jina_clip import JinaCLIPImageFeatureExtractionPipeline
+    from jina_clip_v2.modeling.policy_jina_clip import default_image_workers
 
     tiny = _test_helpers()
     processor = tiny.build_processor(tiny.build_tokenizer(), image_size=512)
@@ -153,15 +166,20 @@ def image_section(args) -> dict:
             out.append(model.get_image_features(pixels).pooler_output)
         return torch.nn.functional.normalize(torch.cat(out), dim=-1).numpy()
 
+    # The image-feature-extraction pipeline (the class `custom_pipelines` names), at transformers' default batch.
+    pipe = JinaCLIPImageFeatureExtractionPipeline(model=model, image_processor=processor.image_processor)
+
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.images)
-        fns = {"user_loop": lambda: user_loop(paths), "encode_image": lambda: model.encode_image(paths)}
+        fns = {"user_loop": lambda: user_loop(paths), "encode_image": lambda: model.encode_image(paths),
+               "pipeline": lambda: np.asarray(pipe(paths), dtype=np.float32).reshape(len(paths), -1)}
         for batch in IMAGE_BATCHES:
             fns[f"encode_image_batch_{batch}"] = lambda batch=batch: model.encode_image(paths, batch_size=batch)
         outputs = {name: fn() for name, fn in fns.items()}
-        times = interleaved_cpu(fns, args.rounds, 0)
+        times, wall = interleaved(fns, args.rounds, 0)
     extra = {name: {"min_cosine_vs_user_loop": min_cosine(out, outputs["user_loop"])} for name, out in outputs.items()}
-    return {"images": len(paths), "image_size": 512, "vision_layers": args.vision_layers, "rows": rows(times, "user_loop", extra)}
+    return {"images": len(paths), "image_size": 512, "vision_layers": args.vision_layers, "decode_workers": default_image_workers(),
+            "rows": rows(times, "user_loop", extra, wall)}
 
 
 def bf16_section(args) -> dict:
@@ -181,13 +199,13 @@ def bf16_section(args) -> dict:
                  "vision_layers": 24, "texts": len(texts)}
     fns = {"fp32": lambda: fp32.encode_text(texts), "bf16": lambda: bf16.encode_text(texts)}
     outputs = {name: fn() for name, fn in fns.items()}
-    times = interleaved_cpu(fns, args.bf16_rounds, warmup=0)
+    times, _ = interleaved(fns, args.bf16_rounds, warmup=0)
     out["text"] = {"min_cosine": min_cosine(outputs["bf16"], outputs["fp32"]), "rows": rows(times, "fp32")}
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.bf16_images)
         fns = {"fp32": lambda: fp32.encode_image(paths), "bf16": lambda: bf16.encode_image(paths)}
         outputs = {name: fn() for name, fn in fns.items()}
-        times = interleaved_cpu(fns, args.bf16_rounds, warmup=0)
+        times, _ = interleaved(fns, args.bf16_rounds, warmup=0)
     out["image"] = {"images": len(paths), "image_size": 512, "min_cosine": min_cosine(outputs["bf16"], outputs["fp32"]),
                     "rows": rows(times, "fp32")}
     return out
@@ -240,9 +258,10 @@ def markdown(result: dict) -> str:
     if "image" in result:
         i = result["image"]
         lines += [f"## Image: {i['images']} images at {i['image_size']} px, {i['vision_layers']}-layer real-width tower", "",
-                  common.md_table(["row", "median CPU s", "/ user loop [min, max]", "min cosine vs user loop"],
-                                  [[r["name"], f"{r['median_cpu_s']:.3f}", _fmt_ratio(r["over_user_loop"]),
-                                    f"{r['min_cosine_vs_user_loop']:.6f}"] for r in i["rows"]]), ""]
+                  common.md_table(["row", "median CPU s", "/ user loop [min, max]", "median wall s", "wall / user loop [min, max]",
+                                   "min cosine vs user loop"],
+                                  [[r["name"], f"{r['median_cpu_s']:.3f}", _fmt_ratio(r["over_user_loop"]), f"{r['median_wall_s']:.3f}",
+                                    _fmt_ratio(r["over_user_loop_wall"]), f"{r['min_cosine_vs_user_loop']:.6f}"] for r in i["rows"]]), ""]
     if "bf16" in result:
         b = result["bf16"]
         lines += [f"## bf16 vs fp32, full depth (native bf16: {b['native_bf16']}, torch CPU capability {b['cpu_capability']})", "",

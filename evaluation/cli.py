@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", help="output folder (default results/)")
     run.add_argument("--cache-dir", default=None, help="embedding cache (default <out>/cache)")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument(
+        "--batch-size", type=int, default=None,
+        help="texts / images per forward pass (default: the encode methods' own, chosen per device)",
+    )
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model loads)")
     run.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     run.add_argument("--limit", type=int, default=None, help="at most N images / queries / pairs per task")

@@ -267,10 +267,14 @@ def run_mteb_task(
     *,
     model_name: str,
     limit: int | None = None,
-    batch_size: int = 32,
+    loader_batch_size: int = 32,
     show_progress: bool = True,
 ) -> list[dict]:
-    """Evaluate one MTEB task at every dim; returns result entries of the ``results.json`` schema."""
+    """Evaluate one MTEB task at every dim; returns result entries of the ``results.json`` schema.
+
+    ``loader_batch_size`` is the batch of mteb's own data loader only: the adapter gathers every batch of a call and
+    embeds them at once through the ``Embedder``, whose ``encode_*`` pick the model batches (length-sorted token
+    budgets for text, the device's image batch)."""
     mteb = import_mteb()
     task = build_task(spec)
     kind = result_type(task) if not _is_aggregate(task) else "retrieval"
@@ -298,7 +302,7 @@ def run_mteb_task(
                 cache=None,
                 overwrite_strategy="always",
                 show_progress_bar=show_progress,
-                encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
+                encode_kwargs={"batch_size": loader_batch_size, "show_progress_bar": False},
                 raise_error=True,
             )
         for task_result in result.task_results:

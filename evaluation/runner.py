@@ -209,7 +209,7 @@ def evaluate(
     *,
     tasks: str | Sequence[str] | None = None,
     overrides: Sequence[str] = (),
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
     limit: int | None = None,
@@ -231,6 +231,8 @@ def evaluate(
         cache_dir: embedding cache (default ``<out>/cache``); ``use_cache=False`` disables it.
         tasks: glob patterns selecting tasks by key, name or group ("Flickr30K,Crossmodal-3600[de]").
         overrides: ``PATTERN.field=value`` changes to task fields (see :mod:`evaluation.suites`).
+        batch_size: texts / images per forward pass (None: ``encode_text`` / ``encode_image``'s own defaults, the
+            token-budget text batches and the measured image batch of the device, `modeling/encoding_jina_clip.py`).
         limit: at most this many images / queries / sentence pairs per task (quick checks).
         model_name: the name written into the results (default: the path / id, or the class name).
         fingerprint: model identity for the cache (default: hashed from config and weights).
@@ -289,7 +291,7 @@ def evaluate(
                 from .mteb_adapter import run_mteb_task
 
                 entries = run_mteb_task(
-                    task, embedder, dims, model_name=model_name, limit=limit, batch_size=batch_size, show_progress=False
+                    task, embedder, dims, model_name=model_name, limit=limit, show_progress=False
                 )
             else:
                 raise TypeError(f"unknown task type {type(task).__name__}")

@@ -23,7 +23,6 @@ This module imports numpy, onnxruntime, transformers (tokenizer) and PIL, never 
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,7 +94,10 @@ class JinaCLIPOnnx:
 
         config = read_json_object(config_path)
         self.vocab_size = int((config.get("text_config") or {}).get("vocab_size") or 0) or None
-        self.image_size = int((config.get("vision_config") or {}).get("image_size") or 0) or None
+        vision = config.get("vision_config") or {}
+        self.image_size = int(vision.get("image_size") or 0) or None
+        # Patches + CLS of one image (JinaCLIPVisionConfig.num_positions), for the default image batch.
+        self.image_tokens = (int(vision.get("image_size") or 512) // int(vision.get("patch_size") or 14)) ** 2 + 1
         self.matryoshka_dimensions = list(config.get("matryoshka_dimensions") or [])
         self.projection_dim = config.get("projection_dim")
         self.max_text_length = int(config.get("max_text_length", 512))
@@ -104,6 +106,9 @@ class JinaCLIPOnnx:
         self.tokenizer = load_tokenizer(self.folder)
         self.image_processor = JinaCLIPImageProcessor.from_pretrained(str(self.folder))
         self.providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        # The device the default batches are chosen for: the first provider's ("CUDAExecutionProvider" -> "cuda").
+        first = next((p if isinstance(p, str) else p[0] for p in self.providers), "CPUExecutionProvider")
+        self.device_type = "cpu" if first == "CPUExecutionProvider" else first.removesuffix("ExecutionProvider").lower()
         self.session_options = session_options
         self._sessions: dict[str, Any] = {}
 
@@ -198,19 +203,26 @@ class JinaCLIPOnnx:
         self,
         images: Any,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         truncate_dim: int | None = None,
         normalize_embeddings: bool = True,
+        num_workers: int | None = None,
     ) -> np.ndarray:
         """(n, dim) float32 embeddings of images (a vector for a single image), as `encode_image`: one image, a
-        list, or any iterable (read in batches)."""
+        list, or any iterable (streamed), decoded and preprocessed by `num_workers` threads (default: one per core, at
+        most 8) while the graph runs, in batches of `batch_size` (default: the policy's `image_batch_size` for the
+        execution provider's device, 1 image at 512 px on CPU), rows in input order."""
         truncate_dim = policy.check_truncate_dim(truncate_dim, self.matryoshka_dimensions, self.projection_dim, self.truncate_dim)
+        if batch_size is None:
+            batch_size = policy.image_batch_size(self.device_type, self.image_tokens)
         batch_size = policy.positive_int(batch_size, "batch_size")
-        items, single, _ = policy.image_stream(images)
-        chunks = []
-        while batch := list(itertools.islice(items, batch_size)):
-            chunks.append(self.run_vision(self.preprocess(batch))["image_embeddings"])
-        out = truncate_and_normalize(np.concatenate(chunks), truncate_dim, normalize_embeddings)
+        num_workers = policy.image_workers(num_workers)
+        items, single, count = policy.image_stream(images)
+        rows = [
+            truncate_and_normalize(self.run_vision(pixels)["image_embeddings"], truncate_dim, normalize_embeddings)
+            for _, pixels in policy.pixel_batches(items, self.image_processor, batch_size, 0 if count == 1 else num_workers)
+        ]
+        out = np.concatenate(rows)
         return out[0] if single else out
 
 

@@ -21,10 +21,7 @@ relatively.
 from __future__ import annotations
 
 import itertools
-import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -33,13 +30,19 @@ from transformers.utils import logging
 
 from .policy_jina_clip import (
     BUCKET_PADDING,
+    DEFAULT_IMAGE_BATCH,
+    DEFAULT_IMAGE_TOKENS_PER_BATCH,
     TEXTS_PER_CHUNK,
     add_task_instruction,
     as_list,
     check_texts,
     check_truncate_dim,
+    default_image_workers,
+    image_batch_size,
     image_stream,
+    image_workers,
     length_buckets,
+    pixel_batches,
     positive_int,
     refuse_unknown_tokenizer_arguments,
     text_batches,
@@ -181,38 +184,11 @@ def pool_packed(hidden, segment, lengths):
 # ----------------------------------------------------------------------------------------------------
 
 
-# Image tokens (patches + CLS, `vision_config.num_positions`) of one encode_image batch when `batch_size` is not
-# given, per device type. CPU: the vision tower's per-image cost grows with the batch once a batch's activations
-# spill out of the cache (issue 25: element-wise ops 2-4x slower). Measured at 512 px (1025 tokens per image; one
-# thread, 8 images, real-width tower; benchmarks/README.md "Every entry point"): batches of 1 / 2 / 4 / 8 took
-# 0.96 / 0.98 / 1.01 / 1.13x the time of a per-image user loop. So about one 512-px image's tokens: 1 image at 384 and
-# 512 px, 4 at 224 px (257 tokens each). Other devices: 32 images (large batches fill a GPU).
-DEFAULT_IMAGE_TOKENS_PER_BATCH = {"cpu": 1100}
-DEFAULT_IMAGE_BATCH = 32
-
-
 def default_image_batch_size(model, device=None) -> int:
-    """encode_image's batch when none is given: from `DEFAULT_IMAGE_TOKENS_PER_BATCH` for the device, at most
-    `DEFAULT_IMAGE_BATCH` images."""
+    """encode_image's batch when none is given: `image_batch_size` (the policy's per-device image token budget) for
+    the device and the model's image tokens."""
     device = torch.device(device) if device is not None else model.device
-    budget = DEFAULT_IMAGE_TOKENS_PER_BATCH.get(device.type)
-    if budget is None:
-        return DEFAULT_IMAGE_BATCH
-    return max(1, min(DEFAULT_IMAGE_BATCH, budget // model.config.vision_config.num_positions))
-
-
-def default_image_workers() -> int:
-    """Threads decoding images for encode_image: one per available CPU core, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
-def _preprocess_image(image_processor, item) -> np.ndarray:
-    # One image through the processor, which decodes it with the package's one decoder (load_image).
-    return image_processor([item], return_tensors="np")["pixel_values"][0]
+    return image_batch_size(device.type, model.config.vision_config.num_positions)
 
 
 def _stack_pixels(arrays: list[np.ndarray], pin_memory: bool):
@@ -223,36 +199,12 @@ def _stack_pixels(arrays: list[np.ndarray], pin_memory: bool):
 
 
 def image_batches(items: Iterator, image_processor, batch_size: int, num_workers: int, pin_memory: bool):
-    """(indices, {"pixel_values": (n, 3, H, W)}, {}) for consecutive batches of `items`, in order.
-
-    With workers, a thread pool decodes and preprocesses images one by one while the caller embeds the previous
-    batch; at most 2 x batch_size images are submitted ahead, so memory stays bounded for any input length.
-    Without, the processor runs on each batch in the calling thread. Both give the same pixels: the processor
-    treats every image on its own."""
-    start = 0
-    if num_workers == 0:
-        while chunk := list(itertools.islice(items, batch_size)):
-            pixels = image_processor(chunk, return_tensors="pt")["pixel_values"]
-            yield list(range(start, start + len(chunk))), {"pixel_values": pixels.pin_memory() if pin_memory else pixels}, {}
-            start += len(chunk)
-        return
-    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="jina-clip-images")
-    pending: deque = deque()
-    window = 2 * batch_size
-
-    def top_up() -> None:
-        for item in itertools.islice(items, window - len(pending)):
-            pending.append(pool.submit(_preprocess_image, image_processor, item))
-
-    try:
-        top_up()
-        while pending:
-            arrays = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
-            top_up()  # the workers prepare the next batch while this one is embedded
-            yield list(range(start, start + len(arrays))), {"pixel_values": _stack_pixels(arrays, pin_memory)}, {}
-            start += len(arrays)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    """(indices, {"pixel_values": (n, 3, H, W) tensor}, {}) for consecutive batches of `items`, in order: the policy's
+    `pixel_batches` (decoded and preprocessed by a thread pool while the caller embeds the previous batch), stacked
+    into (pinned, for CUDA) torch memory."""
+    stack = lambda arrays: _stack_pixels(arrays, pin_memory)  # noqa: E731
+    for indices, pixels in pixel_batches(items, image_processor, batch_size, num_workers, stack):
+        yield indices, {"pixel_values": pixels}, {}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -471,10 +423,7 @@ def encode_image(
     config = model.config
     truncate_dim = check_truncate_dim(truncate_dim, config.matryoshka_dimensions, config.projection_dim, config.truncate_dim)
     batch_size = default_image_batch_size(model, device) if batch_size is None else positive_int(batch_size, "batch_size")
-    if num_workers is None:
-        num_workers = default_image_workers()
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    num_workers = image_workers(num_workers)
     items, single, count = image_stream(images)
     target = torch.device(device) if device is not None else model.device
     batches = image_batches(
@@ -489,6 +438,8 @@ def encode_image(
 
 __all__ = [
     "BUCKET_PADDING",
+    "DEFAULT_IMAGE_BATCH",
+    "DEFAULT_IMAGE_TOKENS_PER_BATCH",
     "DEFAULT_TEXT_TOKENS_PER_BATCH",
     "as_list",
     "check_truncate_dim",

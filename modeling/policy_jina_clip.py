@@ -2,7 +2,9 @@
 input and what is a batch), the argument checks, the character bound of texts (`TEXT_CHARS_PER_TOKEN`), the
 Matryoshka check (`check_truncate_dim`) and truncation + normalisation (`truncate_and_normalize`: slice first,
 then L2-normalise), the thread-safe, character-bounded tokenization (`tokenize`), and the order texts are run in
-(`text_batches`: sorted by token count into token-budget batches; `length_buckets`). `encoding_jina_clip.py` (the model's `encode_*`), the ONNX Runtime helper
+(`text_batches`: sorted by token count into token-budget batches; `length_buckets`), and the image batches
+(`image_batch_size`: the per-device image token budget; `pixel_batches`: decoded and preprocessed by a thread pool
+ahead of the model, in order). `encoding_jina_clip.py` (the model's `encode_*`), the ONNX Runtime helper
 (`hub/onnx_runtime.py`), Sentence-Transformers (`hub/custom_st.py`) and the evaluation all use these, so each
 rule exists once.
 
@@ -17,7 +19,9 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -100,6 +104,82 @@ def image_stream(images: Any) -> tuple[Iterator, bool, int | None]:
     if first is _END:
         raise ValueError("images must not be empty")
     return itertools.chain([first], iterator), False, len(images) if isinstance(images, Sized) else None
+
+
+# Image tokens (patches + CLS, `vision_config.num_positions`) of one image batch when `batch_size` is not given, per
+# device type. CPU: the vision tower's per-image cost grows with the batch once a batch's activations spill out of the
+# cache (issue 25: element-wise ops 2-4x slower). Measured at 512 px (1297 tokens per image; one thread, 8 images,
+# real-width tower; benchmarks/README.md "Every entry point"): batches of 1 / 2 / 8 took 0.975 / 1.000 / 1.118x the
+# CPU time of a per-image user loop (PyTorch), and ONNX Runtime's graph 463 / 494 / 566 ms per image. So about one
+# 512-px image's tokens: 1 image at 384 and 512 px, 4 at 224 px (257 tokens each). Other devices: 32 images (large
+# batches fill a GPU).
+DEFAULT_IMAGE_TOKENS_PER_BATCH = {"cpu": 1100}
+DEFAULT_IMAGE_BATCH = 32
+
+
+def image_batch_size(device_type: str, tokens_per_image: int) -> int:
+    """The image batch when none is given: `DEFAULT_IMAGE_TOKENS_PER_BATCH` of the device type ("cpu", "cuda", ...)
+    over the image tokens, at least 1 and at most `DEFAULT_IMAGE_BATCH`."""
+    budget = DEFAULT_IMAGE_TOKENS_PER_BATCH.get(device_type)
+    if budget is None:
+        return DEFAULT_IMAGE_BATCH
+    return max(1, min(DEFAULT_IMAGE_BATCH, budget // tokens_per_image))
+
+
+def default_image_workers() -> int:
+    """Threads decoding images: one per available CPU core, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def image_workers(num_workers: Any) -> int:
+    """`num_workers` checked (an int >= 0), or `default_image_workers()` for None."""
+    if num_workers is None:
+        return default_image_workers()
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    return num_workers
+
+
+def _preprocess_image(image_processor, item) -> np.ndarray:
+    # One image through the processor, which decodes it with the package's one decoder (load_image).
+    return image_processor([item], return_tensors="np")["pixel_values"][0]
+
+
+def pixel_batches(items: Iterator, image_processor, batch_size: int, num_workers: int,
+                  stack: Callable[[list[np.ndarray]], Any] = np.stack) -> Iterator[tuple[list[int], Any]]:
+    """(indices, `stack`ed (n, 3, H, W) pixels) for consecutive batches of `items`, in order.
+
+    With workers, a thread pool decodes and preprocesses images one by one while the caller embeds the previous
+    batch; at most 2 x batch_size images are submitted ahead, so memory stays bounded for any input length.
+    Without, the processor runs on each batch in the calling thread. Both give the same pixels: the processor
+    treats every image on its own."""
+    start = 0
+    if num_workers == 0:
+        while chunk := list(itertools.islice(items, batch_size)):
+            yield list(range(start, start + len(chunk))), stack(list(image_processor(chunk, return_tensors="np")["pixel_values"]))
+            start += len(chunk)
+        return
+    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="jina-clip-images")
+    pending: deque = deque()
+    window = 2 * batch_size
+
+    def top_up() -> None:
+        for item in itertools.islice(items, window - len(pending)):
+            pending.append(pool.submit(_preprocess_image, image_processor, item))
+
+    try:
+        top_up()
+        while pending:
+            arrays = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            top_up()  # the workers prepare the next batch while this one is embedded
+            yield list(range(start, start + len(arrays))), stack(arrays)
+            start += len(arrays)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -326,6 +406,8 @@ def tokenize(tokenizer, texts: list[str], settings: dict, max_chars: int | None 
 
 __all__ = [
     "BUCKET_PADDING",
+    "DEFAULT_IMAGE_BATCH",
+    "DEFAULT_IMAGE_TOKENS_PER_BATCH",
     "TEXTS_PER_CHUNK",
     "TEXT_CHARS_PER_TOKEN",
     "add_task_instruction",
@@ -333,8 +415,12 @@ __all__ = [
     "bound_characters",
     "check_texts",
     "check_truncate_dim",
+    "default_image_workers",
+    "image_batch_size",
     "image_stream",
+    "image_workers",
     "length_buckets",
+    "pixel_batches",
     "positive_int",
     "refuse_unknown_tokenizer_arguments",
     "text_batches",

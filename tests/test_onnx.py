@@ -177,6 +177,36 @@ def test_encode_text_sorts_into_token_budget_batches_in_input_order(exported, mo
     assert np.abs(runtime.encode_text(texts, batch_size=2) - alone).max() <= ATOL
 
 
+def test_encode_image_default_batch_workers_and_streams_in_input_order(exported, reference, monkeypatch):
+    """The helper's image path (issue 25): the policy's per-device batch when none is given (on CPU, the token budget
+    over the image tokens), images decoded by a thread pool or in the calling thread, a generator streamed, rows in
+    input order and equal to PyTorch's `encode_image` whatever the batch."""
+    from jina_clip_v2.modeling import policy_jina_clip as policy
+
+    runtime = JinaCLIPOnnx(exported)
+    images = _images(5)
+    expected = reference.encode_image(images)
+    sizes = []
+    run_vision = runtime.run_vision
+    monkeypatch.setattr(runtime, "run_vision", lambda pixels: sizes.append(len(pixels)) or run_vision(pixels))
+    tokens = runtime.image_tokens
+    assert tokens == reference.config.vision_config.num_positions
+    monkeypatch.setitem(policy.DEFAULT_IMAGE_TOKENS_PER_BATCH, "cpu", 2 * tokens)
+    got = runtime.encode_image(images)
+    assert sizes == [2, 2, 1]
+    assert np.abs(got - expected).max() <= ATOL
+    for batch_size, workers in ((1, 0), (3, 2), (5, 1)):
+        sizes.clear()
+        got = runtime.encode_image((image for image in images), batch_size=batch_size, num_workers=workers)
+        assert sizes == [min(batch_size, 5 - i) for i in range(0, 5, batch_size)]
+        assert np.abs(got - expected).max() <= ATOL, (batch_size, workers)
+    assert runtime.encode_image(images[0]).shape == (32,)
+    with pytest.raises(ValueError, match="num_workers"):
+        runtime.encode_image(images, num_workers=-1)
+    assert JinaCLIPOnnx(exported, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]).device_type == "cuda"
+    assert policy.image_batch_size("cuda", tokens) == policy.DEFAULT_IMAGE_BATCH
+
+
 HIDE_TORCH = '''
 import sys
 class _HideTorch:

@@ -213,8 +213,22 @@ class Stage:
             if acc.is_main_process:
                 export_stage(model, self.processor, self.step, cfg, self.output_dir / "model", summary)
         acc.wait_for_everyone()
+        self._release_wrappers()
         acc.end_training()
         return summary
+
+    def _release_wrappers(self) -> None:
+        """Free the distributed wrapper (DDP, FSDP, DeepSpeed) while every rank is still here, before `end_training`
+        destroys the process group: the wrapper's reducer holds the group, and freed only at the end of the process
+        (with the Stage) a 2-rank gloo run once hung in that destructor, after its summary was printed. The bare
+        model stays (`step.encoder`)."""
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            encoder = acc.unwrap_model(self.step.encoder)
+            self.step.encoder = None
+            acc.free_memory()  # the accelerator's references too, then a garbage collection
+            self.step.encoder = encoder
+            acc.wait_for_everyone()
 
     def _prepare_output_dir(self) -> None:
         acc = self.accelerator
