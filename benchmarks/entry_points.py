@@ -107,6 +107,60 @@ def rows(times: dict[str, list[float]], reference: str, extra: dict[str, dict] |
     return out
 
 
+def sgemm_gflops(rows: int, width: int, inner: int, repeats: int = 5) -> dict[str, float]:
+    """One thread's fp32 matrix multiply rate, (rows x width) @ (width x inner), best of ``repeats``: ONNX Runtime's
+    (a one-MatMul graph, the kernel its text graph runs) and torch's."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((rows, width), dtype=np.float32), rng.standard_normal((width, inner), dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "sgemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", inner])], [numpy_helper.from_array(w, "w")])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                                   options, providers=["CPUExecutionProvider"])
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    flops = 2 * rows * width * inner
+    out = {}
+    for name, fn in {"onnxruntime": lambda: session.run(None, {"x": x}), "torch": lambda: tx @ tw}.items():
+        fn()
+        best = min(_timed(fn) for _ in range(repeats))
+        out[name] = flops / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fp32_ceiling(text_config, lengths: list[int], times: dict[str, list[float]]) -> dict:
+    """How fast could any fp32 graph run these texts? The matmul FLOPs (``training.flops.text_forward_flops``: real
+    tokens for ``encode_text``; the ONNX helper's padded sorted batches) over ONNX Runtime's own best fp32 matmul rate,
+    as a fraction of ``encode_text``'s time: a lower bound on the helper's fp32 ratio (the non-matmul work only adds)."""
+    from jina_clip_v2.hub.onnx_runtime import DEFAULT_TEXT_TOKENS_PER_BATCH
+    from jina_clip_v2.modeling.policy_jina_clip import text_batches
+    from jina_clip_v2.training.flops import text_forward_flops
+
+    real = text_forward_flops(text_config, lengths)["total"]
+    batches = text_batches(lengths, 32, DEFAULT_TEXT_TOKENS_PER_BATCH, unpadded=False)
+    padded = sum(text_forward_flops(text_config, [lengths[batch[0]]] * len(batch))["total"] for batch in batches)
+    rates = sgemm_gflops(DEFAULT_TEXT_TOKENS_PER_BATCH, text_config.hidden_size, text_config.intermediate_size)
+    encode_text_s = statistics.median(times["encode_text"])
+    return {
+        "matmul_gflop_real_tokens": real / 1e9, "matmul_gflop_onnx_padded": padded / 1e9, "sgemm_gflops": rates,
+        "encode_text_gflops": real / 1e9 / encode_text_s,
+        "onnx_fp32_gflops": padded / 1e9 / statistics.median(times["onnx_fp32"]),
+        "onnx_fp32_lower_bound_over_encode_text": padded / 1e9 / rates["onnxruntime"] / encode_text_s,
+    }
+
+
 def text_section(args) -> dict:
     import onnxruntime as ort
     import torch
@@ -141,7 +195,8 @@ def text_section(args) -> dict:
     reference = outputs["encode_text"]
     extra = {name: {"min_cosine_vs_encode_text": min_cosine(out, reference)} for name, out in outputs.items()}
     return {"texts": len(texts), "tokens": sum(lengths), "lengths": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)},
-            "text_layers": args.text_layers, "rows": rows(times, "encode_text", extra)}
+            "text_layers": args.text_layers, "rows": rows(times, "encode_text", extra),
+            "fp32_ceiling": fp32_ceiling(model.config.text_config, lengths, times)}
 
 
 def image_section(args) -> dict:
@@ -255,6 +310,12 @@ def markdown(result: dict) -> str:
                   common.md_table(["row", "median CPU s", "/ encode_text [min, max]", "min cosine vs encode_text"],
                                   [[r["name"], f"{r['median_cpu_s']:.3f}", _fmt_ratio(r["over_encode_text"]),
                                     f"{r['min_cosine_vs_encode_text']:.6f}"] for r in t["rows"]]), ""]
+        c = t["fp32_ceiling"]
+        lines += [f"fp32 ceiling: {c['matmul_gflop_real_tokens']:.1f} GFLOP of matmuls on real tokens ({c['matmul_gflop_onnx_padded']:.1f} in the "
+                  f"ONNX helper's padded batches); one-thread fp32 matmul rate ONNX Runtime {c['sgemm_gflops']['onnxruntime']:.1f}, torch "
+                  f"{c['sgemm_gflops']['torch']:.1f} GFLOP/s; encode_text runs {c['encode_text_gflops']:.1f}, the ONNX helper fp32 "
+                  f"{c['onnx_fp32_gflops']:.1f} GFLOP/s. At ONNX Runtime's best matmul rate the fp32 helper needs at least "
+                  f"{c['onnx_fp32_lower_bound_over_encode_text']:.3f} of encode_text's time.", ""]
     if "image" in result:
         i = result["image"]
         lines += [f"## Image: {i['images']} images at {i['image_size']} px, {i['vision_layers']}-layer real-width tower", "",

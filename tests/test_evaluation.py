@@ -382,6 +382,32 @@ def test_sweep_reuses_cached_embeddings(model, calls, data, tmp_path):
     assert third["results"] == [r for r in second["results"] if r["task"] == "Flickr-like" and r["truncate_dim"] == 16]
 
 
+def test_the_encode_methods_choose_their_batches_unless_asked(model, data):
+    """Issue 25: the evaluation passes no batch size unless given one, so `encode_text` / `encode_image` pick theirs
+    (token-budget text batches, the device's image batch); `--batch-size` reaches them when given."""
+    from jina_clip_v2.evaluation.cli import build_parser
+
+    seen: list = []
+    for name in ("encode_text", "encode_image"):
+        original = getattr(type(model), name).__get__(model)
+
+        def wrapper(*args, _original=original, **kwargs):
+            seen.append(kwargs.get("batch_size", "default"))
+            return _original(*args, **kwargs)
+
+        setattr(model, name, wrapper)
+    try:
+        tasks = suite_tasks(data)[:1]
+        evaluate(model, tasks, [32], None, use_cache=False, show_progress=False)
+        assert len(seen) == 2 and set(seen) == {"default"}
+        seen.clear()
+        evaluate(model, tasks, [32], None, use_cache=False, show_progress=False, batch_size=3)
+        assert seen == [3, 3]
+    finally:
+        del model.encode_text, model.encode_image
+    assert build_parser().parse_args(["run", "--model", "m"]).batch_size is None
+
+
 class SignalModel:
     """A stand-in with encode_text / encode_image (no torch model): item i's text and image share a random
     64-d vector, each coordinate observed through independent noise -- so every added dimension adds
