@@ -5,7 +5,7 @@
   CPU embeddings. bf16 is an explicit option (`dtype=torch.bfloat16`), worth it where the CPU multiplies bf16
   natively (`native_bf16`: AVX512-BF16 / AMX / Arm BF16): measured on such a CPU (AMD EPYC, one thread, full-depth
   real-width towers with random weights, benchmarks/README.md "Every entry point"), encode_text 2.0x and encode_image
-  at 512 px 1.9x faster than fp32, min cosine to fp32 0.9997 (texts) and 0.9994 (images). Without native bf16,
+  at 512 px 1.9x faster than fp32, min cosine to fp32 0.99965 (texts) and 0.99933 (images). Without native bf16,
   oneDNN emulates it and bf16 is slower than fp32.
 - `check_loading_report`: strict loading from transformers' public loading report (`output_loading_info`):
   missing, unexpected and mis-shaped tensors, and non-finite weights, are errors naming them. transformers would
