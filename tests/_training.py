@@ -56,11 +56,11 @@ def tiny_overrides(assets: dict, output_dir: Path, *extra: str) -> list[str]:
 
 def run_launch(command: list[str], *, cwd, env: dict, output_dir: Path, timeout: float = 300, attempts: int = 2) -> subprocess.CompletedProcess:
     """An `accelerate launch` of several processes, in a session of its own so that a timeout kills the ranks
-    too (killing the launcher alone leaves them running). Once in CI (1 of ~10 full runs, 2026-12-07) a 2-rank
-    CPU run printed its summary and then never exited, in a destructor run as the Stage was freed (py-spy). The stage
-    now frees its DDP wrapper before destroying the process group (`Stage._release_wrappers`; 0 hangs in 48 runs
-    under load, but the CI hang was rarer than that); as a guard, a run that outlives `timeout` is still killed,
-    reported as a warning with its stderr, and started again in an emptied `output_dir`, up to `attempts` times."""
+    too (killing the launcher alone leaves them running). Twice in CI (2026-12-06/07) a 2-rank CPU run printed its
+    summary and then never exited, in a destructor run as the Stage was freed (py-spy). The stage now frees its DDP
+    wrapper before destroying the process group (`Stage._release_wrappers`), but 57 launches under load did not hang
+    even before that change, so the fix is unproven. As a guard, a run that outlives `timeout` is killed, reported
+    as a warning with its stderr, and started again in an emptied `output_dir`, up to `attempts` times."""
     for attempt in range(1, attempts + 1):
         shutil.rmtree(output_dir, ignore_errors=True)
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -219,9 +219,9 @@ class Stage:
 
     def _release_wrappers(self) -> None:
         """Free the distributed wrapper (DDP, FSDP, DeepSpeed) while every rank is still here, before `end_training`
-        destroys the process group: the wrapper's reducer holds the group, and freed only at the end of the process
-        (with the Stage) a 2-rank gloo run once hung in that destructor, after its summary was printed. The bare
-        model stays (`step.encoder`)."""
+        destroys the process group. A 2-rank gloo run on CPU once hung after printing its summary, in a destructor
+        run as the Stage was freed (py-spy: native code under `return main(argv)`); the wrapper's reducer, which holds
+        the already destroyed group, is the likely one. The bare model stays (`step.encoder`)."""
         acc = self.accelerator
         if acc.num_processes > 1:
             encoder = acc.unwrap_model(self.step.encoder)
