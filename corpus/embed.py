@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "by device)")
     group.add_argument("--num-workers", type=int, help="image decoding threads (default: one per core, at most 8)")
     group.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                       help="dtype the model computes in (default float32, the release's CPU embeddings; bfloat16 is about 2x "
-                       "faster on GPUs and on CPUs with native bf16, AVX512-BF16 / AMX, and changes the numbers slightly)")
+                       help="dtype the model computes in (float32: the release's CPU embeddings; bfloat16 is about 2x faster on "
+                       "GPUs and on CPUs with native bf16, AVX512-BF16 / AMX, and changes the numbers slightly)")
     group.add_argument("--device", help="device (default: CUDA if available; the process's GPU under accelerate launch)")
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", choices=ENGINES, default="local", help="local: this process (or each of accelerate "
