@@ -65,7 +65,7 @@ def wide_model(text_layers: int, vision_layers: int, image_size: int, processor)
     return model
 
 
-def interleaved(fns: dict, rounds: int, warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def interleaved_cpu(fns: dict, rounds: int, warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Process CPU seconds and wall seconds of each variant per round, A B C A B C ..., after ``warmup`` untimed
     rounds."""
     cpu: dict[str, list[float]] = {name: [] for name in fns}
@@ -126,18 +126,9 @@ def sgemm_gflops(rows: int, width: int, inner: int, repeats: int = 5) -> dict[st
                                    options, providers=["CPUExecutionProvider"])
     tx, tw = torch.from_numpy(x), torch.from_numpy(w)
     flops = 2 * rows * width * inner
-    out = {}
-    for name, fn in {"onnxruntime": lambda: session.run(None, {"x": x}), "torch": lambda: tx @ tw}.items():
-        fn()
-        best = min(_timed(fn) for _ in range(repeats))
-        out[name] = flops / best / 1e9
-    return out
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    cpu = torch.device("cpu")
+    fns = {"onnxruntime": lambda: session.run(None, {"x": x}), "torch": lambda: tx @ tw}
+    return {name: flops / common.measure(fn, cpu, 1, repeats)["min_s"] / 1e9 for name, fn in fns.items()}
 
 
 def fp32_ceiling(text_config, lengths: list[int], times: dict[str, list[float]]) -> dict:
@@ -191,7 +182,7 @@ def text_section(args) -> dict:
             "onnx_int8": lambda: onnx["int8"].encode_text(texts),
         }
         outputs = {name: fn() for name, fn in fns.items()}  # also the warm-up
-        times, _ = interleaved(fns, args.rounds, 0)
+        times, _ = interleaved_cpu(fns, args.rounds, 0)
     reference = outputs["encode_text"]
     extra = {name: {"min_cosine_vs_encode_text": min_cosine(out, reference)} for name, out in outputs.items()}
     return {"texts": len(texts), "tokens": sum(lengths), "lengths": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)},
@@ -231,7 +222,7 @@ def image_section(args) -> dict:
         for batch in IMAGE_BATCHES:
             fns[f"encode_image_batch_{batch}"] = lambda batch=batch: model.encode_image(paths, batch_size=batch)
         outputs = {name: fn() for name, fn in fns.items()}
-        times, wall = interleaved(fns, args.rounds, 0)
+        times, wall = interleaved_cpu(fns, args.rounds, 0)
     extra = {name: {"min_cosine_vs_user_loop": min_cosine(out, outputs["user_loop"])} for name, out in outputs.items()}
     return {"images": len(paths), "image_size": 512, "vision_layers": args.vision_layers, "decode_workers": default_image_workers(),
             "rows": rows(times, "user_loop", extra, wall)}
@@ -254,13 +245,13 @@ def bf16_section(args) -> dict:
                  "vision_layers": 24, "texts": len(texts)}
     fns = {"fp32": lambda: fp32.encode_text(texts), "bf16": lambda: bf16.encode_text(texts)}
     outputs = {name: fn() for name, fn in fns.items()}
-    times, _ = interleaved(fns, args.bf16_rounds, warmup=0)
+    times, _ = interleaved_cpu(fns, args.bf16_rounds, warmup=0)
     out["text"] = {"min_cosine": min_cosine(outputs["bf16"], outputs["fp32"]), "rows": rows(times, "fp32")}
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.bf16_images)
         fns = {"fp32": lambda: fp32.encode_image(paths), "bf16": lambda: bf16.encode_image(paths)}
         outputs = {name: fn() for name, fn in fns.items()}
-        times, _ = interleaved(fns, args.bf16_rounds, warmup=0)
+        times, _ = interleaved_cpu(fns, args.bf16_rounds, warmup=0)
     out["image"] = {"images": len(paths), "image_size": 512, "min_cosine": min_cosine(outputs["bf16"], outputs["fp32"]),
                     "rows": rows(times, "fp32")}
     return out
